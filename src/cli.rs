@@ -1,0 +1,139 @@
+//! Command-line interface: `ketch [serve]` runs the daemon; the other
+//! subcommands are tools around it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{CgroupDriver, Config, DEFAULT_CONFIG_PATH, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ketch",
+    version,
+    about = "A Kubernetes container runtime (CRI v1)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve CRI v1 on a unix socket (the default).
+    Serve(ServeArgs),
+}
+
+/// Flags of the daemon. Each one overrides the config file's key of the
+/// same name.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServeArgs {
+    /// Config file; a missing default file means built-in defaults.
+    #[arg(long, env = "KETCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Persistent state directory (`root_dir`).
+    #[arg(long)]
+    pub root_dir: Option<PathBuf>,
+    /// Volatile state directory (`state_dir`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// CRI socket path (`listen`).
+    #[arg(long)]
+    pub listen: Option<PathBuf>,
+    /// Log level (`log_level`).
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log format, text or json (`log_format`).
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+    /// Cgroup driver reported to kubelet (`cgroup_driver`).
+    #[arg(long)]
+    pub cgroup_driver: Option<CgroupDriver>,
+    /// CNI config directory (`cni.conf_dirs`; repeat for several).
+    #[arg(long = "cni-conf-dir")]
+    pub cni_conf_dirs: Vec<PathBuf>,
+    /// CNI plugin directory (`cni.bin_dirs`; repeat for several).
+    #[arg(long = "cni-bin-dir")]
+    pub cni_bin_dirs: Vec<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The config file with these flags laid over it.
+    pub fn resolve(&self) -> Result<Config, crate::config::ConfigError> {
+        let (path, required) = match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let mut config = Config::load(&path, required)?;
+        if let Some(v) = &self.root_dir {
+            config.root_dir = v.clone();
+        }
+        if let Some(v) = &self.state_dir {
+            // The socket follows the state dir unless placed explicitly.
+            if self.listen.is_none() && config.listen == Config::default().listen {
+                config.listen = v.join("ketch.sock");
+            }
+            config.state_dir = v.clone();
+        }
+        if let Some(v) = &self.listen {
+            config.listen = v.clone();
+        }
+        if let Some(v) = &self.log_level {
+            config.log_level = v.clone();
+        }
+        if let Some(v) = self.log_format {
+            config.log_format = v;
+        }
+        if let Some(v) = self.cgroup_driver {
+            config.cgroup_driver = v;
+        }
+        if !self.cni_conf_dirs.is_empty() {
+            config.cni.conf_dirs = self.cni_conf_dirs.clone();
+        }
+        if !self.cni_bin_dirs.is_empty() {
+            config.cni.bin_dirs = self.cni_bin_dirs.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Serve(args)) => serve(&args),
+        None => serve(&cli.serve),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match args.resolve() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ketch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(&config.log_level, config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ketch: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("ketch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The daemon's configuration: `/etc/ketch/ketch.toml`, overridden by flags.
+//!
+//! Every key and its default is documented in `deploy/ketch.toml`; keep the
+//! two in step. Unknown keys and bad values are errors that name the key, so
+//! a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the config file lives when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ketch/ketch.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config value for `{key}`: {value}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+impl std::str::FromStr for CgroupDriver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cgroupfs" => Ok(Self::Cgroupfs),
+            "systemd" => Ok(Self::Systemd),
+            other => Err(format!(
+                "unknown cgroup driver {other:?} (cgroupfs or systemd)"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?} (text or json)")),
+        }
+    }
+}
+
+/// The whole configuration. Field names are the TOML keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent state: images, layers, container upper dirs, metadata.
+    pub root_dir: PathBuf,
+    /// Volatile state (tmpfs): socket, pod namespace pins, monitor sockets.
+    pub state_dir: PathBuf,
+    /// The CRI gRPC unix socket.
+    pub listen: PathBuf,
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` wins when set.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub cgroup_driver: CgroupDriver,
+    pub cni: CniConfig,
+    pub streaming: StreamingConfig,
+    pub image: ImageConfig,
+    /// Per-registry settings, keyed by host[:port] as written in references.
+    pub registries: BTreeMap<String, RegistryConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Directories searched, in order, for `.conflist`/`.conf` files.
+    pub conf_dirs: Vec<PathBuf>,
+    /// Directories searched for plugin binaries.
+    pub bin_dirs: Vec<PathBuf>,
+    /// How long one plugin invocation may take.
+    pub plugin_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Address the exec/attach/port-forward server listens on.
+    pub address: String,
+    /// Port of the streaming server; 0 picks a free one.
+    pub port: u16,
+    /// How long a streaming URL stays valid.
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Layers of one pull downloaded at the same time.
+    pub max_concurrent_downloads: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Mirrors (`https://host[:port]`) tried in order before the origin.
+    pub mirrors: Vec<String>,
+    /// Speak plain HTTP (or TLS without verification) to this registry.
+    pub insecure: bool,
+    /// A PEM CA bundle trusted for this registry, beside the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root_dir: PathBuf::from("/var/lib/ketch"),
+            state_dir: PathBuf::from("/run/ketch"),
+            listen: PathBuf::from("/run/ketch/ketch.sock"),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            cni: CniConfig::default(),
+            streaming: StreamingConfig::default(),
+            image: ImageConfig::default(),
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dirs: vec![PathBuf::from("/etc/cni/net.d")],
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            plugin_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1".into(),
+            port: 0,
+            token_ttl_secs: 60,
+        }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_downloads: 4,
+        }
+    }
+}
+
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+impl Config {
+    /// Reads `path`. A missing file is only an error when `required` (the
+    /// user named it); the default path may be absent.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot: relations and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, value: &dyn std::fmt::Debug, reason: &str| ConfigError::Invalid {
+            key,
+            value: format!("{value:?}"),
+            reason: reason.to_owned(),
+        };
+        if !LOG_LEVELS.contains(&self.log_level.as_str()) {
+            return Err(invalid(
+                "log_level",
+                &self.log_level,
+                "must be one of error, warn, info, debug, trace",
+            ));
+        }
+        for (key, path) in [
+            ("root_dir", &self.root_dir),
+            ("state_dir", &self.state_dir),
+            ("listen", &self.listen),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(key, path, "must be an absolute path"));
+            }
+        }
+        if self.cni.plugin_timeout_secs == 0 {
+            return Err(invalid(
+                "cni.plugin_timeout_secs",
+                &self.cni.plugin_timeout_secs,
+                "must be at least 1",
+            ));
+        }
+        if self.streaming.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "streaming.address",
+                &self.streaming.address,
+                "must be an IP address",
+            ));
+        }
+        if self.streaming.token_ttl_secs == 0 {
+            return Err(invalid(
+                "streaming.token_ttl_secs",
+                &self.streaming.token_ttl_secs,
+                "must be at least 1",
+            ));
+        }
+        if self.image.max_concurrent_downloads == 0 {
+            return Err(invalid(
+                "image.max_concurrent_downloads",
+                &self.image.max_concurrent_downloads,
+                "must be at least 1",
+            ));
+        }
+        for registry in self.registries.values() {
+            for mirror in &registry.mirrors {
+                if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
+                    return Err(invalid(
+                        "registries.<host>.mirrors",
+                        mirror,
+                        "must start with http:// or https://",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The registry settings for `host`, or the defaults.
+    pub fn registry(&self, host: &str) -> RegistryConfig {
+        self.registries.get(host).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.root_dir, PathBuf::from("/var/lib/ketch"));
+        assert_eq!(c.listen, PathBuf::from("/run/ketch/ketch.sock"));
+        assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("root_dirr = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("root_dirr"), "{err}");
+        let err = parse("[cni]\nconf_dir = []").unwrap_err().to_string();
+        assert!(err.contains("conf_dir"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = parse("log_format = \"xml\"").unwrap_err().to_string();
+        assert!(err.contains("log_format") && err.contains("xml"), "{err}");
+        let err = parse("log_level = \"loud\"").unwrap_err().to_string();
+        assert!(err.contains("log_level") && err.contains("loud"), "{err}");
+        let err = parse("[streaming]\nport = \"eighty\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+        let err = parse("root_dir = \"relative\"").unwrap_err().to_string();
+        assert!(
+            err.contains("root_dir") && err.contains("relative"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn registries_parse() {
+        let c = parse(
+            "[registries.\"localhost:5000\"]\ninsecure = true\nmirrors = [\"http://127.0.0.1:6000\"]",
+        )
+        .unwrap();
+        let r = c.registry("localhost:5000");
+        assert!(r.insecure);
+        assert_eq!(r.mirrors, vec!["http://127.0.0.1:6000"]);
+        assert!(!c.registry("other").insecure);
+    }
+
+    #[test]
+    fn shipped_config_is_valid_and_default() {
+        let text = include_str!("../deploy/ketch.toml");
+        let c = parse(text).unwrap();
+        let d = Config::default();
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::to_value(&d).unwrap(),
+            "deploy/ketch.toml must state exactly the defaults"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! The CRI v1 gRPC layer: proto messages in, domain calls, proto messages
+//! out. No runtime logic lives here; errors of the domain modules become
+//! `tonic::Status` in `status`.
+
+mod image_service;
+mod runtime_service;
+
+use std::sync::Arc;
+
+use tonic::{Response, Status};
+
+use crate::runtime::Runtime;
+
+/// Serves both CRI services over one shared runtime.
+#[derive(Clone)]
+pub struct CriService {
+    runtime: Arc<Runtime>,
+}
+
+impl CriService {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+/// The answer of an RPC whose issue has not landed yet.
+fn not_implemented<T>(rpc: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!(
+        "{rpc} is not implemented by ketch yet"
+    )))
+}

@@ -1,0 +1,155 @@
+//! The `serve` subcommand: prepares the directories, claims the socket and
+//! serves CRI until SIGTERM or SIGINT.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri::CriService;
+use crate::runtime::Runtime;
+
+/// kubelet, containerd and CRI-O all allow 16 MiB messages; tonic's 4 MiB
+/// default makes large List replies fail.
+const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another ketch is already serving {0}")]
+    AlreadyServing(PathBuf),
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    make_dir(&config.root_dir, 0o700)?;
+    make_dir(&config.state_dir, 0o711)?;
+    let socket_dir = config.listen.parent().unwrap_or(Path::new("/"));
+    make_dir(socket_dir, 0o711)?;
+
+    let _lock = lock_socket(&config.listen)?;
+    let listener = bind_socket(&config.listen)?;
+    let socket_path = config.listen.clone();
+
+    let runtime = Arc::new(Runtime::new(config));
+    let service = CriService::new(runtime.clone());
+
+    let runtime_service = RuntimeServiceServer::new(service.clone())
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let image_service = ImageServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+
+    let shutdown = shutdown_signal()?;
+    tracing::info!(
+        socket = %socket_path.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "ketch serving CRI v1"
+    );
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .add_service(runtime_service)
+        .add_service(image_service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    // Only the holder of the lock gets here, so the socket is ours to remove.
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("ketch stopped; containers keep running");
+    Ok(())
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| DaemonError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Holds an exclusive lock beside the socket for the daemon's lifetime: the
+/// one sure way to tell a live ketch from a stale socket file, free of the
+/// race between two daemons starting at once.
+fn lock_socket(socket: &Path) -> Result<Flock<std::fs::File>, DaemonError> {
+    let mut lock_path = socket.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| DaemonError::Listen {
+            path: lock_path.clone(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| DaemonError::AlreadyServing(socket.to_owned()))
+}
+
+/// Binds the socket, replacing a stale socket file, mode 0660.
+fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            // We hold the lock, so nobody serves this socket any more.
+            std::fs::remove_file(path).map_err(|source| DaemonError::Listen {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Ok(_) => {
+            return Err(DaemonError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|source| DaemonError::Listen {
+        path: path.to_owned(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+        DaemonError::Listen {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight calls"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing in-flight calls"),
+        }
+    })
+}

@@ -1,0 +1,12 @@
+//! ketch: a Kubernetes container runtime speaking CRI v1.
+//!
+//! The binary's subcommands live in `cli`; `daemon` wires the gRPC server;
+//! `cri` is the thin protocol layer over the domain modules below it.
+
+pub mod cli;
+pub mod config;
+pub mod cri;
+pub mod daemon;
+pub mod logging;
+pub mod network;
+pub mod runtime;
