@@ -1,1 +1,5 @@
+//! End-to-end tests: the real `ketch` binary driven over its real socket by
+//! a real CRI client. Run as root: `cargo test --test e2e`.
 
+mod foundation;
+mod harness;

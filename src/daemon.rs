@@ -20,6 +20,9 @@ use crate::runtime::Runtime;
 /// default makes large List replies fail.
 const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
+/// How long in-flight calls may run on after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot create directory {path}: {source}")]
@@ -62,18 +65,39 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
-    let shutdown = shutdown_signal()?;
+    let signal = shutdown_signal()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_serving = stop_rx.clone();
+    let mut stop_waiting = stop_rx;
     tracing::info!(
         socket = %socket_path.display(),
         version = env!("CARGO_PKG_VERSION"),
         "ketch serving CRI v1"
     );
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .add_service(runtime_service)
         .add_service(image_service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            let _ = stop_serving.wait_for(|stop| *stop).await;
+        });
+    // Graceful shutdown waits for every connection to close; a client that
+    // keeps an idle connection open must not hold the daemon forever.
+    let grace = async move {
+        let _ = stop_waiting.wait_for(|stop| *stop).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = serve => result?,
+        _ = grace => tracing::warn!(
+            "connections still open {}s after the stop signal; exiting anyway",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
     // Only the holder of the lock gets here, so the socket is ours to remove.
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("ketch stopped; containers keep running");

@@ -1,0 +1,237 @@
+//! The daemon itself: Version, Status, RuntimeConfig, config errors, the
+//! socket and signals.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::Stdio;
+
+use k8s_cri::v1::*;
+
+use crate::harness::daemon::ketch_bin;
+use crate::harness::{Daemon, DaemonOptions};
+
+#[tokio::test]
+async fn version_names_ketch_and_v1() {
+    let daemon = Daemon::start().await;
+    let v = daemon
+        .runtime()
+        .await
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "ketch");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn status_reports_both_conditions_and_follows_cni_config() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.runtime().await;
+    let status = client
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.info.is_empty(), "info only with verbose");
+    let conditions = status.status.unwrap().conditions;
+    let runtime = conditions
+        .iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .expect("RuntimeReady condition");
+    assert!(runtime.status);
+    let network = conditions
+        .iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady condition");
+    assert!(!network.status, "no CNI config yet");
+    assert!(!network.reason.is_empty());
+    assert!(
+        network
+            .message
+            .contains(&daemon.cni_conf_dir.display().to_string()),
+        "message names the dir: {}",
+        network.message
+    );
+
+    // A config dropped in later is picked up without a restart.
+    std::fs::write(
+        daemon.cni_conf_dir.join("10-test.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"test","plugins":[{"type":"loopback"}]}"#,
+    )
+    .unwrap();
+    let status = client
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let network = status
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(network.status, "{network:?}");
+    let config: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
+    assert_eq!(
+        config["root_dir"].as_str().unwrap(),
+        daemon.root_dir.display().to_string()
+    );
+}
+
+#[tokio::test]
+async fn runtime_config_reports_cgroup_driver() {
+    let daemon = Daemon::start_with(DaemonOptions {
+        config_toml: "cgroup_driver = \"systemd\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let reply = daemon
+        .runtime()
+        .await
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.linux.unwrap().cgroup_driver,
+        CgroupDriver::Systemd as i32
+    );
+}
+
+#[tokio::test]
+async fn socket_is_0660_and_second_daemon_is_refused() {
+    let daemon = Daemon::start().await;
+    let meta = std::fs::metadata(&daemon.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+
+    let out = daemon.command().stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "second daemon must exit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already serving"),
+        "clear error expected, got: {stderr}"
+    );
+    // The first one keeps serving.
+    daemon
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("first daemon still serves");
+}
+
+#[tokio::test]
+async fn stale_socket_is_replaced_and_sigterm_exits_zero() {
+    let mut daemon = Daemon::start().await;
+    // A killed daemon leaves its socket file behind.
+    daemon.kill9();
+    assert!(daemon.socket.exists(), "kill -9 leaves the socket file");
+    daemon.restart().await;
+    daemon
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("restarted daemon serves");
+    assert_eq!(daemon.stop().await, Some(0), "SIGTERM exits 0");
+    assert!(!daemon.socket.exists(), "clean exit removes the socket");
+}
+
+#[tokio::test]
+async fn in_flight_calls_finish_on_sigterm() {
+    let mut daemon = Daemon::start().await;
+    let mut client = daemon.runtime().await;
+    let pid = daemon.pid().unwrap() as i32;
+    // A stream of calls racing with SIGTERM: each either succeeds or fails
+    // to connect; none is cut off with an internal error.
+    let calls = tokio::spawn(async move {
+        let mut ok = 0;
+        for _ in 0..200 {
+            match client.status(StatusRequest { verbose: true }).await {
+                Ok(_) => ok += 1,
+                Err(status) => {
+                    assert_ne!(status.code(), tonic::Code::Internal, "{status:?}");
+                    break;
+                }
+            }
+        }
+        ok
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let ok = calls.await.unwrap();
+    assert!(ok > 0, "some calls completed before the shutdown");
+    assert_eq!(daemon.stop().await, Some(0));
+}
+
+#[tokio::test]
+async fn unimplemented_rpcs_say_which() {
+    let daemon = Daemon::start().await;
+    let err = daemon
+        .runtime()
+        .await
+        .checkpoint_container(CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("CheckpointContainer"), "{err:?}");
+}
+
+fn run_with_config(toml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ketch.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = std::process::Command::new(ketch_bin())
+        .arg("--config")
+        .arg(&path)
+        .arg("--root-dir")
+        .arg(dir.path().join("root"))
+        .arg("--state-dir")
+        .arg(dir.path().join("run"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_errors_name_the_key_and_value() {
+    let (code, err) = run_with_config("log_levle = \"info\"\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("log_levle"), "{err}");
+
+    let (code, err) = run_with_config("[streaming]\nport = 99999\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("port") && err.contains("99999"), "{err}");
+
+    let (code, err) = run_with_config("log_format = \"yaml\"\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("log_format") && err.contains("yaml"), "{err}");
+
+    let (code, err) = run_with_config("[cni]\nplugin_timeout_secs = 0\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("cni.plugin_timeout_secs"), "{err}");
+}
+
+#[test]
+fn missing_named_config_is_an_error() {
+    let out = std::process::Command::new(ketch_bin())
+        .args(["--config", "/nonexistent/ketch.toml"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ketch.toml"));
+}

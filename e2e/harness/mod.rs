@@ -1,0 +1,6 @@
+//! The end-to-end harness: the real daemon, real registries, real images.
+#![allow(dead_code)]
+
+pub mod daemon;
+
+pub use daemon::{Daemon, DaemonOptions};
