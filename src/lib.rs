@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod logging;

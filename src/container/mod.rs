@@ -1,0 +1,5 @@
+//! Containers: OCI spec generation now; the lifecycle (create, start,
+//! stop, remove, status) builds on it.
+
+pub mod spec;
+pub mod user;

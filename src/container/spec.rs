@@ -1,0 +1,853 @@
+//! Builds a container's OCI runtime spec from its CRI config, its image's
+//! config and its pod: the contract between the container lifecycle and the
+//! executor. Pure: no I/O except `stat` of device nodes, so it is tested
+//! without root.
+//!
+//! The rules follow Kubernetes and containerd (`internal/cri/server/
+//! container_create_linux.go`, `pkg/oci/spec_opts.go`): `command` replaces
+//! the image's Entrypoint and `args` its Cmd; CRI env overrides the image's
+//! by name; the default capability set, masked and read-only paths are
+//! containerd's.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1::{ContainerConfig, MountPropagation};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
+};
+
+/// What the image's config contributes to a container.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ImageRunConfig {
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub stop_signal: String,
+}
+
+/// How the container's PID namespace is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// A new one: the container's process is PID 1.
+    Private,
+    /// The pod's, joined by path (the pod's init holds it).
+    Pod(PathBuf),
+    /// The node's.
+    Host,
+}
+
+/// What the pod contributes: its namespaces (a path joins it, `None` means
+/// the node's) and its files.
+#[derive(Debug, Clone)]
+pub struct PodContext {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub pid: PidNamespace,
+    pub hostname: String,
+    pub hosts_file: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub hostname_file: PathBuf,
+    /// The pod's /dev/shm (a tmpfs of the pod, or the host's).
+    pub shm: PathBuf,
+    pub sysctls: HashMap<String, String>,
+    pub cgroup_parent: String,
+}
+
+/// The numeric identity the process runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(
+        "no command specified: the container config has no command or args and the image has no Entrypoint or Cmd"
+    )]
+    NoCommand,
+    #[error("invalid environment variable {0:?}: no name")]
+    BadEnv(String),
+    #[error("mount host path {path}: {source}")]
+    MountSource {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("mount container path {0:?} must be absolute")]
+    MountTarget(String),
+    #[error("device {path}: {reason}")]
+    Device { path: String, reason: String },
+    #[error("unknown capability {0:?}")]
+    Capability(String),
+    #[error("building the OCI spec: {0}")]
+    Oci(#[from] oci_spec::OciSpecError),
+}
+
+/// The argv per Kubernetes: command replaces Entrypoint, args replace Cmd;
+/// args alone run after the image's Entrypoint.
+pub fn argv(config: &ContainerConfig, image: &ImageRunConfig) -> Result<Vec<String>, SpecError> {
+    let argv: Vec<String> = match (config.command.is_empty(), config.args.is_empty()) {
+        (true, true) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
+        (true, false) => image
+            .entrypoint
+            .iter()
+            .chain(&config.args)
+            .cloned()
+            .collect(),
+        (false, _) => config.command.iter().chain(&config.args).cloned().collect(),
+    };
+    if argv.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    Ok(argv)
+}
+
+/// The image's env with the CRI's laid over it by name, order kept, plus
+/// PATH and HOSTNAME when neither sets them.
+pub fn environment(
+    config: &ContainerConfig,
+    image: &ImageRunConfig,
+    hostname: &str,
+) -> Result<Vec<String>, SpecError> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    fn set(vars: &mut Vec<(String, String)>, name: &str, value: &str) {
+        match vars.iter_mut().find(|(n, _)| n == name) {
+            Some(existing) => existing.1 = value.to_owned(),
+            None => vars.push((name.to_owned(), value.to_owned())),
+        }
+    }
+    for entry in &image.env {
+        let (name, value) = entry.split_once('=').unwrap_or((entry, ""));
+        if name.is_empty() {
+            return Err(SpecError::BadEnv(entry.clone()));
+        }
+        set(&mut vars, name, value);
+    }
+    for kv in &config.envs {
+        if kv.key.is_empty() {
+            return Err(SpecError::BadEnv(format!("={}", kv.value)));
+        }
+        set(&mut vars, &kv.key, &kv.value);
+    }
+    let has = |vars: &[(String, String)], name: &str| vars.iter().any(|(n, _)| n == name);
+    if !has(&vars, "PATH") {
+        set(
+            &mut vars,
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    }
+    if !has(&vars, "HOSTNAME") && !hostname.is_empty() {
+        set(&mut vars, "HOSTNAME", hostname);
+    }
+    Ok(vars
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect())
+}
+
+/// containerd's default capability set for unprivileged containers.
+const DEFAULT_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+const ALL_CAPABILITIES: &[Capability] = &[
+    Capability::AuditControl,
+    Capability::AuditRead,
+    Capability::AuditWrite,
+    Capability::BlockSuspend,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::Kill,
+    Capability::Lease,
+    Capability::LinuxImmutable,
+    Capability::MacAdmin,
+    Capability::MacOverride,
+    Capability::Mknod,
+    Capability::NetAdmin,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetRaw,
+    Capability::Perfmon,
+    Capability::Setgid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysChroot,
+    Capability::SysModule,
+    Capability::SysNice,
+    Capability::SysPacct,
+    Capability::SysPtrace,
+    Capability::SysRawio,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+];
+
+fn parse_capability(name: &str) -> Result<Capability, SpecError> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    bare.parse::<Capability>()
+        .map_err(|_| SpecError::Capability(name.to_owned()))
+}
+
+/// The capability set: the default (or all when privileged), with the
+/// security context's adds and drops; "ALL" works in either list.
+pub fn capabilities(config: &ContainerConfig) -> Result<HashSet<Capability>, SpecError> {
+    let security = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let privileged = security.is_some_and(|s| s.privileged);
+    let mut caps: HashSet<Capability> = if privileged {
+        ALL_CAPABILITIES.iter().copied().collect()
+    } else {
+        DEFAULT_CAPABILITIES.iter().copied().collect()
+    };
+    if let Some(cap) = security.and_then(|s| s.capabilities.as_ref()) {
+        for name in &cap.add_capabilities {
+            if name.eq_ignore_ascii_case("ALL") {
+                caps.extend(ALL_CAPABILITIES);
+            } else {
+                caps.insert(parse_capability(name)?);
+            }
+        }
+        for name in &cap.drop_capabilities {
+            if name.eq_ignore_ascii_case("ALL") {
+                caps.clear();
+            } else {
+                caps.remove(&parse_capability(name)?);
+            }
+        }
+        // Kubernetes applies adds after a drop of ALL.
+        if cap
+            .drop_capabilities
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case("ALL"))
+        {
+            for name in &cap.add_capabilities {
+                if !name.eq_ignore_ascii_case("ALL") {
+                    caps.insert(parse_capability(name)?);
+                }
+            }
+        }
+    }
+    Ok(caps)
+}
+
+/// Paths hidden from unprivileged containers (containerd's defaults).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn mount(
+    destination: &str,
+    typ: &str,
+    source: &Path,
+    options: &[&str],
+) -> Result<Mount, SpecError> {
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// The mounts every container gets, then the pod's files, then the CRI's.
+/// A CRI mount over one of the defaults replaces it, as in containerd.
+pub fn mounts(config: &ContainerConfig, pod: &PodContext) -> Result<Vec<Mount>, SpecError> {
+    let privileged = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    let readonly_rootfs = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.readonly_rootfs);
+    let sys_mode = if privileged { "rw" } else { "ro" };
+    let pod_file_mode = if readonly_rootfs { "ro" } else { "rw" };
+    let mut mounts = vec![
+        mount(
+            "/proc",
+            "proc",
+            Path::new("proc"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/dev",
+            "tmpfs",
+            Path::new("tmpfs"),
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            Path::new("devpts"),
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            Path::new("mqueue"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            Path::new("sysfs"),
+            &["nosuid", "noexec", "nodev", sys_mode],
+        )?,
+        mount(
+            "/dev/shm",
+            "bind",
+            &pod.shm,
+            &["rbind", "rprivate", "nosuid", "nodev", "noexec", "rw"],
+        )?,
+        mount(
+            "/etc/hosts",
+            "bind",
+            &pod.hosts_file,
+            &["rbind", "rprivate", pod_file_mode],
+        )?,
+        mount(
+            "/etc/resolv.conf",
+            "bind",
+            &pod.resolv_conf,
+            &["rbind", "rprivate", pod_file_mode],
+        )?,
+        mount(
+            "/etc/hostname",
+            "bind",
+            &pod.hostname_file,
+            &["rbind", "rprivate", pod_file_mode],
+        )?,
+    ];
+    for m in &config.mounts {
+        if !m.container_path.starts_with('/') {
+            return Err(SpecError::MountTarget(m.container_path.clone()));
+        }
+        // A symlinked host path is resolved here, once, so the container
+        // sees what the path named at creation.
+        let source =
+            std::fs::canonicalize(&m.host_path).map_err(|source| SpecError::MountSource {
+                path: m.host_path.clone(),
+                source,
+            })?;
+        let propagation = match MountPropagation::try_from(m.propagation) {
+            Ok(MountPropagation::PropagationHostToContainer) => "rslave",
+            Ok(MountPropagation::PropagationBidirectional) => "rshared",
+            _ => "rprivate",
+        };
+        let mode = if m.readonly { "ro" } else { "rw" };
+        let destination = m.container_path.trim_end_matches('/');
+        let destination = if destination.is_empty() {
+            "/"
+        } else {
+            destination
+        };
+        mounts.retain(|existing| existing.destination() != Path::new(destination));
+        mounts.push(mount(
+            destination,
+            "bind",
+            &source,
+            &["rbind", propagation, mode],
+        )?);
+    }
+    Ok(mounts)
+}
+
+fn device_numbers(path: &str) -> Result<(LinuxDeviceType, i64, i64, u32), SpecError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(path).map_err(|e| SpecError::Device {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let kind = if meta.file_type().is_char_device() {
+        LinuxDeviceType::C
+    } else if meta.file_type().is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return Err(SpecError::Device {
+            path: path.to_owned(),
+            reason: "not a device node".into(),
+        });
+    };
+    let rdev = meta.rdev();
+    Ok((
+        kind,
+        i64::from(nix::sys::stat::major(rdev) as u32),
+        i64::from(nix::sys::stat::minor(rdev) as u32),
+        meta.mode() & 0o7777,
+    ))
+}
+
+/// Builds the whole spec. `rootfs` is the prepared root filesystem.
+pub fn build(
+    config: &ContainerConfig,
+    image: &ImageRunConfig,
+    pod: &PodContext,
+    user: &ResolvedUser,
+    rootfs: &Path,
+) -> Result<Spec, SpecError> {
+    let linux_config = config.linux.as_ref();
+    let security = linux_config.and_then(|l| l.security_context.as_ref());
+    let privileged = security.is_some_and(|s| s.privileged);
+
+    let caps = capabilities(config)?;
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps.clone())
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()?;
+
+    let cwd = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else if !image.working_dir.is_empty() {
+        image.working_dir.clone()
+    } else {
+        "/".to_owned()
+    };
+
+    let mut process = ProcessBuilder::default()
+        .terminal(config.tty)
+        .user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.additional_gids.clone())
+                .build()?,
+        )
+        .args(argv(config, image)?)
+        .env(environment(config, image, &pod.hostname)?)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(security.is_some_and(|s| s.no_new_privs))
+        .build()?;
+    if let Some(adj) = linux_config
+        .and_then(|l| l.resources.as_ref())
+        .map(|r| r.oom_score_adj)
+        .filter(|adj| *adj != 0)
+    {
+        process.set_oom_score_adj(Some(adj as i32));
+    }
+
+    let mut namespaces = vec![
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Mount)
+            .build()?,
+    ];
+    let mut join = |typ, path: &Option<PathBuf>| -> Result<(), SpecError> {
+        if let Some(path) = path {
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(typ)
+                    .path(path.clone())
+                    .build()?,
+            );
+        }
+        Ok(())
+    };
+    join(LinuxNamespaceType::Network, &pod.net)?;
+    join(LinuxNamespaceType::Ipc, &pod.ipc)?;
+    join(LinuxNamespaceType::Uts, &pod.uts)?;
+    match &pod.pid {
+        PidNamespace::Private => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Pid)
+                .build()?,
+        ),
+        PidNamespace::Pod(path) => join(LinuxNamespaceType::Pid, &Some(path.clone()))?,
+        PidNamespace::Host => {}
+    }
+
+    let mut devices = Vec::new();
+    let mut device_rules = vec![
+        // Deny all, then allow what the container was given (runc style).
+        LinuxDeviceCgroupBuilder::default()
+            .allow(privileged)
+            .access("rwm")
+            .build()?,
+    ];
+    for device in &config.devices {
+        let (typ, major, minor, mode) = device_numbers(&device.host_path)?;
+        let permissions = if device.permissions.is_empty() {
+            "rwm".to_owned()
+        } else {
+            device.permissions.clone()
+        };
+        devices.push(
+            LinuxDeviceBuilder::default()
+                .path(&device.container_path)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .file_mode(mode)
+                .uid(0u32)
+                .gid(0u32)
+                .build()?,
+        );
+        device_rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .access(permissions)
+                .build()?,
+        );
+    }
+
+    let mut resources = LinuxResourcesBuilder::default().devices(device_rules);
+    if let Some(r) = linux_config.and_then(|l| l.resources.as_ref()) {
+        let mut cpu = LinuxCpuBuilder::default();
+        if r.cpu_shares > 0 {
+            cpu = cpu.shares(r.cpu_shares as u64);
+        }
+        if r.cpu_quota > 0 {
+            cpu = cpu.quota(r.cpu_quota);
+        }
+        if r.cpu_period > 0 {
+            cpu = cpu.period(r.cpu_period as u64);
+        }
+        if !r.cpuset_cpus.is_empty() {
+            cpu = cpu.cpus(r.cpuset_cpus.clone());
+        }
+        if !r.cpuset_mems.is_empty() {
+            cpu = cpu.mems(r.cpuset_mems.clone());
+        }
+        resources = resources.cpu(cpu.build()?);
+        if r.memory_limit_in_bytes > 0 {
+            let mut memory = LinuxMemoryBuilder::default().limit(r.memory_limit_in_bytes);
+            if r.memory_swap_limit_in_bytes > 0 {
+                memory = memory.swap(r.memory_swap_limit_in_bytes);
+            }
+            resources = resources.memory(memory.build()?);
+        }
+    }
+
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .devices(devices)
+        .resources(resources.build()?)
+        .sysctl(pod.sysctls.clone());
+    if !privileged {
+        linux = linux
+            .masked_paths(
+                MASKED_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .readonly_paths(
+                READONLY_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            );
+    }
+    if !pod.cgroup_parent.is_empty() {
+        linux = linux.cgroups_path(PathBuf::from(&pod.cgroup_parent));
+    }
+
+    let root = RootBuilder::default()
+        .path(rootfs)
+        .readonly(security.is_some_and(|s| s.readonly_rootfs))
+        .build()?;
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(root)
+        .process(process)
+        .mounts(mounts(config, pod)?)
+        .linux(linux.build()?)
+        .build()?;
+    if pod.uts.is_none() {
+        // On the node's UTS namespace the hostname is the node's.
+        spec.set_hostname(None);
+    } else {
+        spec.set_hostname(Some(pod.hostname.clone()));
+    }
+    let mut annotations: HashMap<String, String> = config.annotations.clone();
+    annotations.insert(
+        "io.kubernetes.cri.container-type".into(),
+        "container".into(),
+    );
+    spec.set_annotations(Some(annotations));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::{
+        Capability as CriCapability, KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext,
+        Mount as CriMount,
+    };
+
+    fn image() -> ImageRunConfig {
+        ImageRunConfig {
+            env: vec!["PATH=/bin".into(), "A=image".into(), "B=image".into()],
+            entrypoint: vec!["/ep".into()],
+            cmd: vec!["cmd1".into(), "cmd2".into()],
+            working_dir: "/work".into(),
+            user: String::new(),
+            stop_signal: String::new(),
+        }
+    }
+
+    fn pod(dir: &Path) -> PodContext {
+        PodContext {
+            net: Some(dir.join("net")),
+            ipc: Some(dir.join("ipc")),
+            uts: Some(dir.join("uts")),
+            pid: PidNamespace::Private,
+            hostname: "web-1".into(),
+            hosts_file: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+            hostname_file: dir.join("hostname"),
+            shm: dir.join("shm"),
+            sysctls: HashMap::new(),
+            cgroup_parent: String::new(),
+        }
+    }
+
+    #[test]
+    fn argv_follows_kubernetes_rules() {
+        let img = image();
+        let mut c = ContainerConfig::default();
+        assert_eq!(argv(&c, &img).unwrap(), ["/ep", "cmd1", "cmd2"]);
+        c.args = vec!["a".into()];
+        assert_eq!(argv(&c, &img).unwrap(), ["/ep", "a"]);
+        c.command = vec!["/bin/x".into()];
+        assert_eq!(argv(&c, &img).unwrap(), ["/bin/x", "a"]);
+        c.args.clear();
+        assert_eq!(argv(&c, &img).unwrap(), ["/bin/x"]);
+        let empty = ImageRunConfig::default();
+        assert!(matches!(
+            argv(&ContainerConfig::default(), &empty),
+            Err(SpecError::NoCommand)
+        ));
+    }
+
+    #[test]
+    fn env_overrides_by_name_and_keeps_order() {
+        let c = ContainerConfig {
+            envs: vec![
+                KeyValue {
+                    key: "B".into(),
+                    value: "cri".into(),
+                },
+                KeyValue {
+                    key: "C".into(),
+                    value: "x=y".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let env = environment(&c, &image(), "h").unwrap();
+        assert_eq!(
+            env,
+            ["PATH=/bin", "A=image", "B=cri", "C=x=y", "HOSTNAME=h"]
+        );
+        let env = environment(&ContainerConfig::default(), &ImageRunConfig::default(), "").unwrap();
+        assert!(env[0].starts_with("PATH=/usr/local/sbin"));
+    }
+
+    #[test]
+    fn capabilities_add_drop_all() {
+        let mut c = ContainerConfig::default();
+        let caps = capabilities(&c).unwrap();
+        assert!(caps.contains(&Capability::Chown));
+        assert!(!caps.contains(&Capability::SysAdmin));
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                capabilities: Some(CriCapability {
+                    add_capabilities: vec!["NET_ADMIN".into()],
+                    drop_capabilities: vec!["ALL".into()],
+                    add_ambient_capabilities: vec![],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let caps = capabilities(&c).unwrap();
+        assert_eq!(caps, HashSet::from([Capability::NetAdmin]));
+        c.linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .capabilities
+            .as_mut()
+            .unwrap()
+            .add_capabilities = vec!["CAP_BOGUS".into()];
+        assert!(matches!(capabilities(&c), Err(SpecError::Capability(_))));
+    }
+
+    #[test]
+    fn spec_joins_pod_namespaces_and_mounts_pod_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("data");
+        std::fs::create_dir(&host).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&host, &link).unwrap();
+        let c = ContainerConfig {
+            mounts: vec![CriMount {
+                container_path: "/data/".into(),
+                host_path: link.display().to_string(),
+                readonly: true,
+                propagation: MountPropagation::PropagationHostToContainer as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let p = pod(dir.path());
+        let spec = build(
+            &c,
+            &image(),
+            &p,
+            &ResolvedUser::default(),
+            Path::new("/rootfs"),
+        )
+        .unwrap();
+        let ns = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
+        let find = |t| ns.iter().find(|n| n.typ() == t);
+        assert_eq!(
+            find(LinuxNamespaceType::Network).unwrap().path().as_deref(),
+            Some(dir.path().join("net").as_path())
+        );
+        assert!(find(LinuxNamespaceType::Pid).unwrap().path().is_none());
+        assert!(find(LinuxNamespaceType::Mount).is_some());
+        let mounts = spec.mounts().as_ref().unwrap();
+        let data = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/data"))
+            .unwrap();
+        assert_eq!(
+            data.source().as_deref(),
+            Some(host.as_path()),
+            "symlink resolved"
+        );
+        let opts = data.options().as_ref().unwrap();
+        assert!(opts.contains(&"ro".to_string()) && opts.contains(&"rslave".to_string()));
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.destination() == Path::new("/etc/hosts"))
+        );
+        assert_eq!(spec.process().as_ref().unwrap().cwd(), Path::new("/work"));
+    }
+
+    #[test]
+    fn missing_host_path_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ContainerConfig {
+            mounts: vec![CriMount {
+                container_path: "/x".into(),
+                host_path: "/nonexistent/ketch-path".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = mounts(&c, &pod(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ketch-path"), "{err}");
+    }
+
+    #[test]
+    fn host_pid_and_host_network_leave_namespaces_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pod(dir.path());
+        p.net = None;
+        p.uts = None;
+        p.pid = PidNamespace::Host;
+        let spec = build(
+            &ContainerConfig::default(),
+            &image(),
+            &p,
+            &ResolvedUser::default(),
+            Path::new("/r"),
+        )
+        .unwrap();
+        let ns = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
+        assert!(ns.iter().all(|n| !matches!(
+            n.typ(),
+            LinuxNamespaceType::Network | LinuxNamespaceType::Pid | LinuxNamespaceType::Uts
+        )));
+        assert!(spec.hostname().is_none());
+    }
+}
