@@ -175,7 +175,7 @@ pub fn resolve(
     additional_gids.dedup();
 
     Ok(ResolvedUser {
-        uid: uid as u32,
+        uid,
         gid,
         additional_gids,
     })
