@@ -1,6 +1,7 @@
 //! The end-to-end harness: the real daemon, real registries, real images.
 #![allow(dead_code)]
 
+pub mod cri;
 pub mod daemon;
 
 pub use daemon::{Daemon, DaemonOptions};
