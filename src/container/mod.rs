@@ -3,4 +3,5 @@
 
 pub mod rootfs;
 pub mod spec;
+pub mod state;
 pub mod user;
