@@ -3,5 +3,7 @@
 
 pub mod cri;
 pub mod daemon;
+pub mod images;
+pub mod registry;
 
 pub use daemon::{Daemon, DaemonOptions};
