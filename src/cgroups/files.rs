@@ -196,18 +196,22 @@ pub(crate) fn remove_tree(dir: &Path, deadline: Instant, started: Instant) -> Re
     }
 }
 
+/// Reads a limit file (`max` or a number); `None` when unlimited or missing.
+pub(crate) fn read_limit(path: &Path) -> Result<Option<u64>> {
+    match read_optional(path)? {
+        Some(s) => super::parse::parse_limit(&s).map_err(|reason| CgroupError::Parse {
+            path: path.to_path_buf(),
+            reason,
+        }),
+        None => Ok(None),
+    }
+}
+
 pub(crate) fn pids_stats(dir: &Path) -> Result<Option<PidsStats>> {
     let Some(current) = read_u64_optional(&dir.join("pids.current"))? else {
         return Ok(None);
     };
-    let max_file = dir.join("pids.max");
-    let limit = match read_optional(&max_file)? {
-        Some(s) => super::parse::parse_limit(&s).map_err(|reason| CgroupError::Parse {
-            path: max_file,
-            reason,
-        })?,
-        None => None,
-    };
+    let limit = read_limit(&dir.join("pids.max"))?;
     Ok(Some(PidsStats { current, limit }))
 }
 
@@ -236,5 +240,6 @@ pub(crate) fn kill_in_rounds(mut list: impl FnMut() -> Result<Vec<Pid>>) -> Resu
         kill_pids(&pids);
         std::thread::sleep(Duration::from_millis(10));
     }
+    tracing::warn!("processes kept appearing in a cgroup while killing them; gave up");
     Ok(())
 }

@@ -24,10 +24,14 @@
 //!
 //! # Use by the container lifecycle and the executor
 //! - Once at start: `let cgroups = CgroupManager::detect()?` (cheap to clone).
-//! - CreateContainer/StartContainer: `path = container_cgroup_path(driver,
-//!   &pod.cgroup_parent, &id)?`, persist `path`, then `let cg =
-//!   cgroups.create(&path, &Resources::from(&cri_resources))?` before the
-//!   process exists. The executor forks the container process, which waits
+//! - CreateContainer: `path = container_cgroup_path(driver,
+//!   &pod.cgroup_parent, &id)?`; put it in the OCI spec's
+//!   `linux.cgroupsPath` and persist it.
+//! - StartContainer (executor), before the process exists: `let cg =
+//!   cgroups.create(&path, &Resources::from(spec_linux_resources))?`. The OCI
+//!   route carries the device rules (with runc's default-allowed devices
+//!   appended) and pids limit; `Resources::from(&cri_resources)` has
+//!   neither. The executor forks the container process, which waits
 //!   (on a sync pipe) while the parent calls `cg.add_process(pid)`; only then
 //!   does it `unshare(CLONE_NEWCGROUP)` (so its cgroup namespace is rooted at
 //!   its own cgroup), set up and exec. A process in the cgroup from the
@@ -35,8 +39,9 @@
 //!   `oom_score_adj` on the process: it is not a cgroup setting.
 //! - UpdateContainerResources: `cg.update(&Resources::from(&r))`, and keep the
 //!   effective set with [`Resources::merge`] for ContainerStatus.
-//! - ContainerStats / PodSandboxStats: `cg.stats()` (the pod's via
-//!   `cgroups.open(&pod.cgroup_parent)`); CPU nano-cores come from two samples.
+//! - ContainerStats / PodSandboxStats: `cg.stats()`; the pod's through
+//!   `cgroups.open(&parent_cgroup_path(driver, &pod.cgroup_parent)?)`. CPU
+//!   nano-cores come from two samples.
 //! - When the container process exits (in the monitor, which records the
 //!   exit status): `cg.oom_killed()` gives the `OOMKilled` reason. Read it
 //!   before `destroy`, which discards the counter.
@@ -46,7 +51,8 @@
 //! - RemoveContainer: `cg.kill_all()` if anything is left, then
 //!   `cg.destroy()`: idempotent, waits briefly for exiting tasks, removes
 //!   the dir in every hierarchy (and any cgroups the container made below
-//!   it). Parents (`/ketch`, the pod's) are never removed: kubelet owns them.
+//!   it). Parents are never removed: the pod's belongs to kubelet and
+//!   `/ketch` is shared by every container.
 //! - After a daemon restart: `cgroups.open(&persisted_path)` (NotFound when it
 //!   is gone, e.g. after a reboot: nothing to clean then).
 //!
@@ -55,15 +61,15 @@
 //! tasks to leave; async callers run those in `spawn_blocking`.
 //!
 //! # Why hand-written
-//! The file interface is small, and the crates that wrap it fit ketch
-//! badly: youki's libcgroups pulls in a D-Bus systemd client, and
-//! cgroups-rs binds itself to the host's `/sys/fs/cgroup` layout, cannot be
-//! rooted at a delegated v2 subtree, and does not compute kubelet-style
-//! working set or expose `cgroup.kill`. Owning ~1000 lines keeps every
-//! write and its order visible.
+//! The file interface is small. youki's libcgroups brings a D-Bus systemd
+//! client and a large dependency tree; generic wrappers such as cgroups-rs
+//! still leave what matters most here to the caller: kubelet's working-set
+//! arithmetic, runc's v1→v2 conversions and write ordering, OOM and
+//! kill-everything semantics, a manager rooted at a delegated v2 subtree.
+//! Owning these few hundred lines keeps every write and its order visible.
 //!
-//! Device access rules (v1 `devices.allow`/`deny`, v2 eBPF) are not set
-//! here yet.
+//! Device access rules ([`DeviceRule`]) are enforced on v1 only; v2 needs
+//! an eBPF device program, which ketch does not load yet.
 
 mod error;
 mod files;
@@ -85,10 +91,13 @@ use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 use nix::unistd::Pid;
 
 pub use error::{CgroupError, Result};
-pub use path::{DEFAULT_PARENT, DEFAULT_SLICE, container_cgroup_path, expand_slice, normalize};
+pub use path::{
+    DEFAULT_PARENT, DEFAULT_SLICE, container_cgroup_path, expand_slice, normalize,
+    parent_cgroup_path,
+};
 pub use resources::{
-    HugepageLimit, MAX_SHARES, MIN_SHARES, Resources, UNIFIED_CONTROLLERS, shares_to_weight,
-    swap_v2_value,
+    DeviceKind, DeviceRule, HugepageLimit, MAX_SHARES, MIN_SHARES, Resources, UNIFIED_CONTROLLERS,
+    shares_to_weight, swap_v2_value,
 };
 pub use stats::{CpuStats, MemoryStats, PidsStats, Stats};
 
@@ -338,6 +347,7 @@ impl Cgroup {
     /// one to fork away: v2 `cgroup.kill` where the kernel has it, else
     /// freeze, kill each pid, thaw. Returns once signalled; the processes
     /// are gone when their parents reap them, which `destroy` waits for.
+    /// A cgroup that no longer exists has nothing to kill: `Ok`.
     pub fn kill_all(&self) -> Result<()> {
         match &*self.manager.layout {
             Layout::V1(v) => v.kill_all(&self.path),

@@ -97,26 +97,29 @@ pub fn container_cgroup_path(
             reason: "not a valid container ID".to_string(),
         });
     }
+    let parent = parent_raw(driver, cgroup_parent)?;
     match driver {
-        CgroupDriver::Cgroupfs => {
-            let parent = if cgroup_parent.is_empty() {
-                DEFAULT_PARENT
-            } else {
-                cgroup_parent
-            };
-            normalize(&format!("{parent}/{id}"))
-        }
-        CgroupDriver::Systemd => {
-            let parent = if cgroup_parent.is_empty() {
-                expand_slice(DEFAULT_SLICE)?
-            } else if cgroup_parent.starts_with('/') {
-                cgroup_parent.to_string()
-            } else {
-                expand_slice(cgroup_parent)?
-            };
-            normalize(&format!("{parent}/ketch-{id}.scope"))
-        }
+        CgroupDriver::Cgroupfs => normalize(&format!("{parent}/{id}")),
+        CgroupDriver::Systemd => normalize(&format!("{parent}/ketch-{id}.scope")),
     }
+}
+
+/// The cgroup path of a pod's `cgroup_parent` (for the pod's stats): the
+/// path itself with cgroupfs, the expanded slice with systemd, and the
+/// ketch default parent when kubelet gave none.
+pub fn parent_cgroup_path(driver: CgroupDriver, cgroup_parent: &str) -> Result<String> {
+    normalize(&parent_raw(driver, cgroup_parent)?)
+}
+
+/// The parent before normalisation: may be `/` (the `-.slice` root), which
+/// is fine as a container's parent but not as a cgroup of its own.
+fn parent_raw(driver: CgroupDriver, cgroup_parent: &str) -> Result<String> {
+    Ok(match driver {
+        CgroupDriver::Cgroupfs if cgroup_parent.is_empty() => DEFAULT_PARENT.to_string(),
+        CgroupDriver::Systemd if cgroup_parent.is_empty() => expand_slice(DEFAULT_SLICE)?,
+        CgroupDriver::Systemd if !cgroup_parent.starts_with('/') => expand_slice(cgroup_parent)?,
+        _ => cgroup_parent.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -186,5 +189,28 @@ mod tests {
         assert!(container_cgroup_path(CgroupDriver::Cgroupfs, "/kubepods/../x", id).is_err());
         assert!(container_cgroup_path(CgroupDriver::Cgroupfs, "", "a/b").is_err());
         assert!(container_cgroup_path(CgroupDriver::Cgroupfs, "", "").is_err());
+        assert!(container_cgroup_path(CgroupDriver::Systemd, "-.slice", id).is_ok());
+    }
+
+    #[test]
+    fn parent_paths() {
+        assert_eq!(
+            parent_cgroup_path(CgroupDriver::Cgroupfs, "kubepods/pod1").unwrap(),
+            "/kubepods/pod1"
+        );
+        assert_eq!(
+            parent_cgroup_path(CgroupDriver::Cgroupfs, "").unwrap(),
+            "/ketch"
+        );
+        assert_eq!(
+            parent_cgroup_path(CgroupDriver::Systemd, "kubepods-pod1.slice").unwrap(),
+            "/kubepods.slice/kubepods-pod1.slice"
+        );
+        assert_eq!(
+            parent_cgroup_path(CgroupDriver::Systemd, "").unwrap(),
+            "/ketch.slice"
+        );
+        // The root slice is the root cgroup, which ketch never touches.
+        assert!(parent_cgroup_path(CgroupDriver::Systemd, "-.slice").is_err());
     }
 }

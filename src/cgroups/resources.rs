@@ -40,6 +40,88 @@ pub struct Resources {
     /// the typed settings so they win. Keys are checked against
     /// [`UNIFIED_CONTROLLERS`]; refused on cgroup v1.
     pub unified: BTreeMap<String, String>,
+    /// Device access rules, applied in order (the last match wins), so a
+    /// list starts with a deny-all. Enforced on cgroup v1 (`devices.allow`,
+    /// `devices.deny`); cgroup v2 needs an eBPF program ketch does not load
+    /// yet, so there they are logged and not enforced.
+    pub devices: Vec<DeviceRule>,
+}
+
+/// One device cgroup rule: `allow` or deny `access` (a subset of `rwm`) to
+/// devices of `kind` with the given numbers (`None` is any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRule {
+    pub allow: bool,
+    pub kind: DeviceKind,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceKind {
+    All,
+    Char,
+    Block,
+}
+
+impl DeviceRule {
+    /// The v1 `devices.allow`/`devices.deny` line: `c 1:3 rwm`, `a`.
+    pub fn v1_line(&self) -> String {
+        let number = |n: Option<i64>| n.map_or_else(|| "*".to_string(), |n| n.to_string());
+        match self.kind {
+            DeviceKind::All => "a".to_string(),
+            DeviceKind::Char | DeviceKind::Block => format!(
+                "{} {}:{} {}",
+                if self.kind == DeviceKind::Char {
+                    'c'
+                } else {
+                    'b'
+                },
+                number(self.major),
+                number(self.minor),
+                self.access
+            ),
+        }
+    }
+
+    fn char(major: i64, minor: Option<i64>) -> Self {
+        Self {
+            allow: true,
+            kind: DeviceKind::Char,
+            major: Some(major),
+            minor,
+            access: "rwm".into(),
+        }
+    }
+
+    /// What every container may use whatever its spec says, the list runc
+    /// appends to a spec's rules: mknod of any device (using one still needs
+    /// a rule), /dev/null, zero, full, random, urandom, tty, console, ptmx,
+    /// the pty slaves (136:*) and /dev/net/tun.
+    pub fn default_allowed() -> Vec<DeviceRule> {
+        let mknod = |kind| Self {
+            allow: true,
+            kind,
+            major: None,
+            minor: None,
+            access: "m".into(),
+        };
+        vec![
+            mknod(DeviceKind::Char),
+            mknod(DeviceKind::Block),
+            Self::char(1, Some(3)),
+            Self::char(1, Some(8)),
+            Self::char(1, Some(7)),
+            Self::char(5, Some(0)),
+            Self::char(1, Some(5)),
+            Self::char(1, Some(9)),
+            Self::char(5, Some(1)),
+            Self::char(136, None),
+            Self::char(5, Some(2)),
+            Self::char(10, Some(200)),
+        ]
+    }
 }
 
 /// A hugetlb limit: `page_size` is the kernel's file-name form (`2MB`, `1GB`).
@@ -172,6 +254,22 @@ impl Resources {
         for (key, value) in &self.unified {
             validate_unified(key, value)?;
         }
+        for d in &self.devices {
+            if d.kind != DeviceKind::All
+                && (d.access.is_empty() || !d.access.chars().all(|c| "rwm".contains(c)))
+            {
+                return Err(CgroupError::invalid(
+                    "devices.access",
+                    format!("{:?} is not a subset of rwm", d.access),
+                ));
+            }
+            if d.major.is_some_and(|n| n < 0) || d.minor.is_some_and(|n| n < 0) {
+                return Err(CgroupError::invalid(
+                    "devices",
+                    format!("negative device number in {}", d.v1_line()),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -202,6 +300,9 @@ impl Resources {
         }
         self.unified
             .extend(update.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if !update.devices.is_empty() {
+            self.devices = update.devices.clone();
+        }
     }
 }
 
@@ -292,13 +393,16 @@ impl From<&k8s_cri::v1::LinuxContainerResources> for Resources {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            devices: Vec::new(),
         }
     }
 }
 
 impl From<&oci_spec::runtime::LinuxResources> for Resources {
-    /// For an executor that holds only the OCI spec. Device rules, block
-    /// I/O, network and RDMA settings are not carried.
+    /// For an executor that holds only the OCI spec. When the spec has
+    /// device rules, [`DeviceRule::default_allowed`] follows them, as runc
+    /// does, so a spec's deny-all never takes /dev/null away. Block I/O,
+    /// network and RDMA settings are not carried.
     fn from(r: &oci_spec::runtime::LinuxResources) -> Self {
         let cpu = r.cpu().as_ref();
         let memory = r.memory().as_ref();
@@ -326,8 +430,37 @@ impl From<&oci_spec::runtime::LinuxResources> for Resources {
                 .flatten()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            devices: oci_devices(r.devices().as_deref().unwrap_or_default()),
         }
     }
+}
+
+fn oci_devices(rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Vec<DeviceRule> {
+    use oci_spec::runtime::LinuxDeviceType as T;
+    if rules.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<DeviceRule> = rules
+        .iter()
+        .filter_map(|d| {
+            let kind = match d.typ().unwrap_or(T::A) {
+                T::A => DeviceKind::All,
+                T::C | T::U => DeviceKind::Char,
+                T::B => DeviceKind::Block,
+                // A FIFO is no device to the cgroup.
+                T::P => return None,
+            };
+            Some(DeviceRule {
+                allow: d.allow(),
+                kind,
+                major: d.major(),
+                minor: d.minor(),
+                access: d.access().clone().unwrap_or_else(|| "rwm".into()),
+            })
+        })
+        .collect();
+    out.extend(DeviceRule::default_allowed());
+    out
 }
 
 #[cfg(test)]
@@ -425,6 +558,34 @@ mod tests {
         assert_eq!(r.memory_limit, Some(1_000_000));
         assert_eq!(r.memory_swap, Some(2_000_000));
         assert_eq!(r.pids_limit, Some(64));
+        assert!(r.devices.is_empty());
+
+        let with_devices = LinuxResourcesBuilder::default()
+            .devices(vec![
+                LinuxDeviceCgroupBuilder::default()
+                    .allow(false)
+                    .access("rwm")
+                    .build()
+                    .unwrap(),
+                LinuxDeviceCgroupBuilder::default()
+                    .allow(true)
+                    .typ(LinuxDeviceType::B)
+                    .major(8i64)
+                    .minor(0i64)
+                    .access("r")
+                    .build()
+                    .unwrap(),
+            ])
+            .build()
+            .unwrap();
+        let r = Resources::from(&with_devices);
+        assert_eq!(r.devices[0].v1_line(), "a");
+        assert!(!r.devices[0].allow);
+        assert_eq!(r.devices[1].v1_line(), "b 8:0 r");
+        assert_eq!(&r.devices[2..], DeviceRule::default_allowed().as_slice());
+        assert_eq!(r.devices[2].v1_line(), "c *:* m");
+        assert_eq!(r.devices[11].v1_line(), "c 136:* rwm");
+        r.validate().unwrap();
     }
 
     #[test]
@@ -505,6 +666,19 @@ mod tests {
         assert!(!ok(unified("memory", "1")));
         assert!(!ok(unified("memory.", "1")));
         assert!(!ok(unified("memory.high", "1\0")));
+        let device = |access: &str| Resources {
+            devices: vec![DeviceRule {
+                allow: true,
+                kind: DeviceKind::Char,
+                major: Some(1),
+                minor: None,
+                access: access.into(),
+            }],
+            ..Default::default()
+        };
+        assert!(ok(device("rw")));
+        assert!(!ok(device("")));
+        assert!(!ok(device("rwx")));
     }
 
     #[test]

@@ -330,6 +330,7 @@ fn v1_limits_membership_update_and_removal() {
         assert!(!d.path.exists(), "{} left behind", d.path.display());
     }
     cg.destroy().expect("destroy is idempotent");
+    cg.kill_all().expect("nothing to kill in a removed cgroup");
     assert!(matches!(
         fx.manager.open(cg.path()),
         Err(CgroupError::NotFound { .. })
@@ -670,6 +671,53 @@ fn v1_failed_create_removes_what_it_made() {
         fx.manager.open(&fx.path("never-made")),
         Err(CgroupError::NotFound { .. })
     ));
+}
+
+/// Deny-all plus the defaults: /dev/null opens, /dev/kmsg does not, while
+/// a cgroup without rules opens both.
+#[test]
+fn v1_device_rules_are_enforced() {
+    let Some(mut fx) = Fixture::v1("dev") else {
+        return;
+    };
+    let mut devices = vec![DeviceRule {
+        allow: false,
+        kind: DeviceKind::All,
+        major: None,
+        minor: None,
+        access: "rwm".into(),
+    }];
+    devices.extend(DeviceRule::default_allowed());
+    let confined = fx
+        .manager
+        .create(
+            &fx.path("confined"),
+            &Resources {
+                devices,
+                ..Default::default()
+            },
+        )
+        .expect("create confined");
+    let open = fx
+        .manager
+        .create(&fx.path("open"), &Resources::default())
+        .expect("create open");
+    let list = read_trim(
+        &v1_dir(&confined, "devices").expect("devices dir"),
+        "devices.list",
+    );
+    assert!(list.lines().any(|l| l == "c 1:3 rwm"), "{list}");
+    assert!(!list.lines().any(|l| l.starts_with("a ")), "{list}");
+
+    let mut run = |cg: &Cgroup, script: &str| {
+        let pid = fx.spawn_gated(script);
+        cg.add_process(pid).expect("add");
+        fx.release(pid);
+        fx.wait_exit(pid)
+    };
+    assert!(run(&confined, "exec 3</dev/null").success());
+    assert!(!run(&confined, "exec 3</dev/kmsg").success(), "kmsg opened");
+    assert!(run(&open, "exec 3</dev/kmsg").success(), "control case");
 }
 
 #[test]

@@ -161,6 +161,18 @@ impl V1 {
             let dir = self.require("hugetlb", path, &file)?;
             files::write_setting(&dir, &file, &h.limit.to_string())?;
         }
+        if !r.devices.is_empty() {
+            let dir = self.require("devices", path, "devices.allow")?;
+            // In order: the kernel keeps an allow list that each line edits.
+            for rule in &r.devices {
+                let file = if rule.allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                };
+                files::write_setting(&dir, file, &rule.v1_line())?;
+            }
+        }
         Ok(())
     }
 
@@ -253,6 +265,9 @@ impl V1 {
     /// SIGKILLs them all, and thaws so the signals are delivered. Without a
     /// freezer hierarchy, kills in rounds until no process is left.
     pub fn kill_all(&self, path: &str) -> Result<()> {
+        if !self.exists(path) {
+            return Ok(());
+        }
         let freezer = self
             .controller_dir("freezer", path)
             .map(|d| d.join("freezer.state"))
@@ -283,10 +298,15 @@ impl V1 {
     pub fn destroy(&self, path: &str, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         let deadline = started + timeout;
+        // Every hierarchy is tried even when one fails, so a retry has
+        // less left to do; the first error is reported.
+        let mut first_error = None;
         for h in &self.hierarchies {
-            files::remove_tree(&Self::dir(h, path), deadline, started)?;
+            if let Err(e) = files::remove_tree(&Self::dir(h, path), deadline, started) {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

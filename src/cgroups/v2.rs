@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 
 use super::error::{CgroupError, Result};
 use super::files;
-use super::parse::{parse_flat_keyed, parse_limit};
+use super::parse::parse_flat_keyed;
 use super::resources::{Resources, shares_to_weight, swap_v2_value};
 use super::stats::{self, Stats};
 use super::v1::pids_value;
@@ -105,6 +105,12 @@ impl V2 {
             let file = format!("hugetlb.{}.max", h.page_size);
             files::write_setting(&dir, &file, &h.limit.to_string())?;
         }
+        if !r.devices.is_empty() {
+            tracing::warn!(
+                cgroup = path,
+                "device rules are not enforced on cgroup v2 (no eBPF device filter yet)"
+            );
+        }
         // Last, so a raw value wins over the typed one for the same file.
         for (key, value) in &r.unified {
             files::write_setting(&dir, key, value)?;
@@ -144,7 +150,7 @@ impl V2 {
         let memory = match files::read_u64_optional(&dir.join("memory.current"))? {
             Some(current) => {
                 let stat = parse_flat_keyed(&files::read(&dir.join("memory.stat"))?);
-                let max = read_limit(&dir.join("memory.max"))?;
+                let max = files::read_limit(&dir.join("memory.max"))?;
                 let swap = files::read_u64_optional(&dir.join("memory.swap.current"))?;
                 Some(stats::memory_v2(current, &stat, max, swap))
             }
@@ -178,6 +184,9 @@ impl V2 {
     /// included. Older kernels: freeze, kill, thaw.
     pub fn kill_all(&self, path: &str) -> Result<()> {
         let dir = self.dir(path);
+        if !dir.is_dir() {
+            return Ok(());
+        }
         if dir.join("cgroup.kill").exists() {
             return files::write(&dir.join("cgroup.kill"), "1");
         }
@@ -234,16 +243,6 @@ fn cpu_max(quota: Option<i64>, period: Option<u64>) -> Option<String> {
         value.push_str(&p.to_string());
     }
     Some(value)
-}
-
-fn read_limit(path: &Path) -> Result<Option<u64>> {
-    match files::read_optional(path)? {
-        Some(s) => parse_limit(&s).map_err(|reason| CgroupError::Parse {
-            path: path.to_path_buf(),
-            reason,
-        }),
-        None => Ok(None),
-    }
 }
 
 /// The wanted controllers `dir` offers its children but does not yet
