@@ -775,6 +775,7 @@ mod tests {
             &p,
             &ResolvedUser::default(),
             Path::new("/rootfs"),
+            "/ketch/c1",
         )
         .unwrap();
         let ns = spec
