@@ -100,7 +100,7 @@ pub use pod::{
 };
 pub use pod_cidr::GENERATED_CONF_NAME;
 pub use quantity::{QuantityError, parse_quantity};
-pub use result::{CniResult, Dns, Interface, IpConfig, Route};
+pub use result::{CniResult, Dns, Interface, IpConfig, ResultError, Route};
 
 #[cfg(test)]
 mod tests;
