@@ -450,11 +450,29 @@ fn the_container_is_isolated_and_configured() {
          echo cwd=$(pwd) uid=$(id -u) gid=$(id -g) groups=$(id -G); \
          ls -dn /work/dir | awk '{{print \"owner=\" $3 \":\" $4}}'; \
          echo umask=$(umask); \
-         touch /rootfile 2>/dev/null || echo root-ro",
+         touch /rootfile 2>/dev/null || echo root-ro; \
+         cat /data/f; touch /data/g 2>/dev/null || echo data-ro; \
+         cat /proc/sys/net/ipv4/ip_unprivileged_port_start",
         marker = marker.display()
     );
     let mut spec = b.spec(&["sh", "-c", &script]);
     spec.root_mut().as_mut().unwrap().set_readonly(Some(true));
+    let data = b.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f"), "from-host\n").unwrap();
+    spec.mounts_mut().as_mut().unwrap().push(mount(
+        "/data",
+        "bind",
+        data.to_str().unwrap(),
+        &["rbind", "rprivate", "ro"],
+    ));
+    spec.linux_mut().as_mut().unwrap().set_sysctl(Some(
+        [(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "0".to_string(),
+        )]
+        .into(),
+    ));
     let process = spec.process_mut().as_mut().unwrap();
     process.set_cwd(PathBuf::from("/work/dir"));
     process.set_user(
@@ -478,7 +496,7 @@ fn the_container_is_isolated_and_configured() {
     assert_eq!(
         out,
         "pid=1\nhost=ctr-host\npts-ok\nlinks-ok\nshm\n4\nmqueue-ok\nsys-ro\nprocsys-ro\n\
-         cwd=/work/dir uid=1000 gid=1000 groups=1000 2000\nowner=1000:1000\numask=0027\nroot-ro\n",
+         cwd=/work/dir uid=1000 gid=1000 groups=1000 2000\nowner=1000:1000\numask=0027\nroot-ro\nfrom-host\ndata-ro\n0\n",
         "stderr: {errs:?}"
     );
     b.assert_no_process_left();
@@ -591,6 +609,64 @@ fn oom_score_adj_is_never_below_our_own() {
     )
     .unwrap();
     b.wait_exit();
+    b.assert_no_process_left();
+}
+
+#[test]
+fn namespaces_are_joined_by_path() {
+    let a = Bundle::new();
+    let first = a.start(&a.spec(&["sleep", "1000"])).unwrap();
+    let b = Bundle::new();
+    let mut spec = b.spec(&["sh", "-c", "hostname; sleep 1000"]);
+    spec.set_hostname(Some("ignored-when-joined".into()));
+    let namespaces = spec
+        .linux_mut()
+        .as_mut()
+        .unwrap()
+        .namespaces_mut()
+        .as_mut()
+        .unwrap();
+    for (typ, name) in [
+        (LinuxNamespaceType::Network, "net"),
+        (LinuxNamespaceType::Ipc, "ipc"),
+        (LinuxNamespaceType::Uts, "uts"),
+    ] {
+        namespaces.retain(|n| n.typ() != typ);
+        let path = PathBuf::from(format!("/proc/{}/ns/{name}", first.container_pid));
+        namespaces.push(ns(typ, Some(&path)));
+    }
+    let second = b.start(&spec).unwrap();
+    let inode = |pid: i32, name: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/{name}"))
+            .unwrap()
+            .ino()
+    };
+    for name in ["net", "ipc", "uts"] {
+        assert_eq!(
+            inode(first.container_pid, name),
+            inode(second.container_pid, name),
+            "{name}"
+        );
+    }
+    for name in ["pid", "mnt"] {
+        assert_ne!(
+            inode(first.container_pid, name),
+            inode(second.container_pid, name),
+            "{name}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stdout_text(&b.log_lines(&b.log())) != "ctr-host\n" {
+        assert!(Instant::now() < deadline, "{:?}", b.log_lines(&b.log()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for s in [&first, &second] {
+        monitor::signal_container(s.container_pid, s.container_start_time, Signal::SIGKILL)
+            .unwrap();
+    }
+    a.wait_exit();
+    b.wait_exit();
+    a.assert_no_process_left();
     b.assert_no_process_left();
 }
 
