@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `ketch` binary driven over its real socket by
-//! a real CRI client. Run as root: `cargo test --test e2e`.
+//! a real CRI client, against real registries. Run as root:
+//! `cargo test --test e2e`.
 
 mod foundation;
 mod harness;
+mod registry_harness;

@@ -1,6 +1,9 @@
 //! The end-to-end harness: the real daemon, real registries, real images.
 #![allow(dead_code)]
 
+pub mod cri;
 pub mod daemon;
+pub mod images;
+pub mod registry;
 
 pub use daemon::{Daemon, DaemonOptions};

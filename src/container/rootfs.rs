@@ -1,0 +1,235 @@
+//! A container's root filesystem: an overlay of its image's unpacked layers
+//! (read-only lowerdirs) under a fresh upper and work dir of its own.
+//!
+//! The mount data of overlayfs must fit one page. Layer dirs have long
+//! names (chain IDs), so an image of many layers can overflow it; then the
+//! lowerdirs are given relative to their common parent, mounted from a
+//! short-lived thread whose working directory is that parent (the trick
+//! containerd's overlay snapshotter uses). Threads have their own cwd only
+//! after `unshare(CLONE_FS)`, which is what keeps the daemon's cwd intact.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("image has no layers")]
+    NoLayers,
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("overlay mount on {target}: {source}")]
+    Mount { target: PathBuf, source: nix::Error },
+    #[error("unmount {target}: {source}")]
+    Unmount { target: PathBuf, source: nix::Error },
+    #[error("overlay options too long for {layers} layers even relative to {parent}")]
+    TooManyLayers { layers: usize, parent: PathBuf },
+    #[error("mount thread failed: {0}")]
+    Thread(String),
+}
+
+/// The dirs of one container's overlay.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Overlay {
+    /// Topmost first, as overlayfs wants them.
+    pub lowerdirs: Vec<PathBuf>,
+    pub upperdir: PathBuf,
+    pub workdir: PathBuf,
+    pub target: PathBuf,
+}
+
+/// The most mount data the kernel takes (one page).
+const MAX_MOUNT_DATA: usize = 4095;
+
+fn escape(path: &Path) -> String {
+    // Overlay splits lowerdir on ':' and honours '\' escapes.
+    path.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace(':', "\\:")
+        .replace(',', "\\,")
+}
+
+fn options(lower: &[String], upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={},index=off",
+        lower.join(":"),
+        escape(upper),
+        escape(work)
+    )
+}
+
+impl Overlay {
+    /// Creates upper, work and target dirs and mounts the overlay.
+    pub fn mount(&self) -> Result<(), RootfsError> {
+        if self.lowerdirs.is_empty() {
+            return Err(RootfsError::NoLayers);
+        }
+        for dir in [&self.upperdir, &self.workdir, &self.target] {
+            std::fs::create_dir_all(dir).map_err(|source| RootfsError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let absolute: Vec<String> = self.lowerdirs.iter().map(|p| escape(p)).collect();
+        let data = options(&absolute, &self.upperdir, &self.workdir);
+        if data.len() <= MAX_MOUNT_DATA {
+            return mount_overlay(&self.target, &data);
+        }
+        // Too long: name the lowerdirs relative to their common parent.
+        let parent = self.lowerdirs[0]
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let relative: Option<Vec<String>> = self
+            .lowerdirs
+            .iter()
+            .map(|p| p.strip_prefix(&parent).ok().map(escape))
+            .collect();
+        let data = relative.map(|r| options(&r, &self.upperdir, &self.workdir));
+        match data {
+            Some(data) if data.len() <= MAX_MOUNT_DATA => {
+                let target = self.target.clone();
+                std::thread::spawn(move || -> Result<(), RootfsError> {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(|source| {
+                        RootfsError::Mount {
+                            target: target.clone(),
+                            source,
+                        }
+                    })?;
+                    nix::unistd::chdir(&parent).map_err(|source| RootfsError::Mount {
+                        target: target.clone(),
+                        source,
+                    })?;
+                    mount_overlay(&target, &data)
+                })
+                .join()
+                .map_err(|_| RootfsError::Thread("overlay mount thread panicked".into()))?
+            }
+            _ => Err(RootfsError::TooManyLayers {
+                layers: self.lowerdirs.len(),
+                parent,
+            }),
+        }
+    }
+
+    /// Unmounts the overlay if mounted. Idempotent.
+    pub fn unmount(&self) -> Result<(), RootfsError> {
+        unmount(&self.target)
+    }
+}
+
+fn mount_overlay(target: &Path, data: &str) -> Result<(), RootfsError> {
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data),
+    )
+    .map_err(|source| RootfsError::Mount {
+        target: target.to_owned(),
+        source,
+    })
+}
+
+/// Detaches whatever is mounted at `target`; nothing mounted is fine.
+pub fn unmount(target: &Path) -> Result<(), RootfsError> {
+    loop {
+        match nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => continue, // stacked mounts: take them all
+            Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(()),
+            Err(source) => {
+                return Err(RootfsError::Unmount {
+                    target: target.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_mounted(path: &Path) -> bool {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let p = path.display().to_string();
+        text.lines()
+            .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+    }
+
+    fn layers(dir: &Path, n: usize, name_len: usize) -> Vec<PathBuf> {
+        (0..n)
+            .map(|i| {
+                let p = dir.join(format!("{i:0>width$}", width = name_len));
+                std::fs::create_dir_all(&p).unwrap();
+                std::fs::write(p.join(format!("file{i}")), format!("{i}")).unwrap();
+                std::fs::write(p.join("top"), format!("{i}")).unwrap();
+                p
+            })
+            .rev() // topmost first
+            .collect()
+    }
+
+    #[test]
+    fn overlay_mounts_and_unmounts() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let o = Overlay {
+            lowerdirs: layers(&dir.path().join("layers"), 3, 8),
+            upperdir: dir.path().join("c/upper"),
+            workdir: dir.path().join("c/work"),
+            target: dir.path().join("c/rootfs"),
+        };
+        o.mount().unwrap();
+        assert!(is_mounted(&o.target));
+        assert_eq!(std::fs::read_to_string(o.target.join("top")).unwrap(), "2");
+        assert!(o.target.join("file0").exists());
+        std::fs::write(o.target.join("new"), "x").unwrap();
+        assert!(
+            o.upperdir.join("new").exists(),
+            "writes land in the upper dir"
+        );
+        o.unmount().unwrap();
+        assert!(!is_mounted(&o.target));
+        o.unmount().unwrap();
+    }
+
+    #[test]
+    fn many_layers_use_relative_lowerdirs() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        // 60 layers with 64-char names overflow a page as absolute paths.
+        let o = Overlay {
+            lowerdirs: layers(&dir.path().join("layers"), 60, 64),
+            upperdir: dir.path().join("c/upper"),
+            workdir: dir.path().join("c/work"),
+            target: dir.path().join("c/rootfs"),
+        };
+        let cwd = std::env::current_dir().unwrap();
+        o.mount().unwrap();
+        assert_eq!(
+            std::env::current_dir().unwrap(),
+            cwd,
+            "daemon cwd untouched"
+        );
+        assert_eq!(std::fs::read_to_string(o.target.join("top")).unwrap(), "59");
+        assert!(o.target.join("file0").exists());
+        o.unmount().unwrap();
+    }
+
+    #[test]
+    fn no_layers_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Overlay {
+            lowerdirs: vec![],
+            upperdir: dir.path().join("u"),
+            workdir: dir.path().join("w"),
+            target: dir.path().join("t"),
+        };
+        assert!(matches!(o.mount(), Err(RootfsError::NoLayers)));
+    }
+}
