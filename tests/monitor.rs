@@ -266,12 +266,29 @@ impl Drop for Bundle {
         if std::thread::panicking() {
             return;
         }
-        assert_eq!(
-            self.mountinfo,
-            host_mounts(),
-            "the host's mount table changed"
-        );
+        // Other software on the machine may mount and unmount meanwhile
+        // (its own dirs under /var/tmp, /run/netns): what must hold is that
+        // no mount the host had is gone and none is left under our dir.
+        let after = host_mounts();
+        let ours = self.path().to_string_lossy().into_owned();
+        let churn = |point: &str| point.starts_with("/var/tmp/") || point.starts_with("/run/netns");
+        let lost: Vec<&str> = self
+            .mountinfo
+            .lines()
+            .filter(|l| !after.lines().any(|a| a == *l))
+            .filter(|l| !churn(mount_point(l)))
+            .collect();
+        let left: Vec<&str> = after
+            .lines()
+            .filter(|l| mount_point(l).starts_with(&ours))
+            .collect();
+        assert!(lost.is_empty(), "the host lost mounts: {lost:#?}");
+        assert!(left.is_empty(), "mounts left on the host: {left:#?}");
     }
+}
+
+fn mount_point(mountinfo_line: &str) -> &str {
+    mountinfo_line.split(' ').nth(4).unwrap_or("")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
