@@ -9,6 +9,8 @@ pub mod config;
 pub mod container;
 pub mod cri;
 pub mod daemon;
+pub mod executor;
 pub mod logging;
+pub mod monitor;
 pub mod network;
 pub mod runtime;
