@@ -139,7 +139,13 @@ pub fn spawn(
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
-    pass_fds(&mut cmd, [(spec_r.as_raw_fd(), SPEC_FD), (status_w.as_raw_fd(), STATUS_FD)]);
+    pass_fds(
+        &mut cmd,
+        [
+            (spec_r.as_raw_fd(), SPEC_FD),
+            (status_w.as_raw_fd(), STATUS_FD),
+        ],
+    );
     let helper = cmd.spawn().map_err(|source| ExecError::Spawn {
         exe: exe.to_owned(),
         source,
@@ -612,8 +618,7 @@ fn resolve_cgroup_dirs(cgroups: &str, mountinfo: &str) -> Vec<PathBuf> {
             if controllers.is_empty() {
                 m.fstype == "cgroup2"
             } else {
-                m.fstype == "cgroup"
-                    && controllers.split(',').all(|c| m.superopts.contains(&c))
+                m.fstype == "cgroup" && controllers.split(',').all(|c| m.superopts.contains(&c))
             }
         });
         let Some(m) = found else { continue };

@@ -197,11 +197,11 @@ impl<'a> Plan<'a> {
         join.sort_by_key(|(flag, _)| *flag == CloneFlags::CLONE_NEWPID);
 
         let mut warnings = Vec::new();
-        let oom_score_adj = process.oom_score_adj().map(|wanted| {
-            let (adj, warning) = process::clamp_oom_score_adj(wanted);
-            warnings.extend(warning);
-            adj
-        });
+        // An absent value means 0: inheriting the runtime's own (often
+        // -999 under systemd) would shield the container from the OOM killer.
+        let (adj, warning) = process::clamp_oom_score_adj(process.oom_score_adj().unwrap_or(0));
+        warnings.extend(warning);
+        let oom_score_adj = Some(adj);
         if linux.seccomp().is_some() {
             warnings.push("seccomp profiles are not applied by this executor".into());
         }

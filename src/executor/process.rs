@@ -81,10 +81,10 @@ pub fn finalize_and_exec(process: &Process, opts: Finalize) -> Result<Infallible
     if let Some(bounding) = spec_caps.and_then(|c| c.bounding().as_ref()) {
         let keep = to_caps(bounding)?;
         for cap in caps::all() {
-            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
-            {
-                caps::drop(None, CapSet::Bounding, cap)
-                    .map_err(|e| StepError::msg(format!("drop {cap} from the bounding set"), e.to_string()))?;
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(|e| {
+                    StepError::msg(format!("drop {cap} from the bounding set"), e.to_string())
+                })?;
             }
         }
     }
@@ -133,7 +133,7 @@ pub fn finalize_and_exec(process: &Process, opts: Finalize) -> Result<Infallible
     let binary = cstring(binary.as_os_str().as_bytes(), "program path")?;
     sys::reset_signals().map_err(|e| StepError::errno("reset signals", e))?;
     sys::cloexec_from(3).map_err(|e| StepError::errno("close inherited descriptors", e))?;
-    let err = execve(&binary, &args, &env).unwrap_err();
+    let Err(err) = execve(&binary, &args, &env);
     Err(StepError::errno(format!("exec {program:?}"), err))
 }
 

@@ -53,9 +53,8 @@ pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, StepError> {
                         Errno::ELOOP,
                     ));
                 }
-                let target = std::fs::read_link(&full).map_err(|e| {
-                    StepError::io(format!("readlink {}", full.display()), &e)
-                })?;
+                let target = std::fs::read_link(&full)
+                    .map_err(|e| StepError::io(format!("readlink {}", full.display()), &e))?;
                 if target.is_absolute() {
                     resolved = PathBuf::new();
                 }
@@ -575,14 +574,8 @@ mod tests {
 
     #[test]
     fn mount_options_split_flags_propagation_and_data() {
-        let o = MountOptions::parse(&[
-            "rbind",
-            "rslave",
-            "ro",
-            "nosuid",
-            "mode=755",
-            "size=65536k",
-        ]);
+        let o =
+            MountOptions::parse(&["rbind", "rslave", "ro", "nosuid", "mode=755", "size=65536k"]);
         assert_eq!(
             o.flags,
             MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID

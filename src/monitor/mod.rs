@@ -176,7 +176,12 @@ pub struct ExitStatus {
 }
 
 impl ExitStatus {
-    pub fn new(exit_code: i32, signal: Option<i32>, finished: SystemTime, oom_killed: bool) -> Self {
+    pub fn new(
+        exit_code: i32,
+        signal: Option<i32>,
+        finished: SystemTime,
+        oom_killed: bool,
+    ) -> Self {
         let reason = if oom_killed {
             "OOMKilled"
         } else if exit_code == 0 {
@@ -437,9 +442,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Reads an attach client's frames until EXIT (for tools and tests): the
 /// container's stdout, stderr and exit code.
-pub fn attach_collect(
-    conn: &mut UnixStream,
-) -> std::io::Result<(Vec<u8>, Vec<u8>, Option<i32>)> {
+pub fn attach_collect(conn: &mut UnixStream) -> std::io::Result<(Vec<u8>, Vec<u8>, Option<i32>)> {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     while let Some((kind, payload)) = proto::read_frame(conn)? {
         match kind {

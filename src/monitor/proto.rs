@@ -142,7 +142,10 @@ mod tests {
             ]
         );
         let mut r = std::io::Cursor::new(wire);
-        assert_eq!(read_frame(&mut r).unwrap(), Some((STDOUT, b"hello".to_vec())));
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some((STDOUT, b"hello".to_vec()))
+        );
     }
 
     #[test]

@@ -331,16 +331,11 @@ impl Monitor {
             self.on_signals();
         }
         // Outputs before anything else: they are what must never stall.
-        let mut i = 2;
-        let mut closed = Vec::new();
-        for (n, _) in self.outputs.iter().enumerate() {
-            if !ready[i].is_empty() {
-                closed.push(n);
-            }
-            i += 1;
-        }
+        let readable: Vec<usize> = (0..self.outputs.len())
+            .filter(|n| !ready[2 + n].is_empty())
+            .collect();
         let mut gone = Vec::new();
-        for n in closed {
+        for n in readable {
             if !self.read_output(n) {
                 gone.push(n);
             }
@@ -421,23 +416,18 @@ impl Monitor {
     }
 
     fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((sock, _)) => {
-                    if sock.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    self.clients.push(Client {
-                        sock,
-                        decoder: proto::Decoder::default(),
-                        out: Vec::new(),
-                        attached: false,
-                        sends_stdin: false,
-                        closing: false,
-                    });
-                }
-                Err(_) => break,
+        while let Ok((sock, _)) = self.listener.accept() {
+            if sock.set_nonblocking(true).is_err() {
+                continue;
             }
+            self.clients.push(Client {
+                sock,
+                decoder: proto::Decoder::default(),
+                out: Vec::new(),
+                attached: false,
+                sends_stdin: false,
+                closing: false,
+            });
         }
     }
 
@@ -477,7 +467,9 @@ impl Monitor {
             proto::ATTACH => {
                 let c = &mut self.clients[n];
                 c.attached = true;
-                c.sends_stdin = payload.first().is_some_and(|f| f & proto::ATTACH_STDIN != 0);
+                c.sends_stdin = payload
+                    .first()
+                    .is_some_and(|f| f & proto::ATTACH_STDIN != 0);
             }
             proto::STDIN => {
                 if let Some(s) = self.stdin.as_mut().filter(|s| !s.close_when_drained) {
