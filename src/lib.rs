@@ -14,3 +14,4 @@ pub mod logging;
 pub mod monitor;
 pub mod network;
 pub mod runtime;
+pub mod store;
