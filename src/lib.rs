@@ -11,3 +11,5 @@ pub mod daemon;
 pub mod logging;
 pub mod network;
 pub mod runtime;
+pub mod sandbox;
+pub mod store;
