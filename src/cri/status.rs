@@ -33,6 +33,7 @@ impl From<SandboxError> for Status {
             SandboxError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             SandboxError::NotReady { .. } => Status::failed_precondition(e.to_string()),
             SandboxError::Os { .. }
+            | SandboxError::Host(_)
             | SandboxError::Network { .. }
             | SandboxError::Containers { .. }
             | SandboxError::Task { .. }

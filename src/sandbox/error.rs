@@ -50,6 +50,9 @@ pub enum SandboxError {
     Store(#[from] StoreError),
     #[error("pod sandbox {id} is not ready")]
     NotReady { id: String },
+    /// A system operation not tied to one pod (the pods dir, the node).
+    #[error(transparent)]
+    Host(OsError),
     #[error("pod sandbox {id}: {source}")]
     Os {
         id: String,

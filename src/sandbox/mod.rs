@@ -85,14 +85,10 @@ impl SandboxManager {
             .recursive(true)
             .mode(0o711)
             .create(&pods_dir)
-            .map_err(|e| SandboxError::Os {
-                id: String::new(),
-                source: OsError::new("create directory", &pods_dir, e),
-            })?;
-        let pods_dir = pods_dir.canonicalize().map_err(|e| SandboxError::Os {
-            id: String::new(),
-            source: OsError::new("resolve", &pods_dir, e),
-        })?;
+            .map_err(|e| SandboxError::Host(OsError::new("create directory", &pods_dir, e)))?;
+        let pods_dir = pods_dir
+            .canonicalize()
+            .map_err(|e| SandboxError::Host(OsError::new("resolve", &pods_dir, e)))?;
         Ok(Self {
             store,
             pods_dir,

@@ -248,9 +248,14 @@ impl PodSandbox {
             .unwrap_or_default()
     }
 
-    /// What PodSandboxStatus reports under `info` when verbose.
+    /// What PodSandboxStatus reports under `info` when verbose. Pin paths
+    /// only while the pod is ready: a stopped pod has released them.
     pub fn verbose_info(&self) -> serde_json::Value {
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .filter(|_| self.is_ready())
+                .map(|p| p.display().to_string())
+        };
         serde_json::json!({
             "id": self.id,
             "name": self.name,

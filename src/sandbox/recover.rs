@@ -99,10 +99,8 @@ impl SandboxManager {
     /// Removes pod directories no record accounts for.
     async fn remove_stray_dirs(&self, known: &HashSet<String>) -> Result<usize, SandboxError> {
         let pods_dir = self.pods_dir.clone();
-        let entries = std::fs::read_dir(&pods_dir).map_err(|e| SandboxError::Os {
-            id: String::new(),
-            source: OsError::new("read directory", &pods_dir, e),
-        })?;
+        let entries = std::fs::read_dir(&pods_dir)
+            .map_err(|e| SandboxError::Host(OsError::new("read directory", &pods_dir, e)))?;
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::crash::crash_point;
-use super::error::SandboxError;
+use super::error::{OsError, SandboxError};
 use super::files::{self, make_dir};
 use super::namespaces::{self, PinRequest};
 use super::record::{HOST_SHM, NS_DIR, NamespaceMode, PodConfig, PodSandbox, PodState, SHM_DIR};
@@ -182,14 +182,8 @@ fn validate(config: &PodConfig) -> Result<(), SandboxError> {
 /// else the requested one (the node's when none is given, as containerd).
 fn effective_hostname(config: &PodConfig) -> Result<String, SandboxError> {
     if config.host_network() || config.hostname.is_empty() {
-        let name = nix::unistd::gethostname().map_err(|e| SandboxError::Os {
-            id: String::new(),
-            source: super::error::OsError::new(
-                "read the node's hostname",
-                "/proc/sys/kernel/hostname",
-                e,
-            ),
-        })?;
+        let name = nix::unistd::gethostname()
+            .map_err(|e| SandboxError::Host(OsError::new("read the hostname of", "the node", e)))?;
         return Ok(name.to_string_lossy().into_owned());
     }
     files::validate_hostname(&config.hostname)?;

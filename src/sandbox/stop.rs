@@ -52,8 +52,8 @@ impl SandboxManager {
         // Always release the namespaces, even when the teardown failed: a
         // pod must never be stuck (containerd #3667, cri-o #9301).
         let released = {
-            let pod = pod.clone();
-            blocking(&pod.id.clone(), move || release_kernel_resources(&pod)).await
+            let owned = pod.clone();
+            blocking(&pod.id, move || release_kernel_resources(&owned)).await
         };
 
         let mut next = (*pod).clone();
