@@ -26,6 +26,15 @@ pub struct Cli {
 pub enum Command {
     /// Serve CRI v1 on a unix socket (the default).
     Serve(ServeArgs),
+    /// A container's monitor (started by the daemon).
+    #[command(hide = true)]
+    Monitor(crate::monitor::MonitorArgs),
+    /// PID 1 of a pod's shared PID namespace (started by the daemon).
+    #[command(hide = true)]
+    Pause(crate::monitor::pause::PauseArgs),
+    /// A process exec'd into a running container (started by the daemon).
+    #[command(hide = true)]
+    Exec(crate::executor::exec::ExecArgs),
 }
 
 /// Flags of the daemon. Each one overrides the config file's key of the
@@ -106,6 +115,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => serve(&args),
+        // Single-threaded, no async runtime: these fork.
+        Some(Command::Monitor(args)) => crate::monitor::main(&args),
+        Some(Command::Pause(args)) => crate::monitor::pause::main(&args),
+        Some(Command::Exec(args)) => crate::executor::exec::main(&args),
         None => serve(&cli.serve),
     }
 }

@@ -3,12 +3,15 @@
 //! The binary's subcommands live in `cli`; `daemon` wires the gRPC server;
 //! `cri` is the thin protocol layer over the domain modules below it.
 
+pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod container;
 pub mod cri;
 pub mod daemon;
+pub mod executor;
 pub mod logging;
+pub mod monitor;
 pub mod network;
 pub mod runtime;
 pub mod sandbox;

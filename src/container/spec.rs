@@ -441,13 +441,17 @@ fn device_numbers(path: &str) -> Result<(LinuxDeviceType, i64, i64, u32), SpecEr
     ))
 }
 
-/// Builds the whole spec. `rootfs` is the prepared root filesystem.
+/// Builds the whole spec. `rootfs` is the prepared root filesystem and
+/// `cgroup_path` the container's own cgroup (`cgroups::container_cgroup_path`).
+/// The device rules are deny-all plus the CRI's devices; the cgroups module
+/// adds the devices every container may use (null, zero, tty...).
 pub fn build(
     config: &ContainerConfig,
     image: &ImageRunConfig,
     pod: &PodContext,
     user: &ResolvedUser,
     rootfs: &Path,
+    cgroup_path: &str,
 ) -> Result<Spec, SpecError> {
     let linux_config = config.linux.as_ref();
     let security = linux_config.and_then(|l| l.security_context.as_ref());
@@ -607,8 +611,8 @@ pub fn build(
                     .collect::<Vec<_>>(),
             );
     }
-    if !pod.cgroup_parent.is_empty() {
-        linux = linux.cgroups_path(PathBuf::from(&pod.cgroup_parent));
+    if !cgroup_path.is_empty() {
+        linux = linux.cgroups_path(PathBuf::from(cgroup_path));
     }
 
     let root = RootBuilder::default()
@@ -771,6 +775,7 @@ mod tests {
             &p,
             &ResolvedUser::default(),
             Path::new("/rootfs"),
+            "/ketch/c1",
         )
         .unwrap();
         let ns = spec
@@ -805,6 +810,10 @@ mod tests {
                 .any(|m| m.destination() == Path::new("/etc/hosts"))
         );
         assert_eq!(spec.process().as_ref().unwrap().cwd(), Path::new("/work"));
+        assert_eq!(
+            spec.linux().as_ref().unwrap().cgroups_path().as_deref(),
+            Some(Path::new("/ketch/c1"))
+        );
     }
 
     #[test]
@@ -835,6 +844,7 @@ mod tests {
             &p,
             &ResolvedUser::default(),
             Path::new("/r"),
+            "",
         )
         .unwrap();
         let ns = spec
