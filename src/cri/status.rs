@@ -3,6 +3,8 @@
 
 use tonic::Status;
 
+use crate::container::manager::ContainerError;
+use crate::runtime::RuntimeError;
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
 
@@ -38,6 +40,37 @@ impl From<SandboxError> for Status {
             | SandboxError::Containers { .. }
             | SandboxError::Task { .. }
             | SandboxError::HooksAlreadySet => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ContainerError> for Status {
+    fn from(e: ContainerError) -> Self {
+        use ContainerError::*;
+        let message = e.to_string();
+        match e {
+            Store(s) => s.into(),
+            NoMetadata | EmptyName | Spec(_) | User(_) => Status::invalid_argument(message),
+            PodNotReady(_) | WrongState { .. } => Status::failed_precondition(message),
+            NameTaken { .. } => Status::already_exists(message),
+            ExecTimeout(_) => Status::deadline_exceeded(message),
+            StartFailed { .. } | Exec { .. } => Status::unknown(message),
+            Rootfs(_) | Cgroup(_) | Monitor(_) | Io { .. } | Unkillable { .. } | Join(_) => {
+                Status::internal(message)
+            }
+        }
+    }
+}
+
+impl From<RuntimeError> for Status {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Sandbox(e) => e.into(),
+            RuntimeError::Container(e) => e.into(),
+            RuntimeError::Image(e) => e.into(),
+            RuntimeError::NoImage => Status::invalid_argument(e.to_string()),
+            RuntimeError::ImageNotFound(_) => Status::not_found(e.to_string()),
+            RuntimeError::SelfExe(_) => Status::internal(e.to_string()),
         }
     }
 }
