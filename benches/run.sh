@@ -68,7 +68,7 @@ CD="$DIR/containerd"
 KD="$DIR/ketch"
 CTRD_SOCK="$CD/containerd.sock"
 KETCH_SOCK="$KD/run/ketch.sock"
-REG_PID="" CTRD_PID="" KETCH_PID=""
+REG_PID="" CTRD_PID="" KETCH_PID="" DRIVER_PID=""
 
 # What exists before, so cleanup removes only what this run made.
 NETNS_BEFORE=$(ls /run/netns 2>/dev/null || true)
@@ -123,6 +123,7 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   say "cleaning up"
+  stop_pid "$DRIVER_PID" ketch-bench
   # Pods and containers first, through the daemons, while they run.
   alive "$KETCH_PID" && timeout 300 "$BENCH_BIN" sweep --endpoint "$KETCH_SOCK"
   alive "$CTRD_PID" && timeout 300 "$BENCH_BIN" sweep --endpoint "$CTRD_SOCK"
@@ -303,15 +304,19 @@ run_driver() { # runtime round
         --prepull "$BENCH_PAUSE_IMAGE") ;;
   esac
   say "round $round/$ROUNDS: $rt"
-  if ! "$BENCH_BIN" run "${args[@]}" --label "$rt" \
+  # In the background, so a signal to this script is handled at once.
+  "$BENCH_BIN" run "${args[@]}" --label "$rt" \
     --image "$BENCH_IMAGE" --pull-image "$BENCH_PULL_IMAGE" \
     --iterations "$ITERATIONS" --concurrency "$CONCURRENCY" \
     --concurrency-iterations "$CONCURRENCY_ITERATIONS" \
     --pull-iterations "$PULL_ITERATIONS" --list-containers "$LIST_CONTAINERS" \
     --memory-pods "$MEMORY_PODS" --cgroup-parent "$CGROUP_PARENT" \
-    --work-dir "$DIR" --json "$DIR/runs/$round-$rt.json" >"$DIR/runs/$round-$rt.txt"; then
+    --work-dir "$DIR" --json "$DIR/runs/$round-$rt.json" >"$DIR/runs/$round-$rt.txt" &
+  DRIVER_PID=$!
+  if ! wait "$DRIVER_PID"; then
     say "round $round: the $rt run failed; its figures are missing"
   fi
+  DRIVER_PID=""
 }
 
 read -r -a order <<<"$RUNTIMES"

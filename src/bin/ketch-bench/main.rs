@@ -16,6 +16,7 @@
 mod bench;
 mod client;
 mod images;
+mod objects;
 mod procs;
 mod registry;
 mod report;
@@ -370,7 +371,7 @@ async fn push_images(args: PushArgs) -> Result<(), Error> {
 
 async fn sweep(args: SweepArgs) -> Result<(), Error> {
     let cri = Cri::connect(&socket_path(&args.endpoint)).await?;
-    let (pods, containers) = bench::sweep(&cri).await.map_err(Error::Sweep)?;
+    let (pods, containers) = objects::sweep(&cri).await.map_err(Error::Sweep)?;
     if pods + containers > 0 {
         eprintln!("ketch-bench: swept {pods} pods and {containers} containers");
     }
