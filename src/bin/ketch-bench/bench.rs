@@ -11,14 +11,17 @@ use tokio::task::JoinSet;
 
 use crate::client::{Cri, OpError, ms, timed};
 use crate::objects::{
-    Made, Specs, container_state, ensure_image, image_present, pull_request, remove_image,
-    start_pod, teardown, teardown_all, wait_running,
+    Made, Specs, container_state, ensure_image, image_present, log_file, pull_request,
+    remove_image, start_pod, teardown, teardown_all, wait_log_ready, wait_running,
 };
 use crate::procs;
 use crate::report::{Recorder, Unit};
 
 /// Grace period given to StopContainer.
 const STOP_TIMEOUT_SECS: i64 = 10;
+
+/// How long a started container may take to log that it is ready.
+const LOG_READY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A phase stops after this many failed iterations in a row.
 const MAX_CONSECUTIVE_FAILURES: usize = 3;
@@ -54,6 +57,9 @@ pub struct Bench {
     rec: Recorder,
     /// Why the benchmark's containers cannot be made, when its image is missing.
     no_image: Option<String>,
+    /// Whether containers' log files show when they are ready to be
+    /// stopped; waiting for them stops after the first time one does not.
+    log_ready_works: bool,
 }
 
 /// Metric keys, grouped as the table shows them.
@@ -113,6 +119,7 @@ impl Bench {
             specs,
             rec: Recorder::default(),
             no_image: None,
+            log_ready_works: true,
         };
         b.declare();
         b
@@ -377,6 +384,15 @@ impl Bench {
         self.note(key::POD_STATUS, record, r)?;
 
         if with_container && let Some(cid) = made.containers.first().cloned() {
+            if self.log_ready_works
+                && !wait_log_ready(&log_file(&config, "app"), LOG_READY_DEADLINE).await
+            {
+                eprintln!(
+                    "ketch-bench: container logs do not show `ready`; StopContainer may race \
+                     the container's SIGTERM trap"
+                );
+                self.log_ready_works = false;
+            }
             let r = timed(
                 "StopContainer",
                 t,

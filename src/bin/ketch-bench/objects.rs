@@ -8,7 +8,7 @@
 //! run interrupted half-way can be swept (`sweep`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::*;
@@ -20,8 +20,9 @@ use crate::client::{Cri, OpError, timed};
 pub const LABEL_KEY: &str = "ketch-bench";
 
 /// A container that stops at once on SIGTERM (as PID 1 it would otherwise
-/// ignore it, and StopContainer would measure the kill timeout).
-pub const SLEEPER: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
+/// ignore it, and StopContainer would measure the kill timeout). It says
+/// `ready` once its trap is set: see `wait_log_ready`.
+pub const SLEEPER: &str = "trap 'exit 0' TERM; echo ready; sleep 3600 & wait";
 
 /// How long a started container may take to show RUNNING.
 pub const RUNNING_DEADLINE: Duration = Duration::from_secs(30);
@@ -130,6 +131,31 @@ pub fn pull_request(image: &str) -> PullImageRequest {
 
 pub fn container_state(status: &ContainerStatusResponse) -> i32 {
     status.status.as_ref().map_or(-1, |s| s.state)
+}
+
+/// The CRI log file of container `name` of a pod.
+pub fn log_file(pod: &PodSandboxConfig, name: &str) -> PathBuf {
+    PathBuf::from(&pod.log_directory).join(format!("{name}.log"))
+}
+
+/// Waits until the CRI log file at `path` has a line ending in `ready`,
+/// for at most `limit`; says whether it came. RUNNING means the process
+/// exists, not that the shell in it has set its SIGTERM trap yet; a
+/// SIGTERM before that is lost on PID 1 and StopContainer would time the
+/// kill timeout instead of the stop.
+pub async fn wait_log_ready(path: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(text) = tokio::fs::read_to_string(path).await
+            && text.lines().any(|l| l.ends_with(" ready"))
+        {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Polls ContainerStatus until RUNNING (or a deadline, or an exit).
