@@ -4,4 +4,5 @@
 
 mod foundation;
 mod harness;
+mod pods;
 mod registry_harness;

@@ -14,3 +14,5 @@ pub mod logging;
 pub mod monitor;
 pub mod network;
 pub mod runtime;
+pub mod sandbox;
+pub mod store;

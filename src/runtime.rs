@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::network;
+use crate::sandbox::{SandboxError, SandboxManager};
 
 /// One condition of `Status`, in domain terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,15 +19,31 @@ pub struct Condition {
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const NETWORK_READY: &str = "NetworkReady";
 
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("pod sandboxes: {0}")]
+    Sandbox(#[from] SandboxError),
+}
+
 pub struct Runtime {
     config: Arc<Config>,
+    sandboxes: SandboxManager,
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Self {
-        Self {
+    /// Opens the stores and reconciles them with what survived the last
+    /// run (a restart, a crash, a reboot).
+    pub async fn new(config: Config) -> Result<Self, RuntimeError> {
+        let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?;
+        sandboxes.recover().await?;
+        Ok(Self {
             config: Arc::new(config),
-        }
+            sandboxes,
+        })
+    }
+
+    pub fn sandboxes(&self) -> &SandboxManager {
+        &self.sandboxes
     }
 
     pub fn config(&self) -> &Config {

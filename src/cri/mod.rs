@@ -4,6 +4,8 @@
 
 mod image_service;
 mod runtime_service;
+mod sandbox;
+mod status;
 
 use std::sync::Arc;
 
