@@ -90,9 +90,10 @@ impl SandboxManager {
         crash_point("run-pod-after-namespaces");
 
         // HOOK(pod PID namespace): for `NamespaceMode::Pod`, the process
-        // holding the pod's PID namespace (the executor's `pause::spawn`)
-        // starts here, joining the pod's namespaces; record its pid and
-        // namespace path in the PodSandbox for the containers to join.
+        // holding the pod's PID namespace (`monitor::pause::spawn`, given
+        // `pod.namespaces` as its net/ipc/uts paths) starts here; record
+        // its pid and start time in the PodSandbox for the containers to
+        // join `/proc/<pid>/ns/pid`, and stop it in `stop_locked`.
         if pod.pid_mode() == NamespaceMode::Pod {
             tracing::debug!(pod = %pod.id, "shared PID namespace requested: recorded");
         }
