@@ -26,6 +26,27 @@ pub struct Cli {
 pub enum Command {
     /// Serve CRI v1 on a unix socket (the default).
     Serve(ServeArgs),
+    /// Manage the image store.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Load images from an OCI image layout (a directory or a tar of one)
+    /// or a `docker save` tar into the store. Works while ketch serves.
+    Import {
+        /// The layout directory or archive.
+        path: PathBuf,
+        /// Config file; a missing default file means built-in defaults.
+        #[arg(long, env = "KETCH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Persistent state directory (`root_dir`).
+        #[arg(long)]
+        root_dir: Option<PathBuf>,
+    },
 }
 
 /// Flags of the daemon. Each one overrides the config file's key of the
@@ -106,7 +127,39 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Image { command }) => image(command),
         None => serve(&cli.serve),
+    }
+}
+
+fn image(command: ImageCommand) -> ExitCode {
+    match command {
+        ImageCommand::Import {
+            path,
+            config,
+            root_dir,
+        } => {
+            let args = ServeArgs {
+                config,
+                root_dir,
+                ..ServeArgs::default()
+            };
+            let config = match args.resolve() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("ketch: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            crate::logging::init("warn", config.log_format);
+            match crate::image::import_command(&config, &path) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ketch: import {}: {e}", path.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

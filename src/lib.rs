@@ -9,6 +9,7 @@ pub mod config;
 pub mod container;
 pub mod cri;
 pub mod daemon;
+pub mod image;
 pub mod logging;
 pub mod network;
 pub mod runtime;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::image::{ImageError, ImageStore};
 use crate::network;
 
 /// One condition of `Status`, in domain terms.
@@ -18,15 +19,30 @@ pub struct Condition {
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const NETWORK_READY: &str = "NetworkReady";
 
+/// Why the runtime could not be assembled at start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("image store: {0}")]
+    Images(#[from] ImageError),
+}
+
 pub struct Runtime {
     config: Arc<Config>,
+    images: ImageStore,
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Self {
-        Self {
+    pub fn new(config: Config) -> Result<Self, RuntimeError> {
+        let images = ImageStore::new(&config)?;
+        Ok(Self {
             config: Arc::new(config),
-        }
+            images,
+        })
+    }
+
+    /// Images: pulls, records, layers and leases.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
     }
 
     pub fn config(&self) -> &Config {

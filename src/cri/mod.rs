@@ -4,6 +4,7 @@
 
 mod image_service;
 mod runtime_service;
+mod status;
 
 use std::sync::Arc;
 
