@@ -35,6 +35,27 @@ pub enum Command {
     /// A process exec'd into a running container (started by the daemon).
     #[command(hide = true)]
     Exec(crate::executor::exec::ExecArgs),
+    /// Manage the image store.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Load images from an OCI image layout (a directory or a tar of one)
+    /// or a `docker save` tar into the store. Works while ketch serves.
+    Import {
+        /// The layout directory or archive.
+        path: PathBuf,
+        /// Config file; a missing default file means built-in defaults.
+        #[arg(long, env = "KETCH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Persistent state directory (`root_dir`).
+        #[arg(long)]
+        root_dir: Option<PathBuf>,
+    },
 }
 
 /// Flags of the daemon. Each one overrides the config file's key of the
@@ -119,6 +140,7 @@ pub fn main() -> ExitCode {
         Some(Command::Monitor(args)) => crate::monitor::main(&args),
         Some(Command::Pause(args)) => crate::monitor::pause::main(&args),
         Some(Command::Exec(args)) => crate::executor::exec::main(&args),
+        Some(Command::Image { command }) => image(command),
         None => serve(&cli.serve),
     }
 }
@@ -147,6 +169,37 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!("ketch: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn image(command: ImageCommand) -> ExitCode {
+    match command {
+        ImageCommand::Import {
+            path,
+            config,
+            root_dir,
+        } => {
+            let args = ServeArgs {
+                config,
+                root_dir,
+                ..ServeArgs::default()
+            };
+            let config = match args.resolve() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("ketch: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            crate::logging::init("warn", config.log_format);
+            match crate::image::import_command(&config, &path) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ketch: import {}: {e}", path.display());
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod executor;
+pub mod image;
 pub mod logging;
 pub mod monitor;
 pub mod network;
