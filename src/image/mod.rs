@@ -309,3 +309,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ImageError::Internal(format!("worker thread failed: {e}")))
 }
 
+
+#[cfg(test)]
+mod tests;

@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(id("sha256:bb"), Some(b.id.clone()));
         assert_eq!(id("busybox:other"), None);
         assert_eq!(id("NOT A REF"), None);
-        let err = find(&images, "aa").unwrap_err().to_string();
+        let err = find(&images, "a").unwrap_err().to_string();
         assert!(err.contains("ambiguous") && err.contains("2 images"), "{err}");
     }
 
@@ -416,15 +416,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r1 = Records::open(dir.path()).unwrap();
         assert!(r1.snapshot().unwrap().is_empty());
-        r1.update(|imgs| merge(imgs, image('a', &["r/x:1"]))).unwrap();
+        r1.update(|imgs| merge(imgs, image('a', &["example.com/x:1"]))).unwrap();
         // A second instance (another process, or the daemon after a restart).
         let r2 = Records::open(dir.path()).unwrap();
         assert_eq!(r2.snapshot().unwrap().len(), 1);
-        r2.update(|imgs| merge(imgs, image('b', &["r/x:1"]))).unwrap();
+        r2.update(|imgs| merge(imgs, image('b', &["example.com/x:1"]))).unwrap();
         // The first instance sees the other's change.
         let snap = r1.snapshot().unwrap();
         assert_eq!(snap.len(), 2);
-        assert!(find(&snap, "r/x:1").unwrap().unwrap().id.contains("bbbb"));
+        assert!(find(&snap, "example.com/x:1").unwrap().unwrap().id.contains("bbbb"));
         r1.update(|imgs| imgs.retain(|i| !i.id.contains("aaaa"))).unwrap();
         assert_eq!(r2.snapshot().unwrap().len(), 1);
     }

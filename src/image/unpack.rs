@@ -277,14 +277,16 @@ impl Meta {
         let gid = id(h.gid().map_err(|e| bad("read gid", e))?, "gid")?;
         let mode = h.mode().map_err(|e| bad("read mode", e))? & 0o7777;
         let mtime = h.mtime().map_err(|e| bad("read mtime", e))?;
-        let major = h
-            .device_major()
-            .map_err(|e| bad("read device major", e))?
-            .unwrap_or(0);
-        let minor = h
-            .device_minor()
-            .map_err(|e| bad("read device minor", e))?
-            .unwrap_or(0);
+        // Device numbers only mean something for device nodes (other
+        // writers leave the fields blank).
+        let (major, minor) = if matches!(h.entry_type(), tar::EntryType::Char | tar::EntryType::Block) {
+            (
+                h.device_major().map_err(|e| bad("read device major", e))?.unwrap_or(0),
+                h.device_minor().map_err(|e| bad("read device minor", e))?.unwrap_or(0),
+            )
+        } else {
+            (0, 0)
+        };
         let mut xattrs = Vec::new();
         if let Some(exts) = entry.pax_extensions().map_err(|e| bad("read PAX records", e))? {
             for ext in exts {
