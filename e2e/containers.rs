@@ -92,7 +92,7 @@ impl Env {
             .map(|r| r.into_inner().container_id)
     }
 
-    async fn start(&mut self, id: &str) -> Result<(), tonic::Status> {
+    async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
         self.rt
             .start_container(StartContainerRequest {
                 container_id: id.to_owned(),
@@ -109,7 +109,7 @@ impl Env {
     ) -> String {
         let config = container_config(name, &self.busybox(), command);
         let id = self.create(pod, config).await.expect("create container");
-        self.start(&id).await.expect("start container");
+        self.start_container(&id).await.expect("start container");
         id
     }
 
@@ -138,7 +138,12 @@ impl Env {
         }
     }
 
-    async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> Result<ExecSyncResponse, tonic::Status> {
+    async fn exec(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<ExecSyncResponse, tonic::Status> {
         self.rt
             .exec_sync(ExecSyncRequest {
                 container_id: id.to_owned(),
@@ -172,7 +177,10 @@ fn log_lines(path: &str) -> Vec<(String, String, String)> {
         .map(|line| {
             let mut parts = line.splitn(4, ' ');
             let ts = parts.next().unwrap();
-            assert!(ts.contains('T') && ts.ends_with('Z'), "timestamp {ts:?} in {line:?}");
+            assert!(
+                ts.contains('T') && ts.ends_with('Z'),
+                "timestamp {ts:?} in {line:?}"
+            );
             (
                 parts.next().unwrap_or("").to_owned(),
                 parts.next().unwrap_or("").to_owned(),
@@ -187,7 +195,11 @@ async fn container_lifecycle_with_logs() {
     let mut env = Env::start().await;
     let pod = env.run_pod("life").await;
     let id = env
-        .run(&pod, "echo", &["sh", "-c", "echo hello; echo oops >&2; printf tail"])
+        .run(
+            &pod,
+            "echo",
+            &["sh", "-c", "echo hello; echo oops >&2; printf tail"],
+        )
         .await;
     let status = env.wait_exited(&id).await;
     assert_eq!(status.exit_code, 0);
@@ -195,9 +207,18 @@ async fn container_lifecycle_with_logs() {
     assert!(status.started_at > 0 && status.finished_at >= status.started_at);
     assert_eq!(status.image_ref, env.images.busybox.id());
     let lines = log_lines(&status.log_path);
-    assert!(lines.contains(&("stdout".into(), "F".into(), "hello".into())), "{lines:?}");
-    assert!(lines.contains(&("stderr".into(), "F".into(), "oops".into())), "{lines:?}");
-    assert!(lines.contains(&("stdout".into(), "F".into(), "tail".into())), "{lines:?}");
+    assert!(
+        lines.contains(&("stdout".into(), "F".into(), "hello".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "F".into(), "oops".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stdout".into(), "F".into(), "tail".into())),
+        "{lines:?}"
+    );
 
     // Listed with its pod, by state and label.
     let list = env
@@ -248,11 +269,17 @@ async fn stop_running_container_and_exec() {
     let out = env.exec(&id, &["echo", "hi"], 10).await.unwrap();
     assert_eq!(out.stdout, b"hi\n");
     assert_eq!(out.exit_code, 0);
-    let out = env.exec(&id, &["sh", "-c", "echo err >&2; exit 3"], 10).await.unwrap();
+    let out = env
+        .exec(&id, &["sh", "-c", "echo err >&2; exit 3"], 10)
+        .await
+        .unwrap();
     assert_eq!(out.exit_code, 3);
     assert_eq!(out.stderr, b"err\n");
     // The container's own PID namespace: sleep is PID 1.
-    let out = env.exec(&id, &["cat", "/proc/1/cmdline"], 10).await.unwrap();
+    let out = env
+        .exec(&id, &["cat", "/proc/1/cmdline"], 10)
+        .await
+        .unwrap();
     assert_eq!(out.stdout, b"sleep\x001000\x00");
     let err = env.exec(&id, &["sleep", "30"], 1).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
@@ -262,19 +289,52 @@ async fn stop_running_container_and_exec() {
     let short = &id[..12];
     assert_eq!(env.status(short).await.id, id);
 
+    // PID 1 of its namespace ignores SIGTERM without a handler: the
+    // timeout's SIGKILL ends it.
     let started = Instant::now();
     env.rt
         .stop_container(StopContainerRequest {
             container_id: id.clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(8),
+        "{elapsed:?}"
+    );
+    let status = env.status(&id).await;
+    assert_eq!(status.state, ContainerState::ContainerExited as i32);
+    assert_eq!(status.exit_code, 137, "killed by SIGKILL");
+    assert_eq!(status.reason, "Error");
+
+    // One that handles SIGTERM stops at once with its own code.
+    let trapper = env
+        .run(
+            &pod,
+            "trapper",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+            ],
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: trapper.clone(),
             timeout: 10,
         })
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(8), "SIGTERM suffices");
-    let status = env.status(&id).await;
-    assert_eq!(status.state, ContainerState::ContainerExited as i32);
-    assert_eq!(status.exit_code, 143, "killed by SIGTERM");
-    assert_eq!(status.reason, "Error");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SIGTERM suffices"
+    );
+    assert_eq!(env.status(&trapper).await.exit_code, 42);
     // Stop again, and on unknown IDs: fine.
     env.rt
         .stop_container(StopContainerRequest {
@@ -295,20 +355,20 @@ async fn start_errors_are_reported_and_leave_nothing() {
     let pod = env.run_pod("bad").await;
     let config = container_config("nope", &env.busybox(), &["/bin/nope"]);
     let id = env.create(&pod, config).await.unwrap();
-    let err = env.start(&id).await.unwrap_err();
+    let err = env.start_container(&id).await.unwrap_err();
     assert!(err.message().contains("/bin/nope"), "{err:?}");
     let status = env.status(&id).await;
     assert_eq!(status.state, ContainerState::ContainerExited as i32);
     assert_eq!(status.reason, "StartError");
     assert!(status.message.contains("/bin/nope"), "{status:?}");
     // Starting it again is a state error.
-    let err = env.start(&id).await.unwrap_err();
+    let err = env.start_container(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     let mut config = container_config("badcwd", &env.busybox(), &["true"]);
     config.working_dir = "/etc/passwd".into();
     let id = env.create(&pod, config).await.unwrap();
-    let err = env.start(&id).await.unwrap_err();
+    let err = env.start_container(&id).await.unwrap_err();
     assert!(err.message().contains("/etc/passwd"), "{err:?}");
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
@@ -335,7 +395,10 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     let err = env
-        .create(&pod, container_config("x", "127.0.0.1:1/not/there:1", &["true"]))
+        .create(
+            &pod,
+            container_config("x", "127.0.0.1:1/not/there:1", &["true"]),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -364,7 +427,7 @@ async fn bad_input_gets_clear_errors() {
 
     for call in ["start", "status", "remove", "stop", "exec"] {
         let result = match call {
-            "start" => env.start("").await,
+            "start" => env.start_container("").await,
             "status" => env
                 .rt
                 .container_status(ContainerStatusRequest::default())
@@ -382,10 +445,17 @@ async fn bad_input_gets_clear_errors() {
                 .map(|_| ()),
             _ => env.exec("", &["true"], 1).await.map(|_| ()),
         };
-        assert_eq!(result.unwrap_err().code(), Code::InvalidArgument, "{call} with empty ID");
+        assert_eq!(
+            result.unwrap_err().code(),
+            Code::InvalidArgument,
+            "{call} with empty ID"
+        );
     }
     let unknown = "f".repeat(64);
-    assert_eq!(env.start(&unknown).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        env.start_container(&unknown).await.unwrap_err().code(),
+        Code::NotFound
+    );
     env.rt
         .stop_container(StopContainerRequest {
             container_id: unknown.clone(),
@@ -435,7 +505,7 @@ async fn image_config_user_workdir_env_entrypoint() {
         .create(&pod, container_config("conf", &configured, &[]))
         .await
         .unwrap();
-    env.start(&id).await.unwrap();
+    env.start_container(&id).await.unwrap();
     let status = env.wait_exited(&id).await;
     assert_eq!(status.exit_code, 0, "{status:?}");
     let lines = log_lines(&status.log_path);
@@ -449,14 +519,21 @@ async fn image_config_user_workdir_env_entrypoint() {
         value: "overridden".into(),
     });
     let id = env.create(&pod, config).await.unwrap();
-    env.start(&id).await.unwrap();
+    env.start_container(&id).await.unwrap();
     let out = env
-        .exec(&id, &["sh", "-c", "id -u; id -g; pwd; echo $GREETING; hostname"], 10)
+        .exec(
+            &id,
+            &["sh", "-c", "id -u; id -g; pwd; echo $GREETING; hostname"],
+            10,
+        )
         .await
         .unwrap();
     let out = String::from_utf8(out.stdout).unwrap();
     let expected_host = pod.1.hostname.clone();
-    assert_eq!(out, format!("1000\n1000\n/work\noverridden\n{expected_host}\n"));
+    assert_eq!(
+        out,
+        format!("1000\n1000\n/work\noverridden\n{expected_host}\n")
+    );
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
 }
@@ -469,10 +546,16 @@ async fn containers_survive_a_daemon_crash() {
         .run(
             &pod,
             "ticker",
-            &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"],
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done",
+            ],
         )
         .await;
-    let short = env.run(&pod, "short", &["sh", "-c", "sleep 1; exit 7"]).await;
+    let short = env
+        .run(&pod, "short", &["sh", "-c", "sleep 1; exit 7"])
+        .await;
     let before = env.status(&ticker).await;
     env.daemon.kill9();
     let lines_at_kill = log_lines(&before.log_path).len();
@@ -487,7 +570,10 @@ async fn containers_survive_a_daemon_crash() {
     let after = env.status(&ticker).await;
     assert_eq!(after.state, ContainerState::ContainerRunning as i32);
     assert_eq!(after.started_at, before.started_at);
-    let out = env.exec(&ticker, &["echo", "still here"], 10).await.unwrap();
+    let out = env
+        .exec(&ticker, &["echo", "still here"], 10)
+        .await
+        .unwrap();
     assert_eq!(out.stdout, b"still here\n");
     let short_status = env.status(&short).await;
     assert_eq!(short_status.state, ContainerState::ContainerExited as i32);
@@ -505,7 +591,11 @@ async fn reopen_log_loses_no_line() {
         .run(
             &pod,
             "rot",
-            &["sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.01; done"],
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.01; done",
+            ],
         )
         .await;
     let log = env.status(&id).await.log_path;
@@ -534,7 +624,11 @@ async fn reopen_log_loses_no_line() {
     assert!(log_lines(&log).len() > 3, "the new file is written");
     let n = numbers.len() as u64;
     numbers.dedup();
-    assert_eq!(numbers, (0..n).collect::<Vec<_>>(), "no line lost or repeated");
+    assert_eq!(
+        numbers,
+        (0..n).collect::<Vec<_>>(),
+        "no line lost or repeated"
+    );
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
 }

@@ -14,7 +14,9 @@ use crate::container::manager::{
 use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
 use crate::image::{ImageError, ImageStore};
 use crate::network;
-use crate::sandbox::{HookError, NamespaceMode, PodContainers, PodSandbox, SandboxError, SandboxManager};
+use crate::sandbox::{
+    HookError, NamespaceMode, PodContainers, PodSandbox, SandboxError, SandboxManager,
+};
 
 /// One condition of `Status`, in domain terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,9 +129,13 @@ impl Runtime {
     /// helpers run.
     pub async fn with_exe(config: Config, exe: PathBuf) -> Result<Self, RuntimeError> {
         let images = ImageStore::new(&config)?;
-        let containers =
-            ContainerManager::open(&config.root_dir, &config.state_dir, config.cgroup_driver, exe)
-                .await?;
+        let containers = ContainerManager::open(
+            &config.root_dir,
+            &config.state_dir,
+            config.cgroup_driver,
+            exe,
+        )
+        .await?;
         let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?;
         sandboxes.set_container_hooks(Arc::new(PodContainerHooks {
             containers: containers.clone(),
@@ -208,7 +214,10 @@ impl Runtime {
             lowerdirs,
             run_config,
         };
-        let id = self.containers.create(&pod_info(&pod), config, info).await?;
+        let id = self
+            .containers
+            .create(&pod_info(&pod), config, info)
+            .await?;
         if let Err(e) = self.images.acquire(&id, &image.id).await {
             // The image went away meanwhile: undo the container.
             let _ = self.containers.remove(&id).await;
@@ -235,9 +244,15 @@ impl Runtime {
 
     /// ContainerStatus's verbose `info`: pid and the OCI spec.
     pub fn container_verbose_info(&self, record: &ContainerRecord) -> serde_json::Value {
-        let spec = std::fs::read(self.config.root_dir.join("containers").join(&record.id).join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let spec = std::fs::read(
+            self.config
+                .root_dir
+                .join("containers")
+                .join(&record.id)
+                .join("config.json"),
+        )
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
         serde_json::json!({
             "pid": record.started.as_ref().map(|s| s.container_pid),
             "sandboxID": record.pod_id,

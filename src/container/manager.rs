@@ -243,7 +243,8 @@ impl ContainerManager {
     }
 
     fn socket(&self, id: &str) -> PathBuf {
-        self.sockets.join(format!("{}.sock", &id[..id.len().min(32)]))
+        self.sockets
+            .join(format!("{}.sock", &id[..id.len().min(32)]))
     }
 
     /// The attach/control socket of a container's monitor.
@@ -598,8 +599,8 @@ impl ContainerManager {
         let mut cgroup_dirs = Vec::new();
         let mut cgroup = None;
         if let Some(manager) = &self.cgroups {
-            let spec: Spec = crate::executor::load_spec(&bundle)
-                .map_err(|e| ContainerError::StartFailed {
+            let spec: Spec =
+                crate::executor::load_spec(&bundle).map_err(|e| ContainerError::StartFailed {
                     id: record.id.clone(),
                     message: e.to_string(),
                 })?;
@@ -676,7 +677,11 @@ impl ContainerManager {
         Ok(())
     }
 
-    async fn kill(&self, record: &ContainerRecord, timeout: Duration) -> Result<(), ContainerError> {
+    async fn kill(
+        &self,
+        record: &ContainerRecord,
+        timeout: Duration,
+    ) -> Result<(), ContainerError> {
         let Some(started) = record.started.clone() else {
             return Ok(());
         };
@@ -698,7 +703,10 @@ impl ContainerManager {
         if let Some(cg) = self.open_cgroup(record) {
             let _ = blocking(move || cg.kill_all().map_err(ContainerError::from)).await;
         }
-        if monitor::wait_for_exit(&exit_file, KILL_GRACE).await?.is_some() {
+        if monitor::wait_for_exit(&exit_file, KILL_GRACE)
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         let mut probe = record.clone();

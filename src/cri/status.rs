@@ -76,7 +76,6 @@ impl From<RuntimeError> for Status {
     }
 }
 
-
 /// The error and its sources, joined with ": ".
 fn message(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -148,7 +147,6 @@ mod tests {
         assert_eq!(invalid.code(), Code::InvalidArgument);
         assert!(invalid.message().contains("metadata.uid"));
     }
-
 
     #[test]
     fn image_errors_map_to_codes() {

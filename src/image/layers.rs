@@ -16,7 +16,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::content::{BlobWriter, ContentStore};
-use super::digest::{Digest, HashingReader, Hasher};
+use super::digest::{Digest, Hasher, HashingReader};
 use super::error::ImageError;
 use super::fsutil::{self, TEMP_PREFIX, sync_dir, temp_name};
 use super::unpack::{UnpackStats, unpack};
@@ -276,7 +276,11 @@ mod tests {
     #[test]
     fn every_compression_unpacks_and_verifies() {
         let tar = tar();
-        for blob in [tar.clone(), gzip(&tar), zstd::encode_all(&tar[..], 3).unwrap()] {
+        for blob in [
+            tar.clone(),
+            gzip(&tar),
+            zstd::encode_all(&tar[..], 3).unwrap(),
+        ] {
             let s = stores();
             let spec = spec(&blob, &tar);
             apply_layer(&s.layers, Some(&s.content), &blob[..], &spec).unwrap();
@@ -311,7 +315,10 @@ mod tests {
             let err = apply_layer(&s.layers, Some(&s.content), &blob[..], &case).unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, ImageError::Verification { .. }), "{msg}");
-            assert!(msg.contains(case.blob.as_ref().unwrap().0.as_str()), "{msg}");
+            assert!(
+                msg.contains(case.blob.as_ref().unwrap().0.as_str()),
+                "{msg}"
+            );
             assert!(s.layers.list().unwrap().is_empty());
             assert!(s.layers.temp_paths().unwrap().is_empty());
             assert!(s.content.list().unwrap().is_empty());
@@ -330,7 +337,10 @@ mod tests {
         let err = apply_layer(&s.layers, Some(&s.content), &blob[..], &spec(&blob, &evil))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("../escape") && err.contains(Digest::of(&blob).as_str()), "{err}");
+        assert!(
+            err.contains("../escape") && err.contains(Digest::of(&blob).as_str()),
+            "{err}"
+        );
         let mut cut = gzip(&tar());
         cut.truncate(cut.len() / 2);
         assert!(apply_layer(&s.layers, Some(&s.content), &cut[..], &spec(&cut, &tar())).is_err());
@@ -350,6 +360,9 @@ mod tests {
         };
         apply_layer(&s.layers, Some(&s.content), &tar[..], &spec).unwrap();
         assert!(s.layers.exists(&spec.chain_id));
-        assert!(s.content.list().unwrap().is_empty(), "no blob digest, no blob kept");
+        assert!(
+            s.content.list().unwrap().is_empty(),
+            "no blob digest, no blob kept"
+        );
     }
 }
