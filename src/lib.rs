@@ -11,3 +11,4 @@ pub mod daemon;
 pub mod logging;
 pub mod network;
 pub mod runtime;
+pub mod streaming;
