@@ -609,7 +609,8 @@ async fn malformed_upgrades_are_refused_with_a_reason() {
     let url = server
         .get_exec_url(&exec(&["true"], false, false, true, false))
         .unwrap();
-    let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
+    type Headers = Vec<(&'static str, &'static str)>;
+    let cases: Vec<(Headers, u16, &str)> = vec![
         (vec![], 400, "missing upgrade headers"),
         (
             vec![("Connection", "Upgrade"), ("Upgrade", "h2c")],

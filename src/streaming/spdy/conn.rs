@@ -389,7 +389,7 @@ fn on_syn_stream(
     headers: Headers,
 ) {
     let mut st = shared.lock();
-    if id % 2 == 0 || id <= st.last_peer_stream {
+    if id.is_multiple_of(2) || id <= st.last_peer_stream {
         shared.send(Frame::RstStream {
             stream_id: id,
             status: if st.streams.contains_key(&id) {
@@ -454,7 +454,7 @@ async fn on_data(shared: &Arc<Shared>, id: u32, fin: bool, data: Bytes) -> bool 
             let flow_control = st.flow_control;
             let last = st.last_peer_stream;
             let Some(s) = st.streams.get_mut(&id) else {
-                if id % 2 == 0 || id > last {
+                if id.is_multiple_of(2) || id > last {
                     shared.send(Frame::RstStream {
                         stream_id: id,
                         status: rst::INVALID_STREAM,
@@ -825,5 +825,169 @@ impl Drop for SendHalf {
             s.send_open = false;
         }
         Shared::remove_if_unused(&mut st, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streaming::spdy::frame::{FrameDecoder, FrameEncoder};
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    type ClientOut = FramedWrite<tokio::io::WriteHalf<DuplexStream>, FrameEncoder>;
+    type ClientIn = FramedRead<tokio::io::ReadHalf<DuplexStream>, FrameDecoder>;
+
+    fn pair() -> (Connection, ClientOut, ClientIn) {
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        let conn = Connection::new(server).unwrap();
+        let (r, w) = tokio::io::split(client);
+        (
+            conn,
+            FramedWrite::new(w, FrameEncoder::new().unwrap()),
+            FramedRead::new(r, FrameDecoder::default()),
+        )
+    }
+
+    fn syn(id: u32) -> Frame {
+        Frame::SynStream {
+            stream_id: id,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers: Headers(vec![("streamtype".into(), "stdin".into())]),
+        }
+    }
+
+    fn data(id: u32, bytes: Vec<u8>, fin: bool) -> Frame {
+        Frame::Data {
+            stream_id: id,
+            flags: if fin { FLAG_FIN } else { 0 },
+            data: bytes.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_loses_nothing() {
+        let (mut conn, mut out, mut inp) = pair();
+        // Drain what the server sends so its writer never blocks.
+        tokio::spawn(async move { while inp.next().await.is_some() {} });
+        let total = 3 * UNCONTROLLED_BUFFER;
+        let sender = tokio::spawn(async move {
+            out.send(syn(1)).await.unwrap();
+            let mut sent = 0;
+            while sent < total {
+                let chunk: Vec<u8> = (sent..sent + 16384).map(|i| (i % 251) as u8).collect();
+                sent += chunk.len();
+                out.send(data(1, chunk, sent >= total)).await.unwrap();
+            }
+            out
+        });
+        let mut stream = conn.accept().await.unwrap();
+        assert_eq!(stream.headers().get("streamType"), Some("stdin"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1000];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got.len(), total);
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        let _out = sender.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_flow_controlled_peer_that_overruns_its_window_is_reset() {
+        let (mut conn, mut out, mut inp) = pair();
+        out.send(Frame::Settings {
+            flags: 0,
+            entries: vec![(0, SETTINGS_INITIAL_WINDOW_SIZE, 65536)],
+        })
+        .await
+        .unwrap();
+        out.send(syn(1)).await.unwrap();
+        let _stream = conn.accept().await.unwrap();
+        for _ in 0..5 {
+            out.send(data(1, vec![0; 16384], false)).await.unwrap();
+        }
+        loop {
+            match inp.next().await.unwrap().unwrap() {
+                Frame::RstStream { stream_id, status } => {
+                    assert_eq!((stream_id, status), (1, rst::FLOW_CONTROL_ERROR));
+                    break;
+                }
+                Frame::SynReply { .. } | Frame::WindowUpdate { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_end_with_fin_and_are_forgotten() {
+        let (mut conn, mut out, mut inp) = pair();
+        out.send(syn(1)).await.unwrap();
+        out.send(data(1, b"x".to_vec(), true)).await.unwrap();
+        let stream = conn.accept().await.unwrap();
+        let (recv, mut send) = stream.into_split();
+        send.write_all(b"reply").await.unwrap();
+        drop(send);
+        drop(recv);
+        let mut frames = Vec::new();
+        while frames.len() < 3 {
+            frames.push(inp.next().await.unwrap().unwrap());
+        }
+        assert!(matches!(frames[0], Frame::SynReply { stream_id: 1, .. }));
+        assert_eq!(frames[1], data(1, b"reply".to_vec(), false));
+        assert_eq!(frames[2], data(1, Vec::new(), true));
+        assert!(conn.shared.lock().streams.is_empty());
+        // Data for a forgotten stream is dropped quietly.
+        out.send(data(1, b"late".to_vec(), false)).await.unwrap();
+        out.send(Frame::Ping { id: 7 }).await.unwrap();
+        assert_eq!(inp.next().await.unwrap().unwrap(), Frame::Ping { id: 7 });
+    }
+
+    #[tokio::test]
+    async fn a_vanished_peer_wakes_blocked_readers_with_an_error() {
+        let (mut conn, mut out, inp) = pair();
+        out.send(syn(1)).await.unwrap();
+        let mut stream = conn.accept().await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            stream.read(&mut buf).await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(out);
+        drop(inp);
+        let r = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.is_err());
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap();
+        assert!(conn.accept().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_stream_ids_are_refused() {
+        let (mut conn, mut out, mut inp) = pair();
+        out.send(syn(2)).await.unwrap();
+        out.send(syn(5)).await.unwrap();
+        out.send(syn(3)).await.unwrap();
+        let s = conn.accept().await.unwrap();
+        assert_eq!(s.id(), 5);
+        let mut resets = Vec::new();
+        while resets.len() < 2 {
+            if let Frame::RstStream { stream_id, status } = inp.next().await.unwrap().unwrap() {
+                resets.push((stream_id, status));
+            }
+        }
+        assert_eq!(resets, [(2, rst::PROTOCOL_ERROR), (3, rst::PROTOCOL_ERROR)]);
     }
 }
