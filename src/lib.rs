@@ -17,3 +17,4 @@ pub mod network;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
+pub mod streaming;
