@@ -7,3 +7,4 @@ mod foundation;
 mod harness;
 mod pods;
 mod registry_harness;
+mod streaming;

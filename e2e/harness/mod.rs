@@ -5,5 +5,6 @@ pub mod cri;
 pub mod daemon;
 pub mod images;
 pub mod registry;
+pub mod stream_client;
 
 pub use daemon::{Daemon, DaemonOptions};

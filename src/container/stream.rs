@@ -584,12 +584,14 @@ async fn finish(
         guard,
     } = running;
     let outcome = {
-        let done = async {
+        // The output is pumped all along (a process blocked on a full pipe
+        // would never exit); after the exit the pumps take what is left.
+        let exit = async {
             let code = (&mut wait).await;
             let _ = exited.send(true);
-            outputs.await;
             code
         };
+        let done = async { tokio::join!(exit, outputs).0 };
         tokio::select! {
             code = done => Some(code),
             _ = input => None,
