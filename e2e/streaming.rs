@@ -18,7 +18,7 @@ use crate::harness::cri::{container_config, pod_config, unique};
 use crate::harness::images::{TestImages, WEB_INDEX_HTML, WEB_PORT};
 use crate::harness::registry::Registry;
 use crate::harness::stream_client::{
-    SpdySession, V5, exit_code, http, spdy_forward, status_json, ws_collect, ws_connect,
+    SpdySession, V5, exit_code, http, saw, spdy_forward, status_json, ws_collect, ws_connect,
 };
 use crate::harness::{Daemon, DaemonOptions};
 
@@ -451,7 +451,8 @@ async fn exec_returns_when_the_process_exits_though_a_child_keeps_its_output() {
         "exec waited for the background child"
     );
     // The background child is the command's own business: it runs on.
-    assert_eq!(pids_running(&["sleep", &mark]).len(), 1);
+    let args = ["sleep", mark.as_str()];
+    assert!(eventually(10, || pids_running(&args).len() == 1).await);
     env.remove_pod(&pod.0).await;
 }
 
@@ -471,7 +472,7 @@ async fn a_client_that_goes_away_takes_its_exec_process_with_it() {
     let mut s = SpdySession::open(&url, true, true, true, false).await;
     s.stdout().read_until("started", 10).await;
     let args = ["sleep", mark.as_str()];
-    assert!(eventually(5, || pids_running(&args).len() == 1).await);
+    assert!(eventually(10, || pids_running(&args).len() == 1).await);
     drop(s);
     assert!(
         eventually(10, || pids_running(&args).is_empty()).await,
@@ -518,9 +519,19 @@ async fn attach_serves_several_clients_and_detaching_leaves_the_container_runnin
     let mut a = SpdySession::open(&url, true, true, true, false).await;
     let url = env.attach_url(&id, false, false).await.unwrap();
     let mut b = SpdySession::open(&url, false, true, true, false).await;
-    // Both attached before the input goes in: output is only what comes
-    // after an attach.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // B gets only the output made after its attach: feed lines through A
+    // until one reaches B.
+    let mut n = 0;
+    loop {
+        let line = format!("sync{n}");
+        a.send_stdin(format!("{line}\n").as_bytes()).await;
+        let needle = format!("got {line}\n");
+        if saw(b.stdout(), &needle, Duration::from_millis(500)).await {
+            break;
+        }
+        n += 1;
+        assert!(n < 40, "the second client never got output");
+    }
     a.send_stdin(b"one\n").await;
     a.stdout().read_until("got one\n", 10).await;
     b.stdout().read_until("got one\n", 10).await;
@@ -755,7 +766,7 @@ async fn daemon_stop_ends_exec_sessions_and_leaves_containers_running() {
     let mut s = SpdySession::open(&url, false, true, true, false).await;
     s.stdout().read_until("started", 10).await;
     let args = ["sleep", mark.as_str()];
-    assert!(eventually(5, || pids_running(&args).len() == 1).await);
+    assert!(eventually(10, || pids_running(&args).len() == 1).await);
     assert_eq!(env.daemon.stop().await, Some(0));
     assert!(
         pids_running(&args).is_empty(),

@@ -120,6 +120,20 @@ impl SpdySession {
     }
 }
 
+/// Reads `stream` until what came in this call contains `needle`; false
+/// when `within` passes or the stream ends first.
+pub async fn saw(stream: &mut ClientStream, needle: &str, within: Duration) -> bool {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        match tokio::time::timeout_at(deadline, stream.rx.recv()).await {
+            Ok(Some(spdy_client::Ev::Data(d))) => got.extend_from_slice(&d),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// One forwarded connection over SPDY: sends `request`, half-closes, and
 /// returns (what came back until the end, what the error stream said).
 pub async fn spdy_forward(url: &str, port: u16, request: &[u8]) -> (Vec<u8>, String) {
