@@ -4,4 +4,5 @@
 
 mod foundation;
 mod harness;
+mod images;
 mod registry_harness;

@@ -426,7 +426,16 @@ impl Session {
                 }
                 // Only a failure to talk TLS at all falls back to HTTP.
                 Err(e @ ImageError::Network { .. }) if first_err.is_none() => first_err = Some(e),
-                Err(e) => return Err(first_err.unwrap_or(e)),
+                Err(e) => {
+                    // A TLS-only server answers plain HTTP with 400 (or not
+                    // at all): then the TLS error is the one that explains.
+                    let tls_server = matches!(&e, ImageError::Network { .. })
+                        || matches!(&e, ImageError::Registry { message, .. } if message.contains("400 Bad Request"));
+                    return Err(match first_err {
+                        Some(tls) if tls_server => tls,
+                        _ => e,
+                    });
+                }
             }
         }
         Err(first_err.unwrap_or_else(|| ImageError::Internal("no scheme to try".into())))
