@@ -84,7 +84,11 @@ async fn image_config(client: &mut ImageServiceClient<Channel>, image: &str) -> 
 
 /// The unpacked layer dirs of an image, bottom first, computed from its
 /// diff IDs (chain IDs, as the OCI spec defines them).
-async fn layer_dirs(daemon: &Daemon, client: &mut ImageServiceClient<Channel>, image: &str) -> Vec<PathBuf> {
+async fn layer_dirs(
+    daemon: &Daemon,
+    client: &mut ImageServiceClient<Channel>,
+    image: &str,
+) -> Vec<PathBuf> {
     let config = image_config(client, image).await;
     let mut chain: Option<String> = None;
     let mut dirs = Vec::new();
@@ -94,7 +98,12 @@ async fn layer_dirs(daemon: &Daemon, client: &mut ImageServiceClient<Channel>, i
             None => diff.to_owned(),
             Some(parent) => sha256_digest(format!("{parent} {diff}").as_bytes()),
         };
-        dirs.push(daemon.root_dir.join("layers").join(&next["sha256:".len()..]));
+        dirs.push(
+            daemon
+                .root_dir
+                .join("layers")
+                .join(&next["sha256:".len()..]),
+        );
         chain = Some(next);
     }
     dirs
@@ -104,7 +113,11 @@ async fn layer_dirs(daemon: &Daemon, client: &mut ImageServiceClient<Channel>, i
 fn leftovers(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for sub in ["layers", "content", "images", "leases"] {
-        for entry in std::fs::read_dir(root.join(sub)).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(root.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(".tmp-") {
                 out.push(format!("{sub}/{name}"));
@@ -135,7 +148,8 @@ async fn reference_forms_status_list_and_remove() {
     let images = TestImages::push_all(&registry).await;
     let host = registry.host().to_owned();
     let deep = ImageBuilder::busybox().build();
-    deep.push(&registry.client(), "deep/path/busybox", Some("v1")).await;
+    deep.push(&registry.client(), "deep/path/busybox", Some("v1"))
+        .await;
     let daemon = Daemon::start().await;
     let mut c = daemon.images().await;
     let bb = &images.busybox;
@@ -164,9 +178,16 @@ async fn reference_forms_status_list_and_remove() {
     ];
     want.sort();
     assert_eq!(tags, want, "name:tag@digest records no tag");
-    assert!(image.repo_digests.contains(&bb.by_digest()), "{:?}", image.repo_digests);
+    assert!(
+        image.repo_digests.contains(&bb.by_digest()),
+        "{:?}",
+        image.repo_digests
+    );
     let layer_sum: usize = deep.layers.iter().map(|l| l.size()).sum();
-    assert_eq!(image.size, layer_sum as u64, "size is the compressed layers' sum");
+    assert_eq!(
+        image.size, layer_sum as u64,
+        "size is the compressed layers' sum"
+    );
     assert!(!image.pinned);
 
     // Lookups: tag, short forms, ID, ID prefix, digest.
@@ -177,20 +198,43 @@ async fn reference_forms_status_list_and_remove() {
         bb.id()["sha256:".len()..][..12].to_owned(),
         bb.by_digest(),
     ] {
-        assert_eq!(status(&mut c, &key).await.map(|i| i.id), Some(bb.id().to_owned()), "{key}");
+        assert_eq!(
+            status(&mut c, &key).await.map(|i| i.id),
+            Some(bb.id().to_owned()),
+            "{key}"
+        );
     }
-    assert!(status(&mut c, &format!("{host}/busybox:nope")).await.is_none(), "unknown is empty, not an error");
-    assert_eq!(list(&mut c, Some(&format!("{host}/deep/path/busybox:v1"))).await.len(), 1);
-    assert!(list(&mut c, Some(&format!("{host}/other"))).await.is_empty());
+    assert!(
+        status(&mut c, &format!("{host}/busybox:nope"))
+            .await
+            .is_none(),
+        "unknown is empty, not an error"
+    );
+    assert_eq!(
+        list(&mut c, Some(&format!("{host}/deep/path/busybox:v1")))
+            .await
+            .len(),
+        1
+    );
+    assert!(
+        list(&mut c, Some(&format!("{host}/other")))
+            .await
+            .is_empty()
+    );
 
     // Docker schema2 of the same config: the same image, one more tag and digest.
-    assert_eq!(pull(&mut c, &images.docker.reference, None).await.unwrap(), bb.id());
+    assert_eq!(
+        pull(&mut c, &images.docker.reference, None).await.unwrap(),
+        bb.id()
+    );
     let image = status(&mut c, &images.docker.reference).await.unwrap();
     assert!(image.repo_tags.contains(&images.docker.reference));
     assert!(image.repo_digests.contains(&images.docker.by_digest()));
 
     // The image config comes through: user, env, entrypoint, cmd, ...
-    pull(&mut c, &images.configured.reference, None).await.unwrap();
+    pull(&mut c, &images.configured.reference, None)
+        .await
+        .unwrap();
     let configured = status(&mut c, &images.configured.reference).await.unwrap();
     assert_eq!(configured.username, CONFIGURED_USER);
     assert!(configured.uid.is_none());
@@ -206,24 +250,42 @@ async fn reference_forms_status_list_and_remove() {
         .unwrap()
         .into_inner();
     let usage = &fs.image_filesystems[0];
-    assert!(usage.used_bytes.as_ref().unwrap().value > 500_000, "{usage:?}");
+    assert!(
+        usage.used_bytes.as_ref().unwrap().value > 500_000,
+        "{usage:?}"
+    );
     assert!(usage.inodes_used.as_ref().unwrap().value > 100);
     let mountpoint = &usage.fs_id.as_ref().unwrap().mountpoint;
-    assert!(daemon.root_dir.canonicalize().unwrap().starts_with(mountpoint), "{mountpoint}");
+    assert!(
+        daemon
+            .root_dir
+            .canonicalize()
+            .unwrap()
+            .starts_with(mountpoint),
+        "{mountpoint}"
+    );
 
     // Remove by one tag: every tag goes; unknown is fine.
-    c.remove_image(RemoveImageRequest { image: spec(&images.docker.reference) })
-        .await
-        .unwrap();
+    c.remove_image(RemoveImageRequest {
+        image: spec(&images.docker.reference),
+    })
+    .await
+    .unwrap();
     assert!(status(&mut c, &format!("{host}/busybox")).await.is_none());
     assert!(status(&mut c, bb.id()).await.is_none());
-    c.remove_image(RemoveImageRequest { image: spec(bb.id()) }).await.unwrap();
+    c.remove_image(RemoveImageRequest {
+        image: spec(bb.id()),
+    })
+    .await
+    .unwrap();
     assert_eq!(list(&mut c, None).await.len(), 1, "configured is left");
 
     // Bad input.
     let err = pull(&mut c, "in valid", None).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let err = pull(&mut c, &format!("{host}/busybox:missing"), None).await.unwrap_err();
+    let err = pull(&mut c, &format!("{host}/busybox:missing"), None)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     daemon.assert_clean();
 }
@@ -240,7 +302,10 @@ async fn compressions_platforms_and_whiteouts() {
         (&images.zstd, "zstd"),
         (&images.uncompressed, "none"),
     ] {
-        assert_eq!(pull(&mut c, &image.reference, None).await.unwrap(), image.id());
+        assert_eq!(
+            pull(&mut c, &image.reference, None).await.unwrap(),
+            image.id()
+        );
         let dirs = layer_dirs(&daemon, &mut c, &image.reference).await;
         let top = dirs.last().unwrap();
         let file = top.join(COMPRESSION_FILE.trim_start_matches('/'));
@@ -248,16 +313,31 @@ async fn compressions_platforms_and_whiteouts() {
         assert!(dirs[0].join("bin/busybox").is_file());
     }
     // The three share the busybox layer (same diff, no parent): stored once.
-    let layer_count = std::fs::read_dir(daemon.root_dir.join("layers")).unwrap().count();
+    let layer_count = std::fs::read_dir(daemon.root_dir.join("layers"))
+        .unwrap()
+        .count();
     assert_eq!(layer_count, 4, "one busybox layer + three marker layers");
 
     // The index resolves to this machine's platform.
-    assert_eq!(pull(&mut c, &images.multiarch.reference, None).await.unwrap(), images.multiarch.id());
+    assert_eq!(
+        pull(&mut c, &images.multiarch.reference, None)
+            .await
+            .unwrap(),
+        images.multiarch.id()
+    );
     let dirs = layer_dirs(&daemon, &mut c, &images.multiarch.reference).await;
-    let arch = std::fs::read_to_string(dirs.last().unwrap().join(MULTIARCH_ARCH_FILE.trim_start_matches('/'))).unwrap();
+    let arch = std::fs::read_to_string(
+        dirs.last()
+            .unwrap()
+            .join(MULTIARCH_ARCH_FILE.trim_start_matches('/')),
+    )
+    .unwrap();
     assert_eq!(arch, format!("{}\n", host_arch()));
     let image = status(&mut c, &images.multiarch.reference).await.unwrap();
-    assert!(image.repo_digests.contains(&images.multiarch.by_digest()), "the index digest");
+    assert!(
+        image.repo_digests.contains(&images.multiarch.by_digest()),
+        "the index digest"
+    );
 
     // Whiteouts and the opaque dir, seen through overlayfs itself.
     pull(&mut c, &images.layered.reference, None).await.unwrap();
@@ -315,7 +395,10 @@ async fn hostile_images_are_refused_or_contained() {
     let o = outside.display().to_string();
 
     // `..` entries: refused, naming the entry; nothing written above.
-    let escape = format!("../../../../../../../../{}/{marker}", o.trim_start_matches('/'));
+    let escape = format!(
+        "../../../../../../../../{}/{marker}",
+        o.trim_start_matches('/')
+    );
     let dotdot = push_layer_image(&registry, "dotdot", vec![Entry::file(&escape, "x")]).await;
     let err = pull(&mut c, &dotdot, None).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -333,7 +416,10 @@ async fn hostile_images_are_refused_or_contained() {
     let through = push_layer_image(
         &registry,
         "symlink",
-        vec![Entry::symlink("esc", o.clone()), Entry::file("esc/pwned", "x")],
+        vec![
+            Entry::symlink("esc", o.clone()),
+            Entry::file("esc/pwned", "x"),
+        ],
     )
     .await;
     assert!(pull(&mut c, &through, None).await.is_err());
@@ -348,14 +434,20 @@ async fn hostile_images_are_refused_or_contained() {
     assert!(pull(&mut c, &hard, None).await.is_err());
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 1);
-    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(names.len(), 1, "only the victim is outside: {names:?}");
 
     // A blob that does not match its digest.
     let image = ImageBuilder::new()
         .layer(Layer::new(vec![Entry::file("f", "good content")]))
         .build();
-    image.push(&registry.client(), "corrupt", Some("latest")).await;
+    image
+        .push(&registry.client(), "corrupt", Some("latest"))
+        .await;
     let digest = &image.layers[0].digest;
     let len = image.layers[0].blob.len();
     registry.corrupt_blob(digest, &vec![0x5a; len]);
@@ -370,7 +462,9 @@ async fn hostile_images_are_refused_or_contained() {
         .layer(Layer::new(vec![Entry::file("f", "x")]))
         .edit_config(|c| c["rootfs"]["diff_ids"][0] = serde_json::json!(sha256_digest(b"other")))
         .build();
-    wrong.push(&registry.client(), "diffid", Some("latest")).await;
+    wrong
+        .push(&registry.client(), "diffid", Some("latest"))
+        .await;
     let err = pull(&mut c, &format!("{}/diffid:latest", registry.host()), None)
         .await
         .unwrap_err();
@@ -392,7 +486,9 @@ async fn hostile_images_are_refused_or_contained() {
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
 
     // A config over the limit.
-    let mut huge = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"pad":""#.to_vec();
+    let mut huge =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"pad":""#
+            .to_vec();
     huge.extend(std::iter::repeat_n(b'x', 5 << 20));
     huge.extend_from_slice(b"\"}");
     let big = ImageBuilder::new().raw_config(huge).build();
@@ -401,13 +497,21 @@ async fn hostile_images_are_refused_or_contained() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("larger than the limit"), "{}", err.message());
+    assert!(
+        err.message().contains("larger than the limit"),
+        "{}",
+        err.message()
+    );
 
     // Only the contained image exists, and nothing half-made is left.
     let all = list(&mut c, None).await;
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0].repo_tags, vec![absolute.clone()]);
-    assert!(leftovers(&daemon.root_dir).is_empty(), "{:?}", leftovers(&daemon.root_dir));
+    assert!(
+        leftovers(&daemon.root_dir).is_empty(),
+        "{:?}",
+        leftovers(&daemon.root_dir)
+    );
     daemon.assert_clean();
 }
 
@@ -415,7 +519,9 @@ async fn hostile_images_are_refused_or_contained() {
 async fn basic_auth_over_tls_with_the_registry_ca() {
     let registry = Registry::start_tls_auth("alice", "s3cret").await;
     let image = ImageBuilder::busybox().build();
-    image.push(&registry.client(), "busybox", Some("latest")).await;
+    image
+        .push(&registry.client(), "busybox", Some("latest"))
+        .await;
     let reference = format!("{}/busybox:latest", registry.host());
     let ca = registry.ca_pem_path().unwrap().display().to_string();
 
@@ -424,13 +530,18 @@ async fn basic_auth_over_tls_with_the_registry_ca() {
     let mut c = daemon.images().await;
     let err = pull(&mut c, &reference, None).await.unwrap_err();
     assert!(
-        err.message().to_lowercase().contains("certificate") || err.message().contains("UnknownIssuer"),
+        err.message().to_lowercase().contains("certificate")
+            || err.message().contains("UnknownIssuer"),
         "{err:?}"
     );
     drop(c);
     drop(daemon);
 
-    let daemon = Daemon::start_with(registry_config(registry.host(), &format!("ca_file = \"{ca}\""))).await;
+    let daemon = Daemon::start_with(registry_config(
+        registry.host(),
+        &format!("ca_file = \"{ca}\""),
+    ))
+    .await;
     let mut c = daemon.images().await;
     let err = pull(&mut c, &reference, None).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
@@ -443,7 +554,11 @@ async fn basic_auth_over_tls_with_the_registry_ca() {
     };
     let err = pull(&mut c, &reference, Some(wrong)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    assert!(err.message().contains("username or password"), "{}", err.message());
+    assert!(
+        err.message().contains("username or password"),
+        "{}",
+        err.message()
+    );
 
     let right = AuthConfig {
         username: "alice".into(),
@@ -451,15 +566,25 @@ async fn basic_auth_over_tls_with_the_registry_ca() {
         server_address: registry.host().into(),
         ..Default::default()
     };
-    assert_eq!(pull(&mut c, &reference, Some(right)).await.unwrap(), image.config_digest);
+    assert_eq!(
+        pull(&mut c, &reference, Some(right)).await.unwrap(),
+        image.config_digest
+    );
 
     // The base64 `auth` form works too.
-    c.remove_image(RemoveImageRequest { image: spec(&reference) }).await.unwrap();
+    c.remove_image(RemoveImageRequest {
+        image: spec(&reference),
+    })
+    .await
+    .unwrap();
     let encoded = AuthConfig {
         auth: base64::engine::general_purpose::STANDARD.encode("alice:s3cret"),
         ..Default::default()
     };
-    assert_eq!(pull(&mut c, &reference, Some(encoded)).await.unwrap(), image.config_digest);
+    assert_eq!(
+        pull(&mut c, &reference, Some(encoded)).await.unwrap(),
+        image.config_digest
+    );
     daemon.assert_clean();
 }
 
@@ -467,7 +592,9 @@ async fn basic_auth_over_tls_with_the_registry_ca() {
 async fn bearer_tokens_from_the_token_server() {
     let registry = Registry::start_token_auth("bob", "hunter2").await;
     let image = ImageBuilder::busybox().build();
-    image.push(&registry.client(), "busybox", Some("latest")).await;
+    image
+        .push(&registry.client(), "busybox", Some("latest"))
+        .await;
     let reference = format!("{}/busybox:latest", registry.host());
     let daemon = Daemon::start().await;
     let mut c = daemon.images().await;
@@ -480,15 +607,26 @@ async fn bearer_tokens_from_the_token_server() {
         ..Default::default()
     };
     let err = pull(&mut c, &reference, Some(wrong)).await.unwrap_err();
-    assert!(err.message().contains("username or password"), "{}", err.message());
+    assert!(
+        err.message().contains("username or password"),
+        "{}",
+        err.message()
+    );
 
     let right = AuthConfig {
         username: "bob".into(),
         password: "hunter2".into(),
         ..Default::default()
     };
-    assert_eq!(pull(&mut c, &reference, Some(right.clone())).await.unwrap(), image.config_digest);
-    c.remove_image(RemoveImageRequest { image: spec(&reference) }).await.unwrap();
+    assert_eq!(
+        pull(&mut c, &reference, Some(right.clone())).await.unwrap(),
+        image.config_digest
+    );
+    c.remove_image(RemoveImageRequest {
+        image: spec(&reference),
+    })
+    .await
+    .unwrap();
 
     // A registry token is sent as is.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -497,7 +635,9 @@ async fn bearer_tokens_from_the_token_server() {
         .no_proxy()
         .build()
         .unwrap()
-        .get(format!("{realm}?service={TOKEN_SERVICE}&scope=repository:busybox:pull"))
+        .get(format!(
+            "{realm}?service={TOKEN_SERVICE}&scope=repository:busybox:pull"
+        ))
         .basic_auth("bob", Some("hunter2"))
         .send()
         .await
@@ -510,7 +650,10 @@ async fn bearer_tokens_from_the_token_server() {
         registry_token: token["token"].as_str().unwrap().to_owned(),
         ..Default::default()
     };
-    assert_eq!(pull(&mut c, &reference, Some(bearer)).await.unwrap(), image.config_digest);
+    assert_eq!(
+        pull(&mut c, &reference, Some(bearer)).await.unwrap(),
+        image.config_digest
+    );
     daemon.assert_clean();
 }
 
@@ -518,16 +661,25 @@ async fn bearer_tokens_from_the_token_server() {
 async fn mirrors_are_tried_in_order_before_the_origin() {
     let mut origin = Registry::start_plain().await;
     let mirror = Registry::start_plain().await;
-    let web = ImageBuilder::busybox().layer(Layer::new(vec![Entry::file("www/x", "mirrored")])).build();
+    let web = ImageBuilder::busybox()
+        .layer(Layer::new(vec![Entry::file("www/x", "mirrored")]))
+        .build();
     web.push(&origin.client(), "web", Some("latest")).await;
     web.push(&mirror.client(), "web", Some("latest")).await;
-    let only_origin = ImageBuilder::busybox().layer(Layer::new(vec![Entry::file("o", "origin")])).build();
-    only_origin.push(&origin.client(), "origin-only", Some("latest")).await;
+    let only_origin = ImageBuilder::busybox()
+        .layer(Layer::new(vec![Entry::file("o", "origin")]))
+        .build();
+    only_origin
+        .push(&origin.client(), "origin-only", Some("latest"))
+        .await;
 
     let dead = free_port();
     let daemon = Daemon::start_with(registry_config(
         origin.host(),
-        &format!("mirrors = [\"http://127.0.0.1:{dead}\", \"{}\"]", mirror.base_url()),
+        &format!(
+            "mirrors = [\"http://127.0.0.1:{dead}\", \"{}\"]",
+            mirror.base_url()
+        ),
     ))
     .await;
     let mut c = daemon.images().await;
@@ -535,14 +687,24 @@ async fn mirrors_are_tried_in_order_before_the_origin() {
     // With the origin down, the (second) mirror serves the pull.
     origin.stop();
     let reference = format!("{}/web:latest", origin.host());
-    assert_eq!(pull(&mut c, &reference, None).await.unwrap(), web.config_digest);
+    assert_eq!(
+        pull(&mut c, &reference, None).await.unwrap(),
+        web.config_digest
+    );
     let image = status(&mut c, &reference).await.unwrap();
-    assert_eq!(image.repo_tags, vec![reference.clone()], "named after the origin");
+    assert_eq!(
+        image.repo_tags,
+        vec![reference.clone()],
+        "named after the origin"
+    );
 
     // What the mirror lacks comes from the origin.
     origin.restart().await;
     let reference = format!("{}/origin-only:latest", origin.host());
-    assert_eq!(pull(&mut c, &reference, None).await.unwrap(), only_origin.config_digest);
+    assert_eq!(
+        pull(&mut c, &reference, None).await.unwrap(),
+        only_origin.config_digest
+    );
     daemon.assert_clean();
 }
 
@@ -574,7 +736,9 @@ impl CountingProxy {
             held: Mutex::new(Vec::new()),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         });
-        let app = axum::Router::new().fallback(proxy_handler).with_state(state.clone());
+        let app = axum::Router::new()
+            .fallback(proxy_handler)
+            .with_state(state.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -607,7 +771,12 @@ async fn proxy_handler(
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
-    *state.counts.lock().unwrap().entry(path.clone()).or_default() += 1;
+    *state
+        .counts
+        .lock()
+        .unwrap()
+        .entry(path.clone())
+        .or_default() += 1;
     let mut upstream = state.http.get(format!("{}{path}", state.upstream));
     if let Some(accept) = request.headers().get(header::ACCEPT) {
         upstream = upstream.header(header::ACCEPT, accept.clone());
@@ -633,7 +802,9 @@ async fn proxy_handler(
         tx.send(Ok(body.slice(..body.len() / 2))).await.unwrap();
         state.held.lock().unwrap().push(tx);
         return out
-            .body(axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .body(axum::body::Body::from_stream(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
             .unwrap();
     }
     out.body(axum::body::Body::from(body)).unwrap()
@@ -653,20 +824,40 @@ async fn concurrent_pulls_share_downloads_and_present_images_download_nothing() 
     // Several pulls of two images sharing the busybox layer, all at once.
     let mut tasks = Vec::new();
     for i in 0..6 {
-        let reference = if i % 2 == 0 { &images.web } else { &images.layered }.reference.clone();
+        let reference = if i % 2 == 0 {
+            &images.web
+        } else {
+            &images.layered
+        }
+        .reference
+        .clone();
         let mut c = daemon.images().await;
-        tasks.push(tokio::spawn(async move { pull(&mut c, &reference, None).await }));
+        tasks.push(tokio::spawn(
+            async move { pull(&mut c, &reference, None).await },
+        ));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let mut layer_digests: Vec<&String> = images.web.layer_digests.iter().chain(&images.layered.layer_digests).collect();
+    let mut layer_digests: Vec<&String> = images
+        .web
+        .layer_digests
+        .iter()
+        .chain(&images.layered.layer_digests)
+        .collect();
     layer_digests.sort();
     layer_digests.dedup();
     for digest in &layer_digests {
-        assert_eq!(proxy.count(&format!("blobs/{digest}")), 1, "{digest} downloaded once");
+        assert_eq!(
+            proxy.count(&format!("blobs/{digest}")),
+            1,
+            "{digest} downloaded once"
+        );
     }
-    assert_eq!(proxy.count(&format!("blobs/{}", images.web.config_digest)), 1);
+    assert_eq!(
+        proxy.count(&format!("blobs/{}", images.web.config_digest)),
+        1
+    );
 
     // Pulling a present image fetches its manifest and no blob.
     let manifests_before = proxy.count("/manifests/");
@@ -674,7 +865,11 @@ async fn concurrent_pulls_share_downloads_and_present_images_download_nothing() 
     let mut c = daemon.images().await;
     pull(&mut c, &images.web.reference, None).await.unwrap();
     assert!(proxy.count("/manifests/") > manifests_before);
-    assert_eq!(proxy.count("/blobs/"), blobs_before, "no layer, no config downloaded");
+    assert_eq!(
+        proxy.count("/blobs/"),
+        blobs_before,
+        "no layer, no config downloaded"
+    );
     daemon.assert_clean();
 }
 
@@ -699,7 +894,10 @@ async fn a_killed_pull_leaves_nothing_and_images_survive_restarts() {
     let mut c2 = daemon.images().await;
     let pending = tokio::spawn(async move { pull(&mut c2, &reference, None).await });
     let root = daemon.root_dir.clone();
-    wait_for("the stalled download to start", || proxy.count(&stalled) == 1).await;
+    wait_for("the stalled download to start", || {
+        proxy.count(&stalled) == 1
+    })
+    .await;
     wait_for("a half-made layer", || !leftovers(&root).is_empty()).await;
     daemon.kill9();
     assert!(pending.await.unwrap().is_err());
@@ -716,14 +914,20 @@ async fn a_killed_pull_leaves_nothing_and_images_survive_restarts() {
     // Unstalled, the same pull now completes; and survives a clean restart.
     *proxy.state.stall.lock().unwrap() = None;
     proxy.state.held.lock().unwrap().clear();
-    assert_eq!(pull(&mut c, &images.web.reference, None).await.unwrap(), images.web.id());
+    assert_eq!(
+        pull(&mut c, &images.web.reference, None).await.unwrap(),
+        images.web.id()
+    );
     let web_dirs = layer_dirs(&daemon, &mut c, &images.web.reference).await;
     drop(c);
     daemon.stop().await;
     daemon.restart().await;
     let mut c = daemon.images().await;
     assert_eq!(list(&mut c, None).await.len(), 2);
-    assert_eq!(status(&mut c, &images.web.reference).await.unwrap().id, images.web.id());
+    assert_eq!(
+        status(&mut c, &images.web.reference).await.unwrap().id,
+        images.web.id()
+    );
     assert!(web_dirs.iter().all(|d| d.is_dir()));
     let html = std::fs::read_to_string(web_dirs.last().unwrap().join("www/index.html")).unwrap();
     assert_eq!(html, WEB_INDEX_HTML);

@@ -215,7 +215,10 @@ mod tests {
         })
         .unwrap()
         .unwrap();
-        assert!(matches!(token.credentials, Credentials::IdentityToken { .. }));
+        assert!(matches!(
+            token.credentials,
+            Credentials::IdentityToken { .. }
+        ));
         let registry = auth_from_cri(&AuthConfig {
             registry_token: "bearer".into(),
             identity_token: "ignored".into(),
@@ -223,7 +226,10 @@ mod tests {
         })
         .unwrap()
         .unwrap();
-        assert_eq!(registry.credentials, Credentials::RegistryToken("bearer".into()));
+        assert_eq!(
+            registry.credentials,
+            Credentials::RegistryToken("bearer".into())
+        );
         let bad = auth_from_cri(&AuthConfig {
             auth: "!!!".into(),
             ..Default::default()

@@ -40,7 +40,12 @@ impl ContentStore {
 
     /// Reads a blob of at most `limit` bytes and checks its digest again
     /// (cheap for the small documents this is used for).
-    pub fn read(&self, digest: &Digest, limit: u64, what: &'static str) -> Result<Vec<u8>, ImageError> {
+    pub fn read(
+        &self,
+        digest: &Digest,
+        limit: u64,
+        what: &'static str,
+    ) -> Result<Vec<u8>, ImageError> {
         let path = self.path(digest);
         let file = std::fs::File::open(&path).map_err(|e| ImageError::io("open blob", &path, e))?;
         let mut bytes = Vec::new();
@@ -66,7 +71,12 @@ impl ContentStore {
     }
 
     /// Stores `bytes` as `expected` after checking they hash to it.
-    pub fn write(&self, expected: &Digest, bytes: &[u8], what: &'static str) -> Result<(), ImageError> {
+    pub fn write(
+        &self,
+        expected: &Digest,
+        bytes: &[u8],
+        what: &'static str,
+    ) -> Result<(), ImageError> {
         if self.exists(expected) {
             return Ok(());
         }
@@ -131,7 +141,12 @@ impl BlobWriter {
     }
 
     /// Verifies digest and size, fsyncs and renames the blob into place.
-    pub fn commit(mut self, expected: &Digest, size: u64, what: &'static str) -> Result<(), ImageError> {
+    pub fn commit(
+        mut self,
+        expected: &Digest,
+        size: u64,
+        what: &'static str,
+    ) -> Result<(), ImageError> {
         let len = self.hasher.len();
         let hasher = std::mem::take(&mut self.hasher);
         if len != size {
@@ -196,15 +211,24 @@ mod tests {
 
         // Wrong content under a digest: refused, nothing left behind.
         let other = Digest::of(b"other");
-        let err = store.write(&other, b"hello", "config").unwrap_err().to_string();
-        assert!(err.contains(other.as_str()) && err.contains("config"), "{err}");
+        let err = store
+            .write(&other, b"hello", "config")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(other.as_str()) && err.contains("config"),
+            "{err}"
+        );
         assert!(!store.exists(&other));
         assert!(store.temp_paths().unwrap().is_empty());
 
         // Right bytes, wrong size claim.
         let mut w = store.writer().unwrap();
         w.write_all(b"abc").unwrap();
-        let err = w.commit(&Digest::of(b"abc"), 4, "layer").unwrap_err().to_string();
+        let err = w
+            .commit(&Digest::of(b"abc"), 4, "layer")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("size is 3 bytes"), "{err}");
         assert!(store.temp_paths().unwrap().is_empty());
 

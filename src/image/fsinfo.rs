@@ -108,7 +108,9 @@ pub fn mountpoint(path: &Path) -> Result<PathBuf, ImageError> {
     let dev = std::fs::metadata(path)
         .map_err(|e| ImageError::io("stat", path, e))?
         .dev();
-    let mut current = path.canonicalize().map_err(|e| ImageError::io("resolve", path, e))?;
+    let mut current = path
+        .canonicalize()
+        .map_err(|e| ImageError::io("resolve", path, e))?;
     while let Some(parent) = current.parent() {
         match std::fs::metadata(parent) {
             Ok(m) if m.dev() == dev => current = parent.to_path_buf(),

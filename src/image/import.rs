@@ -42,7 +42,10 @@ pub fn import_command(config: &crate::config::Config, path: &Path) -> Result<(),
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let progress = |p: &ImportProgress| {
         let line = if p.skipped {
-            format!("{}: layer {}/{} already present", p.image, p.layer, p.layers)
+            format!(
+                "{}: layer {}/{} already present",
+                p.image, p.layer, p.layers
+            )
         } else {
             format!(
                 "{}: layer {}/{} {:.1}/{:.1} MiB",
@@ -65,7 +68,11 @@ pub fn import_command(config: &crate::config::Config, path: &Path) -> Result<(),
         eprintln!();
     }
     for image in result? {
-        let name = image.repo_tags.first().cloned().unwrap_or_else(|| "<untagged>".into());
+        let name = image
+            .repo_tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "<untagged>".into());
         println!("imported {name} {}", image.id);
     }
     Ok(())
@@ -108,15 +115,15 @@ impl Inner {
         let mut imported = Vec::new();
         if source.exists("manifest.json") {
             let bytes = source.read_all("manifest.json", MAX_MANIFEST_SIZE)?;
-            let entries: Vec<DockerEntry> = serde_json::from_slice(&bytes)
-                .map_err(|e| bad(format!("manifest.json: {e}")))?;
+            let entries: Vec<DockerEntry> =
+                serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest.json: {e}")))?;
             for entry in entries {
                 imported.push(self.import_docker(&source, &entry, progress)?);
             }
         } else if source.exists("index.json") {
             let bytes = source.read_all("index.json", MAX_MANIFEST_SIZE)?;
-            let index: Index = serde_json::from_slice(&bytes)
-                .map_err(|e| bad(format!("index.json: {e}")))?;
+            let index: Index =
+                serde_json::from_slice(&bytes).map_err(|e| bad(format!("index.json: {e}")))?;
             for desc in &index.manifests {
                 let name = desc
                     .annotations
@@ -187,7 +194,14 @@ impl Inner {
             let digest = d.digest()?;
             layers.push((blob_path(&digest), Some((digest, d.size()?))));
         }
-        let image = self.import_layers(source, &label, &config_digest, &config_bytes, layers, progress)?;
+        let image = self.import_layers(
+            source,
+            &label,
+            &config_digest,
+            &config_bytes,
+            layers,
+            progress,
+        )?;
         let image = Image {
             repo_tags: name
                 .as_ref()
@@ -230,7 +244,10 @@ impl Inner {
             .iter()
             .map(|t| Reference::parse(t).map(|r| r.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        let label = tags.first().cloned().unwrap_or_else(|| config_digest.to_string());
+        let label = tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| config_digest.to_string());
         let mut layers = Vec::new();
         for path in &entry.layers {
             // Blobs of the OCI-based format are named by digest: verify them.
@@ -240,7 +257,14 @@ impl Inner {
             };
             layers.push((path.clone(), blob));
         }
-        let image = self.import_layers(source, &label, &config_digest, &config_bytes, layers, progress)?;
+        let image = self.import_layers(
+            source,
+            &label,
+            &config_digest,
+            &config_bytes,
+            layers,
+            progress,
+        )?;
         let image = Image {
             repo_tags: tags,
             ..image
@@ -306,7 +330,8 @@ impl Inner {
                 chain_id: spec.chain_id,
             });
         }
-        self.content.write(config_digest, config_bytes, "image config")?;
+        self.content
+            .write(config_digest, config_bytes, "image config")?;
         Ok(Image {
             id: config_digest.to_string(),
             repo_tags: Vec::new(),
@@ -343,7 +368,10 @@ fn blob_path(digest: &Digest) -> String {
 
 /// The digest a `blobs/sha256/<hex>` path names.
 fn digest_of_blob_path(path: &str) -> Option<Digest> {
-    let hex = normalize(path).ok()?.strip_prefix("blobs/sha256/")?.to_owned();
+    let hex = normalize(path)
+        .ok()?
+        .strip_prefix("blobs/sha256/")?
+        .to_owned();
     Digest::parse(&format!("sha256:{hex}")).ok()
 }
 
@@ -424,11 +452,14 @@ impl Source {
             Source::Dir(root) => {
                 let path = root.join(normalize(name).map_err(|r| self.err(r))?);
                 // A symlink inside a layout is not followed anywhere.
-                let meta = std::fs::symlink_metadata(&path).map_err(|e| ImageError::io("stat", &path, e))?;
+                let meta = std::fs::symlink_metadata(&path)
+                    .map_err(|e| ImageError::io("stat", &path, e))?;
                 if !meta.is_file() {
                     return Err(self.err(format!("{name} is not a regular file")));
                 }
-                Ok(Box::new(File::open(&path).map_err(|e| ImageError::io("open", &path, e))?))
+                Ok(Box::new(
+                    File::open(&path).map_err(|e| ImageError::io("open", &path, e))?,
+                ))
             }
             Source::Tar(t) => t.open(name),
         }
@@ -451,7 +482,13 @@ impl Source {
     }
 
     /// A blob by digest, verified.
-    fn read_blob(&self, digest: &Digest, size: u64, limit: u64, what: &'static str) -> Result<Vec<u8>, ImageError> {
+    fn read_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        limit: u64,
+        what: &'static str,
+    ) -> Result<Vec<u8>, ImageError> {
         if size > limit {
             return Err(ImageError::TooLarge {
                 what,
@@ -465,7 +502,10 @@ impl Source {
             return Err(ImageError::Verification {
                 what,
                 digest: digest.to_string(),
-                reason: format!("{} bytes hashing to {actual}, expected {size} bytes", bytes.len()),
+                reason: format!(
+                    "{} bytes hashing to {actual}, expected {size} bytes",
+                    bytes.len()
+                ),
             });
         }
         Ok(bytes)
@@ -571,7 +611,10 @@ mod tests {
         assert_eq!(normalize("a/../b").unwrap(), "b");
         assert!(normalize("../x").is_err());
         let d = Digest::of(b"x");
-        assert_eq!(digest_of_blob_path(&format!("blobs/sha256/{}", d.hex())), Some(d));
+        assert_eq!(
+            digest_of_blob_path(&format!("blobs/sha256/{}", d.hex())),
+            Some(d)
+        );
         assert_eq!(digest_of_blob_path("abc/layer.tar"), None);
     }
 }

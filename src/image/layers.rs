@@ -16,7 +16,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::content::{BlobWriter, ContentStore};
-use super::digest::{Digest, HashingReader, Hasher};
+use super::digest::{Digest, Hasher, HashingReader};
 use super::error::ImageError;
 use super::fsutil::{self, TEMP_PREFIX, sync_dir, temp_name};
 use super::unpack::{UnpackStats, unpack};
@@ -139,7 +139,8 @@ pub fn apply_layer(
         (Ok(_), Err(e)) => return Err(read_err(e)),
         (Err(e), _) => {
             if let Some((digest, size)) = &spec.blob
-                && (tee.hasher.len() != *size || &std::mem::take(&mut tee.hasher).finish() != digest)
+                && (tee.hasher.len() != *size
+                    || &std::mem::take(&mut tee.hasher).finish() != digest)
             {
                 return Err(ImageError::Verification {
                     what: "layer",
@@ -294,7 +295,11 @@ mod tests {
     #[test]
     fn every_compression_unpacks_and_verifies() {
         let tar = tar();
-        for blob in [tar.clone(), gzip(&tar), zstd::encode_all(&tar[..], 3).unwrap()] {
+        for blob in [
+            tar.clone(),
+            gzip(&tar),
+            zstd::encode_all(&tar[..], 3).unwrap(),
+        ] {
             let s = stores();
             let spec = spec(&blob, &tar);
             apply_layer(&s.layers, Some(&s.content), &blob[..], &spec).unwrap();
@@ -329,7 +334,10 @@ mod tests {
             let err = apply_layer(&s.layers, Some(&s.content), &blob[..], &case).unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, ImageError::Verification { .. }), "{msg}");
-            assert!(msg.contains(case.blob.as_ref().unwrap().0.as_str()), "{msg}");
+            assert!(
+                msg.contains(case.blob.as_ref().unwrap().0.as_str()),
+                "{msg}"
+            );
             assert!(s.layers.list().unwrap().is_empty());
             assert!(s.layers.temp_paths().unwrap().is_empty());
             assert!(s.content.list().unwrap().is_empty());
@@ -348,7 +356,10 @@ mod tests {
         let err = apply_layer(&s.layers, Some(&s.content), &blob[..], &spec(&blob, &evil))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("../escape") && err.contains(Digest::of(&blob).as_str()), "{err}");
+        assert!(
+            err.contains("../escape") && err.contains(Digest::of(&blob).as_str()),
+            "{err}"
+        );
         let mut cut = gzip(&tar());
         cut.truncate(cut.len() / 2);
         assert!(apply_layer(&s.layers, Some(&s.content), &cut[..], &spec(&cut, &tar())).is_err());
@@ -368,6 +379,9 @@ mod tests {
         };
         apply_layer(&s.layers, Some(&s.content), &tar[..], &spec).unwrap();
         assert!(s.layers.exists(&spec.chain_id));
-        assert!(s.content.list().unwrap().is_empty(), "no blob digest, no blob kept");
+        assert!(
+            s.content.list().unwrap().is_empty(),
+            "no blob digest, no blob kept"
+        );
     }
 }

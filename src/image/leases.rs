@@ -77,7 +77,9 @@ impl Leases {
             match read_lease(&path) {
                 Ok(Some(lease)) => out.push(lease),
                 Ok(None) => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping a bad lease"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping a bad lease")
+                }
             }
         }
         Ok(out)

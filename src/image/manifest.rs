@@ -279,7 +279,10 @@ pub fn parse_config(bytes: &[u8], name: &str, layers: usize) -> Result<ConfigFil
     };
     let config: ConfigFile = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
     if !config.rootfs.kind.is_empty() && config.rootfs.kind != "layers" {
-        return Err(malformed(format!("rootfs type {:?} is not \"layers\"", config.rootfs.kind)));
+        return Err(malformed(format!(
+            "rootfs type {:?} is not \"layers\"",
+            config.rootfs.kind
+        )));
     }
     if config.rootfs.diff_ids.len() != layers {
         return Err(malformed(format!(
@@ -403,12 +406,18 @@ mod tests {
     fn platform_matching() {
         let amd = p("linux", "amd64", None);
         assert_eq!(platform_rank(&amd, &p("linux", "amd64", None)), Some(0));
-        assert_eq!(platform_rank(&amd, &p("linux", "amd64", Some("v1"))), Some(0));
+        assert_eq!(
+            platform_rank(&amd, &p("linux", "amd64", Some("v1"))),
+            Some(0)
+        );
         assert_eq!(platform_rank(&amd, &p("linux", "arm64", None)), None);
         assert_eq!(platform_rank(&amd, &p("windows", "amd64", None)), None);
         let arm64 = p("linux", "arm64", Some("v8"));
         assert_eq!(platform_rank(&arm64, &p("linux", "arm64", None)), Some(0));
-        assert_eq!(platform_rank(&arm64, &p("linux", "arm64", Some("v8"))), Some(0));
+        assert_eq!(
+            platform_rank(&arm64, &p("linux", "arm64", Some("v8"))),
+            Some(0)
+        );
         let arm = p("linux", "arm", Some("v7"));
         assert_eq!(platform_rank(&arm, &p("linux", "arm", Some("v6"))), Some(1));
         assert_eq!(platform_rank(&arm, &p("linux", "arm", Some("v8"))), None);
@@ -438,12 +447,25 @@ mod tests {
             annotations: BTreeMap::new(),
         };
         let arm = p("linux", "arm", Some("v7"));
-        assert!(choose_platform(&index, &arm, "x").unwrap().digest.contains('b'));
+        assert!(
+            choose_platform(&index, &arm, "x")
+                .unwrap()
+                .digest
+                .contains('b')
+        );
         let amd = p("linux", "amd64", None);
-        assert!(choose_platform(&index, &amd, "x").unwrap().digest.contains('c'));
+        assert!(
+            choose_platform(&index, &amd, "x")
+                .unwrap()
+                .digest
+                .contains('c')
+        );
         let s390 = p("linux", "s390x", None);
         let err = choose_platform(&index, &s390, "x").unwrap_err().to_string();
-        assert!(err.contains("linux/s390x") && err.contains("linux/arm/v6"), "{err}");
+        assert!(
+            err.contains("linux/s390x") && err.contains("linux/arm/v6"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -454,7 +476,10 @@ mod tests {
             ManifestKind::Manifest(_)
         ));
         let i = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(parse_manifest(i, None, "i").unwrap(), ManifestKind::Index(_)));
+        assert!(matches!(
+            parse_manifest(i, None, "i").unwrap(),
+            ManifestKind::Index(_)
+        ));
         let i = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
         assert!(matches!(
             parse_manifest(i, Some(OCI_MANIFEST), "i").unwrap(),
@@ -495,7 +520,9 @@ mod tests {
             layer_media_type("application/vnd.oci.image.layer.v1.tar+zstd").unwrap(),
             LayerMediaType::Zstd
         );
-        assert!(layer_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip").is_err());
+        assert!(
+            layer_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip").is_err()
+        );
         assert!(layer_media_type("application/vnd.oci.image.layer.v1.tar+gzip+encrypted").is_err());
     }
 }

@@ -154,7 +154,11 @@ impl ImageStore {
     /// Pulls `reference` (normalised as docker does) for this machine's
     /// platform and records it. Returns the stored image (merged with an
     /// existing one of the same ID).
-    pub async fn pull(&self, reference: &str, auth: Option<RegistryAuth>) -> Result<Image, ImageError> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        auth: Option<RegistryAuth>,
+    ) -> Result<Image, ImageError> {
         self.inner.pull(reference, auth).await
     }
 
@@ -308,7 +312,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ImageError::Internal(format!("worker thread failed: {e}")))
 }
-
 
 #[cfg(test)]
 mod tests;

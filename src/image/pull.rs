@@ -116,7 +116,11 @@ impl Inner {
                 }
                 let fetched = session.manifest(digest.as_str(), MAX_MANIFEST_SIZE).await?;
                 verify("manifest", &digest, size, &fetched.bytes)?;
-                let m = match parse_manifest(&fetched.bytes, fetched.content_type.as_deref(), digest.as_str())? {
+                let m = match parse_manifest(
+                    &fetched.bytes,
+                    fetched.content_type.as_deref(),
+                    digest.as_str(),
+                )? {
                     ManifestKind::Manifest(m) => m,
                     ManifestKind::Index(_) => {
                         return Err(ImageError::Unsupported {
@@ -163,7 +167,9 @@ impl Inner {
                 chain_id: chains[i].clone(),
             });
         }
-        let limit = Arc::new(Semaphore::new(self.config.image.max_concurrent_downloads.max(1)));
+        let limit = Arc::new(Semaphore::new(
+            self.config.image.max_concurrent_downloads.max(1),
+        ));
         let mut tasks = JoinSet::new();
         for layer in &layers {
             let spec = LayerSpec {
@@ -199,7 +205,11 @@ impl Inner {
         .await??;
         let image = Image {
             id: config_digest.to_string(),
-            repo_tags: r.tag.as_ref().map(|_| vec![name.clone()]).unwrap_or_default(),
+            repo_tags: r
+                .tag
+                .as_ref()
+                .map(|_| vec![name.clone()])
+                .unwrap_or_default(),
             repo_digests: vec![r.with_digest(&top_digest)],
             size: layers.iter().map(|l| l.size).sum(),
             config: config.config.clone().unwrap_or_default(),
@@ -210,7 +220,8 @@ impl Inner {
             created_at: now_nanos(),
         };
         let inner = self.clone();
-        let stored = blocking(move || inner.records.update(|images| records::merge(images, image))).await??;
+        let stored = blocking(move || inner.records.update(|images| records::merge(images, image)))
+            .await??;
         tracing::info!(reference = %name, id = %stored.id, "pulled image");
         Ok(stored)
     }
@@ -226,9 +237,12 @@ impl Inner {
         if self.content.exists(digest) {
             let inner = self.clone();
             let d = digest.clone();
-            return blocking(move || inner.content.read(&d, MAX_CONFIG_SIZE, "image config")).await?;
+            return blocking(move || inner.content.read(&d, MAX_CONFIG_SIZE, "image config"))
+                .await?;
         }
-        let bytes = session.blob_bytes(digest, MAX_CONFIG_SIZE, "image config").await?;
+        let bytes = session
+            .blob_bytes(digest, MAX_CONFIG_SIZE, "image config")
+            .await?;
         verify("image config", digest, size, &bytes)?;
         let inner = self.clone();
         let d = digest.clone();
@@ -239,7 +253,11 @@ impl Inner {
 
     /// Makes sure the layer is unpacked: nothing to do, unpack the stored
     /// blob, or stream it from the registry.
-    async fn ensure_layer(self: &Arc<Self>, session: &Session, spec: LayerSpec) -> Result<(), ImageError> {
+    async fn ensure_layer(
+        self: &Arc<Self>,
+        session: &Session,
+        spec: LayerSpec,
+    ) -> Result<(), ImageError> {
         if self.layers.exists(&spec.chain_id) {
             return Ok(());
         }
@@ -248,13 +266,16 @@ impl Inner {
             return Ok(());
         }
         let Some((digest, size)) = spec.blob.clone() else {
-            return Err(ImageError::Internal("a pulled layer without a digest".into()));
+            return Err(ImageError::Internal(
+                "a pulled layer without a digest".into(),
+            ));
         };
         if self.content.exists(&digest) {
             let inner = self.clone();
             let path = self.content.path(&digest);
             return blocking(move || {
-                let file = std::fs::File::open(&path).map_err(|e| ImageError::io("open blob", &path, e))?;
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| ImageError::io("open blob", &path, e))?;
                 apply_layer(&inner.layers, None, file, &spec).map(|_| ())
             })
             .await?;
@@ -273,7 +294,12 @@ impl Inner {
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(16);
         let inner = self.clone();
         let unpack = tokio::task::spawn_blocking(move || {
-            apply_layer(&inner.layers, Some(&inner.content), ChannelReader::new(rx), &spec)
+            apply_layer(
+                &inner.layers,
+                Some(&inner.content),
+                ChannelReader::new(rx),
+                &spec,
+            )
         });
         let mut received: u64 = 0;
         let mut feed_error = None;
@@ -285,9 +311,13 @@ impl Inner {
                         feed_error = Some(ImageError::Verification {
                             what: "layer",
                             digest: digest.to_string(),
-                            reason: format!("the registry sends more than the {size} bytes the manifest says"),
+                            reason: format!(
+                                "the registry sends more than the {size} bytes the manifest says"
+                            ),
                         });
-                        let _ = tx.send(Err(io::Error::other("blob longer than its descriptor"))).await;
+                        let _ = tx
+                            .send(Err(io::Error::other("blob longer than its descriptor")))
+                            .await;
                         break;
                     }
                     if tx.send(Ok(chunk)).await.is_err() {

@@ -157,9 +157,10 @@ pub fn find<'a>(images: &'a [Image], key: &str) -> Result<Option<&'a Image>, Ima
 }
 
 fn find_prefix<'a>(images: &'a [Image], prefix: &str) -> Result<Option<&'a Image>, ImageError> {
-    let mut matches = images
-        .iter()
-        .filter(|i| i.id.strip_prefix("sha256:").is_some_and(|h| h.starts_with(prefix)));
+    let mut matches = images.iter().filter(|i| {
+        i.id.strip_prefix("sha256:")
+            .is_some_and(|h| h.starts_with(prefix))
+    });
     let first = matches.next();
     let more = matches.count();
     if more > 0 {
@@ -313,7 +314,7 @@ pub fn merge(images: &mut Vec<Image>, new: Image) -> Image {
     for other in images.iter_mut().filter(|i| i.id != new.id) {
         other.repo_tags.retain(|t| !new.repo_tags.contains(t));
     }
-    let merged = match images.iter_mut().find(|i| i.id == new.id) {
+    match images.iter_mut().find(|i| i.id == new.id) {
         Some(existing) => {
             for tag in new.repo_tags {
                 if !existing.repo_tags.contains(&tag) {
@@ -336,8 +337,7 @@ pub fn merge(images: &mut Vec<Image>, new: Image) -> Image {
             images.push(new.clone());
             new
         }
-    };
-    merged
+    }
 }
 
 #[cfg(test)]
@@ -368,7 +368,10 @@ mod tests {
     #[test]
     fn lookup_by_every_key() {
         let mut a = image('a', &["docker.io/library/busybox:latest"]);
-        a.repo_digests = vec![format!("docker.io/library/busybox@sha256:{}", "c".repeat(64))];
+        a.repo_digests = vec![format!(
+            "docker.io/library/busybox@sha256:{}",
+            "c".repeat(64)
+        )];
         let b = image('b', &["127.0.0.1:5000/app:v1"]);
         let mut ab = image('a', &[]);
         ab.id = format!("sha256:a{}", "b".repeat(63));
@@ -376,7 +379,10 @@ mod tests {
         let id = |k: &str| find(&images, k).unwrap().map(|i| i.id.clone());
         assert_eq!(id("busybox"), Some(a.id.clone()));
         assert_eq!(id("docker.io/library/busybox:latest"), Some(a.id.clone()));
-        assert_eq!(id(&format!("busybox@sha256:{}", "c".repeat(64))), Some(a.id.clone()));
+        assert_eq!(
+            id(&format!("busybox@sha256:{}", "c".repeat(64))),
+            Some(a.id.clone())
+        );
         assert_eq!(id(&a.id), Some(a.id.clone()));
         assert_eq!(id(&"a".repeat(64)), Some(a.id.clone()));
         assert_eq!(id("127.0.0.1:5000/app:v1"), Some(b.id.clone()));
@@ -385,7 +391,10 @@ mod tests {
         assert_eq!(id("busybox:other"), None);
         assert_eq!(id("NOT A REF"), None);
         let err = find(&images, "a").unwrap_err().to_string();
-        assert!(err.contains("ambiguous") && err.contains("2 images"), "{err}");
+        assert!(
+            err.contains("ambiguous") && err.contains("2 images"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -405,7 +414,11 @@ mod tests {
         let mut images = vec![image('a', &["r/x:1", "r/x:2"])];
         let merged = merge(&mut images, image('b', &["r/x:1"]));
         assert_eq!(merged.repo_tags, vec!["r/x:1"]);
-        assert_eq!(images[0].repo_tags, vec!["r/x:2"], "the tag moved away from a");
+        assert_eq!(
+            images[0].repo_tags,
+            vec!["r/x:2"],
+            "the tag moved away from a"
+        );
         let merged = merge(&mut images, image('a', &["r/x:3"]));
         assert_eq!(merged.repo_tags, vec!["r/x:2", "r/x:3"]);
         assert_eq!(images.len(), 2);
@@ -416,16 +429,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r1 = Records::open(dir.path()).unwrap();
         assert!(r1.snapshot().unwrap().is_empty());
-        r1.update(|imgs| merge(imgs, image('a', &["example.com/x:1"]))).unwrap();
+        r1.update(|imgs| merge(imgs, image('a', &["example.com/x:1"])))
+            .unwrap();
         // A second instance (another process, or the daemon after a restart).
         let r2 = Records::open(dir.path()).unwrap();
         assert_eq!(r2.snapshot().unwrap().len(), 1);
-        r2.update(|imgs| merge(imgs, image('b', &["example.com/x:1"]))).unwrap();
+        r2.update(|imgs| merge(imgs, image('b', &["example.com/x:1"])))
+            .unwrap();
         // The first instance sees the other's change.
         let snap = r1.snapshot().unwrap();
         assert_eq!(snap.len(), 2);
-        assert!(find(&snap, "example.com/x:1").unwrap().unwrap().id.contains("bbbb"));
-        r1.update(|imgs| imgs.retain(|i| !i.id.contains("aaaa"))).unwrap();
+        assert!(
+            find(&snap, "example.com/x:1")
+                .unwrap()
+                .unwrap()
+                .id
+                .contains("bbbb")
+        );
+        r1.update(|imgs| imgs.retain(|i| !i.id.contains("aaaa")))
+            .unwrap();
         assert_eq!(r2.snapshot().unwrap().len(), 1);
     }
 

@@ -49,7 +49,10 @@ impl Reference {
             return Err(invalid("leading or trailing white space"));
         }
         let (name_tag, digest) = match input.split_once('@') {
-            Some((n, d)) => (n, Some(Digest::parse(d).map_err(|e| invalid(&e.to_string()))?)),
+            Some((n, d)) => (
+                n,
+                Some(Digest::parse(d).map_err(|e| invalid(&e.to_string()))?),
+            ),
             None => (input, None),
         };
         // A ':' after the last '/' starts the tag; one before it is a port.
@@ -204,7 +207,9 @@ fn validate_registry(registry: &str) -> Result<(), String> {
     }
     for label in host.split('.').filter(|_| !host.is_empty()) {
         let ok = !label.is_empty()
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -271,7 +276,10 @@ mod tests {
         assert_eq!(norm("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(norm("library/busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("user/app:v1"), "docker.io/user/app:v1");
-        assert_eq!(norm("docker.io/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(
+            norm("docker.io/busybox"),
+            "docker.io/library/busybox:latest"
+        );
         assert_eq!(
             norm("index.docker.io/library/busybox"),
             "docker.io/library/busybox:latest"
@@ -284,7 +292,10 @@ mod tests {
         assert_eq!(norm("quay.io/org/app"), "quay.io/org/app:latest");
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
         assert_eq!(norm("localhost:5000/app:v2"), "localhost:5000/app:v2");
-        assert_eq!(norm("127.0.0.1:5000/busybox"), "127.0.0.1:5000/busybox:latest");
+        assert_eq!(
+            norm("127.0.0.1:5000/busybox"),
+            "127.0.0.1:5000/busybox:latest"
+        );
         assert_eq!(norm("[::1]:5000/busybox:x"), "[::1]:5000/busybox:x");
         assert_eq!(norm("Registry/app"), "Registry/app:latest");
         let r = Reference::parse("127.0.0.1:5000/a/b:t").unwrap();
@@ -292,12 +303,18 @@ mod tests {
         assert_eq!(r.repository, "a/b");
         assert_eq!(r.tag.as_deref(), Some("t"));
         assert_eq!(r.api_host(), "127.0.0.1:5000");
-        assert_eq!(Reference::parse("busybox").unwrap().api_host(), DOCKER_HUB_API);
+        assert_eq!(
+            Reference::parse("busybox").unwrap().api_host(),
+            DOCKER_HUB_API
+        );
     }
 
     #[test]
     fn digests_win_over_tags() {
-        assert_eq!(norm(&format!("busybox@{D}")), format!("docker.io/library/busybox@{D}"));
+        assert_eq!(
+            norm(&format!("busybox@{D}")),
+            format!("docker.io/library/busybox@{D}")
+        );
         let r = Reference::parse(&format!("busybox:1.36@{D}")).unwrap();
         assert_eq!(r.tag, None);
         assert_eq!(r.digest.as_ref().map(|d| d.as_str()), Some(D));

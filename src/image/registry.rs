@@ -70,7 +70,9 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::Anonymous => f.write_str("Anonymous"),
             Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
-            Credentials::IdentityToken { username, .. } => write!(f, "IdentityToken({username}, ***)"),
+            Credentials::IdentityToken { username, .. } => {
+                write!(f, "IdentityToken({username}, ***)")
+            }
             Credentials::RegistryToken(_) => f.write_str("RegistryToken(***)"),
         }
     }
@@ -168,6 +170,9 @@ pub fn is_loopback(host: &str) -> bool {
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// (host, repository, identity) an `Authorization` value is good for.
+type TokenKey = (String, String, String);
+
 /// The shared client: HTTP clients per TLS setting, learned schemes, and
 /// bearer tokens, reused across pulls.
 pub struct RegistryClient {
@@ -176,7 +181,7 @@ pub struct RegistryClient {
     /// The scheme that worked for hosts that may use either.
     schemes: Mutex<HashMap<String, Scheme>>,
     /// `Authorization` values by (host, repository, identity).
-    tokens: Mutex<HashMap<(String, String, String), (HeaderValue, Option<Instant>)>>,
+    tokens: Mutex<HashMap<TokenKey, (HeaderValue, Option<Instant>)>>,
 }
 
 impl RegistryClient {
@@ -278,10 +283,7 @@ impl RegistryClient {
         if let Some(ca) = &tls.ca_file {
             let pem = std::fs::read(ca).map_err(|e| ImageError::io("read CA file", ca, e))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                ImageError::InvalidArgument(format!(
-                    "CA file {} for {host}: {e}",
-                    ca.display()
-                ))
+                ImageError::InvalidArgument(format!("CA file {} for {host}: {e}", ca.display()))
             })?;
             builder = builder.tls_certs_merge(certs);
         }
@@ -314,7 +316,11 @@ pub struct FetchedManifest {
 
 impl Session {
     /// `GET /v2/<repo>/manifests/<reference>`, at most `limit` bytes.
-    pub async fn manifest(&self, reference: &str, limit: u64) -> Result<FetchedManifest, ImageError> {
+    pub async fn manifest(
+        &self,
+        reference: &str,
+        limit: u64,
+    ) -> Result<FetchedManifest, ImageError> {
         let what = format!("manifest {}:{reference}", self.repository);
         let resp = self
             .get(
@@ -410,7 +416,11 @@ impl Session {
         for scheme in schemes {
             let url = format!(
                 "{}://{}{}/v2/{}/{path}",
-                if scheme == Scheme::Http { "http" } else { "https" },
+                if scheme == Scheme::Http {
+                    "http"
+                } else {
+                    "https"
+                },
                 ep.host,
                 ep.prefix,
                 self.repository
@@ -451,7 +461,9 @@ impl Session {
     ) -> Result<reqwest::Response, ImageError> {
         let http = self.client.http_client(&ep.tls, &ep.host)?;
         let auth = self.auth.as_ref().filter(|a| a.applies_to(&ep.host));
-        let identity = auth.map(|a| format!("{:?}", a.credentials)).unwrap_or_default();
+        let identity = auth
+            .map(|a| format!("{:?}", a.credentials))
+            .unwrap_or_default();
         let cache_key = (ep.host.clone(), self.repository.clone(), identity);
         let mut header = self.cached_header(&cache_key);
         if header.is_none()
@@ -483,7 +495,8 @@ impl Session {
                 registry: ep.host.clone(),
                 reason: match auth.map(|a| &a.credentials) {
                     None | Some(Credentials::Anonymous) => {
-                        "the registry requires credentials and none were given (401 Unauthorized)".into()
+                        "the registry requires credentials and none were given (401 Unauthorized)"
+                            .into()
                     }
                     Some(Credentials::Basic { .. }) => {
                         "the registry rejected the username or password (401 Unauthorized)".into()
@@ -498,7 +511,7 @@ impl Session {
         check_status(resp, &ep.host, &self.repository, what).await
     }
 
-    fn cached_header(&self, key: &(String, String, String)) -> Option<HeaderValue> {
+    fn cached_header(&self, key: &TokenKey) -> Option<HeaderValue> {
         let mut tokens = self.client.tokens.lock().ok()?;
         match tokens.get(key) {
             Some((_, Some(expiry))) if *expiry <= Instant::now() => {
@@ -518,7 +531,9 @@ impl Session {
         challenge: &Challenge,
         auth: Option<&RegistryAuth>,
     ) -> Result<(HeaderValue, Option<Instant>), ImageError> {
-        let credentials = auth.map(|a| &a.credentials).unwrap_or(&Credentials::Anonymous);
+        let credentials = auth
+            .map(|a| &a.credentials)
+            .unwrap_or(&Credentials::Anonymous);
         let unauthorized = |reason: String| ImageError::Unauthorized {
             registry: ep.host.clone(),
             reason,
@@ -531,7 +546,8 @@ impl Session {
                     Ok((header_value(&format!("Basic {encoded}"))?, None))
                 }
                 Credentials::Anonymous => Err(unauthorized(
-                    "the registry requires credentials and none were given (401 Unauthorized)".into(),
+                    "the registry requires credentials and none were given (401 Unauthorized)"
+                        .into(),
                 )),
                 _ => Err(unauthorized(
                     "the registry asks for basic auth, but only a token was given".into(),
@@ -593,14 +609,16 @@ impl Session {
                 Credentials::Anonymous => format!(
                     "the token server {realm} requires credentials and none were given ({status})"
                 ),
-                Credentials::Basic { .. } => format!(
-                    "the token server {realm} rejected the username or password ({status})"
-                ),
+                Credentials::Basic { .. } => {
+                    format!("the token server {realm} rejected the username or password ({status})")
+                }
                 _ => format!("the token server {realm} rejected the token ({status})"),
             }));
         }
         if !status.is_success() {
-            return Err(unauthorized(format!("the token server {realm} answered {status}")));
+            return Err(unauthorized(format!(
+                "the token server {realm} answered {status}"
+            )));
         }
         #[derive(Deserialize)]
         struct TokenResponse {
@@ -620,7 +638,9 @@ impl Session {
             parsed.access_token
         };
         if token.is_empty() {
-            return Err(unauthorized(format!("the token server {realm} sent no token")));
+            return Err(unauthorized(format!(
+                "the token server {realm} sent no token"
+            )));
         }
         let ttl = parsed
             .expires_in
@@ -633,8 +653,11 @@ impl Session {
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, ImageError> {
-    HeaderValue::from_str(s)
-        .map_err(|_| ImageError::InvalidArgument("credentials hold characters not allowed in an HTTP header".into()))
+    HeaderValue::from_str(s).map_err(|_| {
+        ImageError::InvalidArgument(
+            "credentials hold characters not allowed in an HTTP header".into(),
+        )
+    })
 }
 
 async fn send(
@@ -767,8 +790,12 @@ struct Challenge {
 /// Picks Bearer over Basic among the challenges of a 401.
 fn pick_challenge(headers: &[String]) -> Option<Challenge> {
     let all: Vec<Challenge> = headers.iter().flat_map(|h| parse_challenges(h)).collect();
-    let bearer = all.iter().position(|c| c.scheme.eq_ignore_ascii_case("bearer"));
-    let basic = all.iter().position(|c| c.scheme.eq_ignore_ascii_case("basic"));
+    let bearer = all
+        .iter()
+        .position(|c| c.scheme.eq_ignore_ascii_case("bearer"));
+    let basic = all
+        .iter()
+        .position(|c| c.scheme.eq_ignore_ascii_case("basic"));
     let pick = bearer.or(basic)?;
     all.into_iter().nth(pick)
 }
@@ -848,17 +875,30 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].params["realm"], r#"a "quoted" realm"#);
         assert_eq!(c[1].params["scope"], "y");
-        let picked = pick_challenge(&[r#"Basic realm="r""#.into(), r#"Bearer realm="t""#.into()]).unwrap();
+        let picked =
+            pick_challenge(&[r#"Basic realm="r""#.into(), r#"Bearer realm="t""#.into()]).unwrap();
         assert_eq!(picked.scheme, "Bearer");
         assert!(pick_challenge(&["Negotiate".into()]).is_none());
     }
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.9.9.9", "[::1]:5000", "[::1]"] {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.9.9.9",
+            "[::1]:5000",
+            "[::1]",
+        ] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in ["example.com", "10.0.0.1:5000", "[2001:db8::1]:5000", "localhost.example.com"] {
+        for h in [
+            "example.com",
+            "10.0.0.1:5000",
+            "[2001:db8::1]:5000",
+            "localhost.example.com",
+        ] {
             assert!(!is_loopback(h), "{h}");
         }
     }
@@ -893,7 +933,9 @@ mod tests {
     #[test]
     fn mirror_urls() {
         let client = RegistryClient::new(Arc::new(Config::default()));
-        let ep = client.mirror_endpoint("https://mirror.example.com:5000/prefix/v2/").unwrap();
+        let ep = client
+            .mirror_endpoint("https://mirror.example.com:5000/prefix/v2/")
+            .unwrap();
         assert_eq!(ep.host, "mirror.example.com:5000");
         assert_eq!(ep.prefix, "/prefix");
         assert_eq!(ep.scheme, Scheme::Https);

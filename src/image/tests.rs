@@ -74,7 +74,11 @@ impl Layout {
     }
 
     fn finish(&self) {
-        std::fs::write(self.dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        std::fs::write(
+            self.dir.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
         let index = json!({"schemaVersion": 2, "manifests": self.manifests});
         std::fs::write(self.dir.join("index.json"), index.to_string()).unwrap();
     }
@@ -129,28 +133,55 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
 fn import_records_share_layers_and_resolve() {
     let env = Env::new();
     let mut layout = env.layout("layout");
-    let a = layout.image(&[base_tar(), app_tar(b"a")], Some("example.com/app:a"), "1000:1000");
-    let b = layout.image(&[base_tar(), app_tar(b"b")], Some("example.com/app:b"), "www");
+    let a = layout.image(
+        &[base_tar(), app_tar(b"a")],
+        Some("example.com/app:a"),
+        "1000:1000",
+    );
+    let b = layout.image(
+        &[base_tar(), app_tar(b"b")],
+        Some("example.com/app:b"),
+        "www",
+    );
     layout.finish();
     let store = env.store();
     let seen = std::sync::Mutex::new(Vec::new());
     let images = store
-        .import(&layout.dir, &|p| seen.lock().unwrap().push((p.layer, p.skipped)))
+        .import(&layout.dir, &|p| {
+            seen.lock().unwrap().push((p.layer, p.skipped))
+        })
         .unwrap();
     assert_eq!(images.len(), 2);
     // The shared base layer was unpacked once: skipped the second time.
     assert!(seen.lock().unwrap().contains(&(1, true)));
-    let layers = std::fs::read_dir(env.config.root_dir.join("layers")).unwrap().count();
+    let layers = std::fs::read_dir(env.config.root_dir.join("layers"))
+        .unwrap()
+        .count();
     assert_eq!(layers, 3, "base stored once");
 
     let ia = store.resolve("example.com/app:a").unwrap();
     assert_eq!(ia.id, a.id);
     assert_eq!(ia.user(), (Some(1000), String::new()));
-    assert_eq!(ia.repo_digests, vec![format!("example.com/app@{}", a.manifest)]);
-    assert_eq!(ia.annotations.get("org.example.note").map(String::as_str), Some("hi"));
-    assert_eq!(store.resolve(&format!("example.com/app@{}", b.manifest)).unwrap().id, b.id);
+    assert_eq!(
+        ia.repo_digests,
+        vec![format!("example.com/app@{}", a.manifest)]
+    );
+    assert_eq!(
+        ia.annotations.get("org.example.note").map(String::as_str),
+        Some("hi")
+    );
+    assert_eq!(
+        store
+            .resolve(&format!("example.com/app@{}", b.manifest))
+            .unwrap()
+            .id,
+        b.id
+    );
     assert_eq!(store.resolve(&b.id).unwrap().user(), (None, "www".into()));
-    assert_eq!(store.resolve(&b.id["sha256:".len()..][..12]).unwrap().id, b.id);
+    assert_eq!(
+        store.resolve(&b.id["sha256:".len()..][..12]).unwrap().id,
+        b.id
+    );
     assert!(store.find("example.com/app:c").unwrap().is_none());
     assert_eq!(store.list().unwrap().len(), 2);
 
@@ -158,15 +189,27 @@ fn import_records_share_layers_and_resolve() {
     let dirs = store.layer_dirs("example.com/app:a").unwrap();
     assert_eq!(dirs.len(), 2);
     assert_eq!(std::fs::read(dirs[0].join("app/marker")).unwrap(), b"a");
-    assert_eq!(std::fs::read(dirs[1].join("bin/sh")).unwrap(), b"#!fake shell");
+    assert_eq!(
+        std::fs::read(dirs[1].join("bin/sh")).unwrap(),
+        b"#!fake shell"
+    );
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::symlink_metadata(dirs[0].join("bin/sh")).unwrap().file_type().is_char_device());
+    assert!(
+        std::fs::symlink_metadata(dirs[0].join("bin/sh"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
     let config = store.config_json(&ia).unwrap();
     assert_eq!(config["config"]["User"], "1000:1000");
 
     // Importing again changes nothing and unpacks nothing.
     seen.lock().unwrap().clear();
-    store.import(&layout.dir, &|p| seen.lock().unwrap().push((p.layer, p.skipped))).unwrap();
+    store
+        .import(&layout.dir, &|p| {
+            seen.lock().unwrap().push((p.layer, p.skipped))
+        })
+        .unwrap();
     assert!(seen.lock().unwrap().iter().all(|(_, skipped)| *skipped));
     assert_eq!(store.list().unwrap().len(), 2);
 
@@ -198,7 +241,10 @@ fn leases_keep_layers_until_released() {
         let lease = store.acquire("c1", "example.com/app:a").await.unwrap();
         assert_eq!(store.lease_dirs(&lease), a_dirs);
         assert!(store.remove("example.com/app:a").await.unwrap().is_some());
-        assert!(store.remove("example.com/app:a").await.unwrap().is_none(), "gone is fine");
+        assert!(
+            store.remove("example.com/app:a").await.unwrap().is_none(),
+            "gone is fine"
+        );
         assert!(store.find("example.com/app:a").unwrap().is_none());
         store.collect_garbage().await.unwrap();
         assert!(a_dirs[0].exists(), "leased layers stay after RemoveImage");
@@ -213,7 +259,10 @@ fn leases_keep_layers_until_released() {
         store.release("c1").await.unwrap();
         store.release("c1").await.unwrap();
         wait_until("the released layer is collected", || !a_dirs[0].exists());
-        assert!(b_dirs.iter().all(|d| d.exists()), "b's layers, the shared base included, stay");
+        assert!(
+            b_dirs.iter().all(|d| d.exists()),
+            "b's layers, the shared base included, stay"
+        );
         assert!(store.leases().unwrap().is_empty());
     });
 }
@@ -241,10 +290,17 @@ fn restart_reloads_and_sweeps_leftovers() {
     assert!(!root.join("layers/.tmp-layer-1-2-3").exists());
     assert!(!root.join("content/.tmp-blob-1-2-3").exists());
     assert!(!root.join("images/.tmp-write-1-2-3").exists());
-    assert!(!root.join("layers").join(orphan.hex()).exists(), "unreferenced layer collected");
+    assert!(
+        !root.join("layers").join(orphan.hex()).exists(),
+        "unreferenced layer collected"
+    );
     let image = store.resolve("example.com/app:a").unwrap();
     assert_eq!(image.id, a.id);
-    assert!(store.layer_dirs(&image.id).unwrap()[0].join("bin/sh").exists());
+    assert!(
+        store.layer_dirs(&image.id).unwrap()[0]
+            .join("bin/sh")
+            .exists()
+    );
     // The config blob survived collection (an image refers to it).
     assert!(store.config_json(&image).is_ok());
 }
@@ -253,7 +309,11 @@ fn restart_reloads_and_sweeps_leftovers() {
 fn collection_waits_for_writers() {
     let env = Env::new();
     let store = env.store();
-    let orphan = env.config.root_dir.join("layers").join(Digest::of(b"x").hex());
+    let orphan = env
+        .config
+        .root_dir
+        .join("layers")
+        .join(Digest::of(b"x").hex());
     std::fs::create_dir_all(&orphan).unwrap();
     let guard = store.inner.writer_guard_blocking().unwrap();
     // A writer holds the lock: the collection does nothing and stays pending.
@@ -274,8 +334,10 @@ fn a_corrupt_layout_leaves_nothing() {
     // Corrupt the second layer blob in place (same length).
     let manifest_desc = &layout.manifests[0];
     let md = Digest::parse(manifest_desc["digest"].as_str().unwrap()).unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.dir.join("blobs/sha256").join(md.hex())).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.dir.join("blobs/sha256").join(md.hex())).unwrap(),
+    )
+    .unwrap();
     let ld = Digest::parse(manifest["layers"][1]["digest"].as_str().unwrap()).unwrap();
     let path = layout.dir.join("blobs/sha256").join(ld.hex());
     let mut bytes = std::fs::read(&path).unwrap();
@@ -288,7 +350,9 @@ fn a_corrupt_layout_leaves_nothing() {
     assert!(err.contains(ld.as_str()), "{err}");
     assert!(store.list().unwrap().is_empty());
     store.inner.collect().unwrap();
-    let layers: Vec<_> = std::fs::read_dir(env.config.root_dir.join("layers")).unwrap().collect();
+    let layers: Vec<_> = std::fs::read_dir(env.config.root_dir.join("layers"))
+        .unwrap()
+        .collect();
     assert!(layers.is_empty(), "no layer, whole or half: {layers:?}");
 }
 

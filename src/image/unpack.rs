@@ -139,8 +139,12 @@ pub fn unpack(reader: impl Read, root: &Path) -> Result<UnpackStats, UnpackError
                 let is_dir = matches!(existing, Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR);
                 if !is_dir {
                     ctx.remove_existing(&parent, last)?;
-                    nix::sys::stat::mkdirat(&parent, last.as_slice(), Mode::from_bits_truncate(0o700))
-                        .map_err(|e| ctx.err("mkdir", e.into()))?;
+                    nix::sys::stat::mkdirat(
+                        &parent,
+                        last.as_slice(),
+                        Mode::from_bits_truncate(0o700),
+                    )
+                    .map_err(|e| ctx.err("mkdir", e.into()))?;
                 }
                 let dir = openat(
                     &parent,
@@ -189,7 +193,8 @@ pub fn unpack(reader: impl Read, root: &Path) -> Result<UnpackStats, UnpackError
                     .link_name_bytes()
                     .ok_or_else(|| ctx.refused("hard link without a target"))?
                     .into_owned();
-                let tcomps = clean_path(&target).map_err(|r| ctx.refused(&format!("hard link target: {r}")))?;
+                let tcomps = clean_path(&target)
+                    .map_err(|r| ctx.refused(&format!("hard link target: {r}")))?;
                 let Some((tlast, tparents)) = tcomps.split_last() else {
                     return Err(ctx.refused("hard link to the layer root"));
                 };
@@ -202,8 +207,14 @@ pub fn unpack(reader: impl Read, root: &Path) -> Result<UnpackStats, UnpackError
                     .open_in_root(tparents)
                     .map_err(|e| ctx.err("resolve hard link target", e.into()))?;
                 ctx.remove_existing(&parent, last)?;
-                linkat(&tparent, tlast.as_slice(), &parent, last.as_slice(), AtFlags::empty())
-                    .map_err(|e| ctx.err("create hard link", e.into()))?;
+                linkat(
+                    &tparent,
+                    tlast.as_slice(),
+                    &parent,
+                    last.as_slice(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| ctx.err("create hard link", e.into()))?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (sflag, dev) = match kind {
@@ -279,16 +290,24 @@ impl Meta {
         let mtime = h.mtime().map_err(|e| bad("read mtime", e))?;
         // Device numbers only mean something for device nodes (other
         // writers leave the fields blank).
-        let (major, minor) = if matches!(h.entry_type(), tar::EntryType::Char | tar::EntryType::Block) {
-            (
-                h.device_major().map_err(|e| bad("read device major", e))?.unwrap_or(0),
-                h.device_minor().map_err(|e| bad("read device minor", e))?.unwrap_or(0),
-            )
-        } else {
-            (0, 0)
-        };
+        let (major, minor) =
+            if matches!(h.entry_type(), tar::EntryType::Char | tar::EntryType::Block) {
+                (
+                    h.device_major()
+                        .map_err(|e| bad("read device major", e))?
+                        .unwrap_or(0),
+                    h.device_minor()
+                        .map_err(|e| bad("read device minor", e))?
+                        .unwrap_or(0),
+                )
+            } else {
+                (0, 0)
+            };
         let mut xattrs = Vec::new();
-        if let Some(exts) = entry.pax_extensions().map_err(|e| bad("read PAX records", e))? {
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(|e| bad("read PAX records", e))?
+        {
             for ext in exts {
                 let ext = ext.map_err(|e| bad("read PAX record", e))?;
                 let Ok(key) = ext.key() else { continue };
@@ -369,7 +388,11 @@ impl EntryCtx<'_> {
             parent = match self.open_in_root(prefix) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => {
-                    match nix::sys::stat::mkdirat(&parent, comps[i].as_slice(), Mode::from_bits_truncate(0o755)) {
+                    match nix::sys::stat::mkdirat(
+                        &parent,
+                        comps[i].as_slice(),
+                        Mode::from_bits_truncate(0o755),
+                    ) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(self.err("create parent dir", e.into())),
                     }

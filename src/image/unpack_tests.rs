@@ -33,7 +33,11 @@ impl<'a> E<'a> {
             kind,
             data: b"",
             link: "",
-            mode: if kind == tar::EntryType::Directory { 0o755 } else { 0o644 },
+            mode: if kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            },
             uid: 0,
             gid: 0,
             mtime: 1_700_000_000,
@@ -164,30 +168,75 @@ fn meta(p: &Path) -> std::fs::Metadata {
 fn regular_content_and_metadata() {
     let f = Fixture::new();
     let tar = TarWriter::default()
-        .add(E { mode: 0o700, ..E::dir("./") })
-        .add(E { uid: 1000, gid: 1001, mode: 0o750, ..E::dir("usr/") })
-        .add(E { mode: 0o4755, uid: 0, gid: 0, ..E::file("usr/suid", b"#!/bin/sh\n") })
-        .add(E { uid: 1000, gid: 1000, mtime: 1_600_000_000, ..E::file("usr/owned", b"x") })
+        .add(E {
+            mode: 0o700,
+            ..E::dir("./")
+        })
+        .add(E {
+            uid: 1000,
+            gid: 1001,
+            mode: 0o750,
+            ..E::dir("usr/")
+        })
+        .add(E {
+            mode: 0o4755,
+            uid: 0,
+            gid: 0,
+            ..E::file("usr/suid", b"#!/bin/sh\n")
+        })
+        .add(E {
+            uid: 1000,
+            gid: 1000,
+            mtime: 1_600_000_000,
+            ..E::file("usr/owned", b"x")
+        })
         .add(E::symlink("usr/link", "/usr/suid"))
         .add(E::hardlink("usr/hard", "usr/owned"))
         .add(E::new("dev/fifo", tar::EntryType::Fifo))
-        .add(E { dev: (1, 3), mode: 0o666, ..E::new("dev/null", tar::EntryType::Char) })
-        .add(E { dev: (7, 0), mode: 0o660, ..E::new("dev/loop0", tar::EntryType::Block) })
-        .add(E { pax: vec![("SCHILY.xattr.user.note", b"hi"), ("SCHILY.xattr.trusted.overlay.redirect", b"/etc")], ..E::file("x", b"y") })
+        .add(E {
+            dev: (1, 3),
+            mode: 0o666,
+            ..E::new("dev/null", tar::EntryType::Char)
+        })
+        .add(E {
+            dev: (7, 0),
+            mode: 0o660,
+            ..E::new("dev/loop0", tar::EntryType::Block)
+        })
+        .add(E {
+            pax: vec![
+                ("SCHILY.xattr.user.note", b"hi"),
+                ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+            ],
+            ..E::file("x", b"y")
+        })
         .finish();
     let stats = f.unpack(&tar).unwrap();
     assert_eq!(stats.whiteouts, 0);
     let l = f.layer();
     assert_eq!(meta(&l).permissions().mode() & 0o7777, 0o700);
     let usr = meta(&l.join("usr"));
-    assert_eq!((usr.uid(), usr.gid(), usr.mode() & 0o7777), (1000, 1001, 0o750));
-    assert_eq!(usr.mtime(), 1_700_000_000, "directory mtime is set after its children");
+    assert_eq!(
+        (usr.uid(), usr.gid(), usr.mode() & 0o7777),
+        (1000, 1001, 0o750)
+    );
+    assert_eq!(
+        usr.mtime(),
+        1_700_000_000,
+        "directory mtime is set after its children"
+    );
     let suid = meta(&l.join("usr/suid"));
     assert_eq!(suid.mode() & 0o7777, 0o4755);
     assert_eq!(std::fs::read(l.join("usr/suid")).unwrap(), b"#!/bin/sh\n");
     let owned = meta(&l.join("usr/owned"));
-    assert_eq!((owned.uid(), owned.gid(), owned.mtime()), (1000, 1000, 1_600_000_000));
-    assert_eq!(std::fs::read_link(l.join("usr/link")).unwrap(), Path::new("/usr/suid"));
+    assert_eq!(
+        (owned.uid(), owned.gid(), owned.mtime()),
+        (1000, 1000, 1_600_000_000)
+    );
+    assert_eq!(
+        std::fs::read_link(l.join("usr/link")).unwrap(),
+        Path::new("/usr/suid")
+    );
     assert_eq!(meta(&l.join("usr/hard")).ino(), owned.ino());
     assert!(meta(&l.join("dev/fifo")).file_type().is_fifo());
     let null = meta(&l.join("dev/null"));
@@ -195,9 +244,19 @@ fn regular_content_and_metadata() {
     assert_eq!(null.rdev(), libc::makedev(1, 3));
     assert_eq!(null.mode() & 0o7777, 0o666);
     assert!(meta(&l.join("dev/loop0")).file_type().is_block_device());
-    assert_eq!(meta(&l.join("dev")).mode() & 0o7777, 0o755, "implicit parents are 0755");
-    assert_eq!(get_xattr(&l.join("x"), "user.note").unwrap().as_deref(), Some(&b"hi"[..]));
-    assert_eq!(get_xattr(&l.join("x"), "trusted.overlay.redirect").unwrap(), None);
+    assert_eq!(
+        meta(&l.join("dev")).mode() & 0o7777,
+        0o755,
+        "implicit parents are 0755"
+    );
+    assert_eq!(
+        get_xattr(&l.join("x"), "user.note").unwrap().as_deref(),
+        Some(&b"hi"[..])
+    );
+    assert_eq!(
+        get_xattr(&l.join("x"), "trusted.overlay.redirect").unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -205,7 +264,11 @@ fn whiteouts_become_overlay_whiteouts() {
     let f = Fixture::new();
     let tar = TarWriter::default()
         .add(E::dir("data/"))
-        .add(E { uid: 5, gid: 6, ..E::file("data/.wh.gone", b"") })
+        .add(E {
+            uid: 5,
+            gid: 6,
+            ..E::file("data/.wh.gone", b"")
+        })
         .add(E::dir("opaque/"))
         .add(E::file("opaque/.wh..wh..opq", b""))
         .add(E::file("opaque/kept", b"k"))
@@ -224,7 +287,9 @@ fn whiteouts_become_overlay_whiteouts() {
     assert!(!l.join("data/.wh.gone").exists());
     assert!(std::fs::symlink_metadata(l.join("data/.wh..wh.plnk")).is_err());
     assert_eq!(
-        get_xattr(&l.join("opaque"), OPAQUE_XATTR).unwrap().as_deref(),
+        get_xattr(&l.join("opaque"), OPAQUE_XATTR)
+            .unwrap()
+            .as_deref(),
         Some(&b"y"[..])
     );
     assert!(!l.join("opaque/.wh..wh..opq").exists());
@@ -277,7 +342,11 @@ fn symlinked_parents_resolve_inside_the_layer() {
     // entry fails and nothing lands on the host.
     for target in [f.outside().to_str().unwrap().to_owned(), "/etc".to_owned()] {
         let f2 = Fixture::new();
-        let target = if target == "/etc" { target } else { f2.outside().to_str().unwrap().to_owned() };
+        let target = if target == "/etc" {
+            target
+        } else {
+            f2.outside().to_str().unwrap().to_owned()
+        };
         let tar = TarWriter::default()
             .add(E::symlink("out", &target))
             .add(E::file("out/pwned", b"x"))
@@ -359,7 +428,9 @@ fn garbage_is_an_error() {
     junk.extend_from_slice(&[0u8; 1024]);
     assert!(matches!(f.unpack(&junk), Err(UnpackError::Read(_))));
     // A truncated archive: a header promising more data than there is.
-    let mut tar = TarWriter::default().add(E::file("f", &[1u8; 2000])).finish();
+    let mut tar = TarWriter::default()
+        .add(E::file("f", &[1u8; 2000]))
+        .finish();
     tar.truncate(1024);
     assert!(f.unpack(&tar).is_err());
 }
