@@ -933,3 +933,95 @@ async fn a_killed_pull_leaves_nothing_and_images_survive_restarts() {
     assert_eq!(html, WEB_INDEX_HTML);
     daemon.assert_clean();
 }
+
+#[tokio::test]
+async fn ketch_image_import_loads_a_layout_while_ketch_serves() {
+    let daemon = Daemon::start().await;
+    let image = ImageBuilder::busybox()
+        .layer(Layer::new(vec![Entry::file("imported", "yes\n")]))
+        .build();
+    let layout = daemon.dir.path().join("layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let mut write = |digest: &str, bytes: &[u8]| {
+        std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes).unwrap();
+    };
+    write(&image.digest, &image.manifest);
+    write(&image.config_digest, &image.config);
+    for layer in &image.layers {
+        write(&layer.digest, &layer.blob);
+    }
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": image.media_type,
+            "digest": image.digest,
+            "size": image.manifest.len(),
+            "annotations": {"io.containerd.image.name": "example.com/imported:v1"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+
+    let import = |path: &Path| {
+        std::process::Command::new(crate::harness::daemon::ketch_bin())
+            .args(["image", "import", "--root-dir"])
+            .arg(&daemon.root_dir)
+            .arg(path)
+            .env("KETCH_CONFIG", daemon.config_path.as_os_str())
+            .output()
+            .unwrap()
+    };
+    let out = import(&layout);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "imported example.com/imported:v1 {}",
+            image.config_digest
+        )),
+        "{stdout}"
+    );
+    assert!(stderr.contains("layer 2/2"), "progress lines: {stderr}");
+
+    // The running daemon sees it at once.
+    let mut c = daemon.images().await;
+    let found = status(&mut c, "example.com/imported:v1").await.unwrap();
+    assert_eq!(found.id, image.config_digest);
+    assert!(
+        found
+            .repo_digests
+            .contains(&format!("example.com/imported@{}", image.digest))
+    );
+    let dirs = layer_dirs(&daemon, &mut c, "example.com/imported:v1").await;
+    assert_eq!(
+        std::fs::read_to_string(dirs[1].join("imported")).unwrap(),
+        "yes\n"
+    );
+
+    // A tar of the same layout: nothing new to unpack.
+    let archive = daemon.dir.path().join("layout.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    builder.append_dir_all(".", &layout).unwrap();
+    builder.finish().unwrap();
+    drop(builder);
+    let out = import(&archive);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already present"));
+
+    // Not an image archive: a clear error.
+    let out = import(&daemon.config_path);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("import"));
+    assert_eq!(list(&mut c, None).await.len(), 1);
+    daemon.assert_clean();
+}
