@@ -5,7 +5,7 @@ CNI_CONF_DIR ?= /etc/cni/net.d
 CARGO ?= cargo
 TEST_THREADS ?= 4
 
-.PHONY: all build release run install test unit e2e lint fmt clippy deps-run deps-test clean
+.PHONY: all build release run install test unit e2e bench lint fmt clippy deps-run deps-test clean
 
 all: build
 
@@ -48,6 +48,11 @@ unit:
 
 e2e: deps-test
 	$(CARGO) test --locked --test e2e -- --test-threads=$(TEST_THREADS)
+
+# ketch against containerd, call for call (root; installs containerd and runc
+# from Debian when missing). See benches/run.sh for the settings.
+bench:
+	./benches/run.sh
 
 lint: fmt clippy
 

@@ -2,7 +2,9 @@
 //! a real CRI client, against real registries. Run as root:
 //! `cargo test --test e2e`.
 
+mod containers;
 mod foundation;
 mod harness;
 mod images;
+mod pods;
 mod registry_harness;

@@ -26,6 +26,15 @@ pub struct Cli {
 pub enum Command {
     /// Serve CRI v1 on a unix socket (the default).
     Serve(ServeArgs),
+    /// A container's monitor (started by the daemon).
+    #[command(hide = true)]
+    Monitor(crate::monitor::MonitorArgs),
+    /// PID 1 of a pod's shared PID namespace (started by the daemon).
+    #[command(hide = true)]
+    Pause(crate::monitor::pause::PauseArgs),
+    /// A process exec'd into a running container (started by the daemon).
+    #[command(hide = true)]
+    Exec(crate::executor::exec::ExecArgs),
     /// Manage the image store.
     Image {
         #[command(subcommand)]
@@ -127,8 +136,40 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => serve(&args),
+        // Single-threaded, no async runtime: these fork.
+        Some(Command::Monitor(args)) => crate::monitor::main(&args),
+        Some(Command::Pause(args)) => crate::monitor::pause::main(&args),
+        Some(Command::Exec(args)) => crate::executor::exec::main(&args),
         Some(Command::Image { command }) => image(command),
         None => serve(&cli.serve),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match args.resolve() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ketch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(&config.log_level, config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ketch: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("ketch: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -159,34 +200,6 @@ fn image(command: ImageCommand) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }
-    }
-}
-
-fn serve(args: &ServeArgs) -> ExitCode {
-    let config = match args.resolve() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("ketch: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    crate::logging::init(&config.log_level, config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ketch: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(crate::daemon::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("ketch: {e}");
-            ExitCode::FAILURE
         }
     }
 }

@@ -97,6 +97,9 @@ pub struct CniConfig {
     pub bin_dirs: Vec<PathBuf>,
     /// How long one plugin invocation may take.
     pub plugin_timeout_secs: u64,
+    /// A CNI config template rendered with the pod CIDR kubelet sends
+    /// through UpdateRuntimeConfig (containerd's `conf_template`).
+    pub conf_template: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +154,7 @@ impl Default for CniConfig {
             conf_dirs: vec![PathBuf::from("/etc/cni/net.d")],
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
             plugin_timeout_secs: 30,
+            conf_template: None,
         }
     }
 }
@@ -233,6 +237,15 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if let Some(template) = &self.cni.conf_template
+            && !template.is_absolute()
+        {
+            return Err(invalid(
+                "cni.conf_template",
+                template,
+                "must be an absolute path",
+            ));
+        }
         if self.streaming.address.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid(
                 "streaming.address",
@@ -313,6 +326,19 @@ mod tests {
             err.contains("root_dir") && err.contains("relative"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cni_conf_template() {
+        let c = parse("[cni]\nconf_template = \"/etc/ketch/cni.tmpl\"").unwrap();
+        assert_eq!(
+            c.cni.conf_template,
+            Some(PathBuf::from("/etc/ketch/cni.tmpl"))
+        );
+        let err = parse("[cni]\nconf_template = \"cni.tmpl\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cni.conf_template"), "{err}");
     }
 
     #[test]

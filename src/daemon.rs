@@ -41,7 +41,7 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("{0}")]
+    #[error("cannot start the runtime: {0}")]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -57,7 +57,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let listener = bind_socket(&config.listen)?;
     let socket_path = config.listen.clone();
 
-    let runtime = Arc::new(Runtime::new(config)?);
+    let runtime = Arc::new(Runtime::new(config).await?);
     let service = CriService::new(runtime.clone());
 
     let runtime_service = RuntimeServiceServer::new(service.clone())

@@ -1,11 +1,22 @@
 //! The runtime as a whole: the domain object the CRI layer talks to. It owns
 //! the configuration and, as they land, the pod, container and image stores.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::ContainerConfig;
 
 use crate::config::Config;
+use crate::container::manager::{
+    ContainerError, ContainerManager, ContainerRecord, ImageInfo, PodInfo,
+};
+use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
 use crate::image::{ImageError, ImageStore};
 use crate::network;
+use crate::sandbox::{
+    HookError, NamespaceMode, PodContainers, PodSandbox, SandboxError, SandboxManager,
+};
 
 /// One condition of `Status`, in domain terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,30 +30,238 @@ pub struct Condition {
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const NETWORK_READY: &str = "NetworkReady";
 
-/// Why the runtime could not be assembled at start.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("image store: {0}")]
-    Images(#[from] ImageError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("container config has no image")]
+    NoImage,
+    #[error("image {0:?} not found: pull it first")]
+    ImageNotFound(String),
+    #[error("cannot find our own executable: {0}")]
+    SelfExe(std::io::Error),
 }
 
 pub struct Runtime {
     config: Arc<Config>,
+    sandboxes: SandboxManager,
+    containers: ContainerManager,
     images: ImageStore,
 }
 
-impl Runtime {
-    pub fn new(config: Config) -> Result<Self, RuntimeError> {
-        let images = ImageStore::new(&config)?;
-        Ok(Self {
-            config: Arc::new(config),
-            images,
-        })
+/// Lets StopPodSandbox and RemovePodSandbox stop and remove the pod's
+/// containers, releasing their image leases.
+struct PodContainerHooks {
+    containers: ContainerManager,
+    images: ImageStore,
+}
+
+#[async_trait::async_trait]
+impl PodContainers for PodContainerHooks {
+    async fn stop_all(&self, pod_id: &str) -> Result<(), HookError> {
+        for id in self.containers.pod_containers(pod_id) {
+            self.containers.stop(&id, Duration::ZERO).await?;
+        }
+        Ok(())
     }
 
-    /// Images: pulls, records, layers and leases.
+    async fn remove_all(&self, pod_id: &str) -> Result<(), HookError> {
+        for id in self.containers.pod_containers(pod_id) {
+            if let Some(record) = self.containers.remove(&id).await? {
+                self.images.release(&record.id).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the container module needs of a pod.
+fn pod_info(pod: &PodSandbox) -> PodInfo {
+    let linux = &pod.config.linux;
+    let pid = match pod.pid_mode() {
+        NamespaceMode::Node => PidNamespace::Host,
+        // A pod-wide PID namespace needs the pod's init; until it holds
+        // one, each container gets its own.
+        NamespaceMode::Pod | NamespaceMode::Container | NamespaceMode::Target => {
+            PidNamespace::Private
+        }
+    };
+    PodInfo {
+        id: pod.id.clone(),
+        name: pod.config.metadata.name.clone(),
+        namespace: pod.config.metadata.namespace.clone(),
+        uid: pod.config.metadata.uid.clone(),
+        ready: pod.is_ready(),
+        log_directory: pod.config.log_directory.clone(),
+        context: PodContext {
+            net: pod.namespaces.net.clone(),
+            ipc: pod.namespaces.ipc.clone(),
+            uts: pod.namespaces.uts.clone(),
+            pid,
+            hostname: pod.hostname.clone(),
+            hosts_file: pod.hosts_path(),
+            resolv_conf: pod.resolv_conf_path(),
+            hostname_file: pod.hostname_path(),
+            shm: pod.shm.clone(),
+            sysctls: linux
+                .sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cgroup_parent: linux.cgroup_parent.clone(),
+        },
+    }
+}
+
+impl Runtime {
+    /// Opens the stores and reconciles them with what survived the last
+    /// run (a restart, a crash, a reboot).
+    pub async fn new(config: Config) -> Result<Self, RuntimeError> {
+        let exe = std::env::current_exe().map_err(RuntimeError::SelfExe)?;
+        Self::with_exe(config, exe).await
+    }
+
+    /// As [`Runtime::new`], with the ketch binary that monitors and exec
+    /// helpers run.
+    pub async fn with_exe(config: Config, exe: PathBuf) -> Result<Self, RuntimeError> {
+        let images = ImageStore::new(&config)?;
+        let containers = ContainerManager::open(
+            &config.root_dir,
+            &config.state_dir,
+            config.cgroup_driver,
+            exe,
+        )
+        .await?;
+        let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?;
+        sandboxes.set_container_hooks(Arc::new(PodContainerHooks {
+            containers: containers.clone(),
+            images: images.clone(),
+        }))?;
+        sandboxes.recover().await?;
+        let runtime = Self {
+            config: Arc::new(config),
+            sandboxes,
+            containers,
+            images,
+        };
+        runtime.release_orphan_leases().await;
+        Ok(runtime)
+    }
+
+    /// Leases of containers that no longer exist (removed while a crash
+    /// cut the release off) are released, so their layers can go.
+    async fn release_orphan_leases(&self) {
+        let Ok(leases) = self.images.leases() else {
+            return;
+        };
+        for lease in leases {
+            if self.containers.status(&lease.container_id).is_err()
+                && let Err(e) = self.images.release(&lease.container_id).await
+            {
+                tracing::warn!(container = %lease.container_id, "cannot release image lease: {e}");
+            }
+        }
+    }
+
+    pub fn sandboxes(&self) -> &SandboxManager {
+        &self.sandboxes
+    }
+
+    pub fn containers(&self) -> &ContainerManager {
+        &self.containers
+    }
+
     pub fn images(&self) -> &ImageStore {
         &self.images
+    }
+
+    /// CreateContainer: the pod must be ready (and stays so meanwhile), the
+    /// image present; the container holds a lease on the image's layers.
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: ContainerConfig,
+    ) -> Result<String, RuntimeError> {
+        let reference = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .filter(|r| !r.is_empty())
+            .ok_or(RuntimeError::NoImage)?;
+        let ready = self.sandboxes.lock_ready(pod_id).await?;
+        let pod = ready.pod();
+        let image = self
+            .images
+            .find(&reference)?
+            .ok_or_else(|| RuntimeError::ImageNotFound(reference.clone()))?;
+        let lowerdirs = self.images.layer_dirs(&image.id)?;
+        let c = &image.config;
+        let run_config = ImageRunConfig {
+            env: c.env.clone(),
+            entrypoint: c.entrypoint.clone(),
+            cmd: c.cmd.clone(),
+            working_dir: c.working_dir.clone(),
+            user: c.user.clone(),
+            stop_signal: c.stop_signal.clone(),
+        };
+        let info = ImageInfo {
+            id: image.id.clone(),
+            reference,
+            lowerdirs,
+            run_config,
+        };
+        let id = self
+            .containers
+            .create(&pod_info(&pod), config, info)
+            .await?;
+        if let Err(e) = self.images.acquire(&id, &image.id).await {
+            // The image went away meanwhile: undo the container.
+            let _ = self.containers.remove(&id).await;
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    /// RemoveContainer: idempotent; releases the image lease.
+    pub async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Some(record) = self.containers.remove(id).await? {
+            self.images.release(&record.id).await?;
+        }
+        Ok(())
+    }
+
+    /// The full pod ID for a ListContainers filter given as a prefix.
+    pub fn resolve_pod_filter(&self, prefix: &str) -> Option<String> {
+        if prefix.is_empty() {
+            return None;
+        }
+        self.sandboxes.get(prefix).ok().map(|p| p.id.clone())
+    }
+
+    /// ContainerStatus's verbose `info`: pid and the OCI spec.
+    pub fn container_verbose_info(&self, record: &ContainerRecord) -> serde_json::Value {
+        let spec = std::fs::read(
+            self.config
+                .root_dir
+                .join("containers")
+                .join(&record.id)
+                .join("config.json"),
+        )
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        serde_json::json!({
+            "pid": record.started.as_ref().map(|s| s.container_pid),
+            "sandboxID": record.pod_id,
+            "image": record.image_id,
+            "logPath": record.log_path,
+            "cgroupPath": record.cgroup_path,
+            "rootfs": record.overlay.target,
+            "runtimeSpec": spec,
+        })
     }
 
     pub fn config(&self) -> &Config {

@@ -2,8 +2,10 @@
 //! out. No runtime logic lives here; errors of the domain modules become
 //! `tonic::Status` in `status`.
 
+mod containers;
 mod image_service;
 mod runtime_service;
+mod sandbox;
 mod status;
 
 use std::sync::Arc;

@@ -4,7 +4,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::{CriService, not_implemented};
+use super::{CriService, not_implemented, sandbox};
 use crate::config::CgroupDriver as ConfigCgroupDriver;
 
 /// The CRI API version ketch implements.
@@ -94,100 +94,118 @@ impl RuntimeService for CriService {
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<RunPodSandboxRequest>,
+        request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        not_implemented("RunPodSandbox")
+        let config = sandbox::pod_config(request.into_inner())?;
+        let pod = self.runtime.sandboxes().run(config).await?;
+        Ok(Response::new(RunPodSandboxResponse {
+            pod_sandbox_id: pod.id.clone(),
+        }))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<StopPodSandboxRequest>,
+        request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        not_implemented("StopPodSandbox")
+        let id = &request.get_ref().pod_sandbox_id;
+        self.runtime.sandboxes().stop(id).await?;
+        Ok(Response::new(StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<RemovePodSandboxRequest>,
+        request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        not_implemented("RemovePodSandbox")
+        let id = &request.get_ref().pod_sandbox_id;
+        self.runtime.sandboxes().remove(id).await?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<PodSandboxStatusRequest>,
+        request: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        not_implemented("PodSandboxStatus")
+        let request = request.get_ref();
+        let pod = self.runtime.sandboxes().get(&request.pod_sandbox_id)?;
+        Ok(Response::new(sandbox::pod_status(&pod, request.verbose)?))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<ListPodSandboxRequest>,
+        request: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        not_implemented("ListPodSandbox")
+        let filter = sandbox::pod_filter(request.into_inner().filter)?;
+        let items = self
+            .runtime
+            .sandboxes()
+            .list(&filter)
+            .iter()
+            .map(|pod| sandbox::pod_item(pod))
+            .collect();
+        Ok(Response::new(ListPodSandboxResponse { items }))
     }
 
     async fn create_container(
         &self,
-        _request: Request<CreateContainerRequest>,
+        request: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        not_implemented("CreateContainer")
+        self.do_create_container(request).await
     }
 
     async fn start_container(
         &self,
-        _request: Request<StartContainerRequest>,
+        request: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        not_implemented("StartContainer")
+        self.do_start_container(request).await
     }
 
     async fn stop_container(
         &self,
-        _request: Request<StopContainerRequest>,
+        request: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        not_implemented("StopContainer")
+        self.do_stop_container(request).await
     }
 
     async fn remove_container(
         &self,
-        _request: Request<RemoveContainerRequest>,
+        request: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        not_implemented("RemoveContainer")
+        self.do_remove_container(request).await
     }
 
     async fn list_containers(
         &self,
-        _request: Request<ListContainersRequest>,
+        request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        not_implemented("ListContainers")
+        self.do_list_containers(request).await
     }
 
     async fn container_status(
         &self,
-        _request: Request<ContainerStatusRequest>,
+        request: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
-        not_implemented("ContainerStatus")
+        self.do_container_status(request).await
     }
 
     async fn update_container_resources(
         &self,
-        _request: Request<UpdateContainerResourcesRequest>,
+        request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        not_implemented("UpdateContainerResources")
+        self.do_update_container_resources(request).await
     }
 
     async fn reopen_container_log(
         &self,
-        _request: Request<ReopenContainerLogRequest>,
+        request: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        not_implemented("ReopenContainerLog")
+        self.do_reopen_container_log(request).await
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<ExecSyncRequest>,
+        request: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        not_implemented("ExecSync")
+        self.do_exec_sync(request).await
     }
 
     async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {

@@ -20,6 +20,8 @@ pub struct NetworkConfList {
     pub cni_version: String,
     /// Each plugin's own config object, as written.
     pub plugins: Vec<Value>,
+    /// `disableCheck`: the network asks runtimes not to run CHECK.
+    pub disable_check: bool,
 }
 
 impl NetworkConfList {
@@ -47,14 +49,16 @@ impl NetworkConfList {
         {
             return None;
         }
-        if value.get("disableCheck").is_some_and(|v| !v.is_boolean()) {
-            return None;
-        }
+        let disable_check = match value.get("disableCheck") {
+            None => false,
+            Some(v) => v.as_bool()?,
+        };
         Some(Self {
             path: path.to_owned(),
             name,
             cni_version,
             plugins,
+            disable_check,
         })
     }
 }

@@ -1,0 +1,247 @@
+//! Pod sandbox messages: CRI proto ↔ the `sandbox` domain types.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1 as cri;
+
+use crate::sandbox::{
+    DnsConfig, LinuxPodConfig, NamespaceMode, NamespaceOptions, PodConfig, PodFilter, PodMetadata,
+    PodSandbox, PodSecurity, PodState, PortMapping, SandboxError, SeLinuxOptions, SecurityProfile,
+};
+
+/// The domain config of a RunPodSandbox request.
+pub fn pod_config(request: cri::RunPodSandboxRequest) -> Result<PodConfig, SandboxError> {
+    let config = request
+        .config
+        .ok_or_else(|| SandboxError::invalid("config", "is required"))?;
+    let metadata = config
+        .metadata
+        .ok_or_else(|| SandboxError::invalid("metadata", "is required"))?;
+    let linux = config.linux.unwrap_or_default();
+    let security = linux.security_context.unwrap_or_default();
+    let ns = security.namespace_options.clone().unwrap_or_default();
+    if ns
+        .userns_options
+        .as_ref()
+        .is_some_and(|u| u.mode != cri::NamespaceMode::Node as i32)
+    {
+        return Err(SandboxError::invalid(
+            "namespace_options.userns_options",
+            "user namespaces are not supported",
+        ));
+    }
+    Ok(PodConfig {
+        metadata: PodMetadata {
+            name: metadata.name,
+            uid: metadata.uid,
+            namespace: metadata.namespace,
+            attempt: metadata.attempt,
+        },
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        dns: config.dns_config.map(|d| DnsConfig {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
+        port_mappings: config
+            .port_mappings
+            .into_iter()
+            .map(|p| {
+                Ok(PortMapping {
+                    protocol: cri::Protocol::try_from(p.protocol)
+                        .map_err(|_| {
+                            SandboxError::invalid(
+                                "port_mappings.protocol",
+                                format!("unknown protocol {}", p.protocol),
+                            )
+                        })?
+                        .as_str_name()
+                        .to_owned(),
+                    container_port: p.container_port,
+                    host_port: p.host_port,
+                    host_ip: p.host_ip,
+                })
+            })
+            .collect::<Result<_, SandboxError>>()?,
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        runtime_handler: request.runtime_handler,
+        linux: LinuxPodConfig {
+            cgroup_parent: linux.cgroup_parent,
+            sysctls: linux.sysctls.into_iter().collect(),
+            namespaces: NamespaceOptions {
+                network: namespace_mode("namespace_options.network", ns.network)?,
+                pid: namespace_mode("namespace_options.pid", ns.pid)?,
+                ipc: namespace_mode("namespace_options.ipc", ns.ipc)?,
+                target_id: ns.target_id,
+            },
+            security: PodSecurity {
+                privileged: security.privileged,
+                run_as_user: security.run_as_user.map(|v| v.value),
+                run_as_group: security.run_as_group.map(|v| v.value),
+                supplemental_groups: security.supplemental_groups,
+                readonly_rootfs: security.readonly_rootfs,
+                seccomp: security
+                    .seccomp
+                    .map(|p| profile("seccomp", p))
+                    .transpose()?,
+                apparmor: security
+                    .apparmor
+                    .map(|p| profile("apparmor", p))
+                    .transpose()?,
+                selinux: security.selinux_options.map(|s| SeLinuxOptions {
+                    user: s.user,
+                    role: s.role,
+                    r#type: s.r#type,
+                    level: s.level,
+                }),
+            },
+        },
+    })
+}
+
+fn namespace_mode(field: &'static str, value: i32) -> Result<NamespaceMode, SandboxError> {
+    match cri::NamespaceMode::try_from(value) {
+        Ok(cri::NamespaceMode::Pod) => Ok(NamespaceMode::Pod),
+        Ok(cri::NamespaceMode::Container) => Ok(NamespaceMode::Container),
+        Ok(cri::NamespaceMode::Node) => Ok(NamespaceMode::Node),
+        Ok(cri::NamespaceMode::Target) => Ok(NamespaceMode::Target),
+        Err(_) => Err(SandboxError::invalid(
+            field,
+            format!("unknown namespace mode {value}"),
+        )),
+    }
+}
+
+fn mode_to_cri(mode: NamespaceMode) -> i32 {
+    (match mode {
+        NamespaceMode::Pod => cri::NamespaceMode::Pod,
+        NamespaceMode::Container => cri::NamespaceMode::Container,
+        NamespaceMode::Node => cri::NamespaceMode::Node,
+        NamespaceMode::Target => cri::NamespaceMode::Target,
+    }) as i32
+}
+
+fn profile(field: &'static str, p: cri::SecurityProfile) -> Result<SecurityProfile, SandboxError> {
+    let kind = cri::security_profile::ProfileType::try_from(p.profile_type).map_err(|_| {
+        SandboxError::invalid(field, format!("unknown profile type {}", p.profile_type))
+    })?;
+    Ok(SecurityProfile {
+        profile_type: kind.as_str_name().to_owned(),
+        localhost_ref: p.localhost_ref,
+    })
+}
+
+fn state_to_cri(state: PodState) -> i32 {
+    (match state {
+        PodState::Ready => cri::PodSandboxState::SandboxReady,
+        PodState::NotReady | PodState::Creating => cri::PodSandboxState::SandboxNotready,
+    }) as i32
+}
+
+fn metadata(pod: &PodSandbox) -> cri::PodSandboxMetadata {
+    let m = &pod.config.metadata;
+    cri::PodSandboxMetadata {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    }
+}
+
+fn map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The PodSandboxStatus reply for `pod`.
+pub fn pod_status(
+    pod: &PodSandbox,
+    verbose: bool,
+) -> Result<cri::PodSandboxStatusResponse, SandboxError> {
+    let ns = &pod.config.linux.namespaces;
+    let ips = pod.ips();
+    let status = cri::PodSandboxStatus {
+        id: pod.id.clone(),
+        metadata: Some(metadata(pod)),
+        state: state_to_cri(pod.state),
+        created_at: pod.created_at,
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: ips.first().cloned().unwrap_or_default(),
+            additional_ips: ips
+                .iter()
+                .skip(1)
+                .map(|ip| cri::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: mode_to_cri(ns.network),
+                    pid: mode_to_cri(ns.pid),
+                    ipc: mode_to_cri(ns.ipc),
+                    target_id: ns.target_id.clone(),
+                    userns_options: None,
+                }),
+            }),
+        }),
+        labels: map(&pod.config.labels),
+        annotations: map(&pod.config.annotations),
+        runtime_handler: pod.config.runtime_handler.clone(),
+    };
+    let mut info = HashMap::new();
+    if verbose {
+        let json = serde_json::to_string(&pod.verbose_info()).map_err(|e| SandboxError::Task {
+            id: pod.id.clone(),
+            message: format!("cannot encode status info: {e}"),
+        })?;
+        info.insert("info".to_owned(), json);
+    }
+    Ok(cri::PodSandboxStatusResponse {
+        status: Some(status),
+        info,
+        containers_statuses: Vec::new(),
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0),
+    })
+}
+
+/// One ListPodSandbox item.
+pub fn pod_item(pod: &PodSandbox) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: pod.id.clone(),
+        metadata: Some(metadata(pod)),
+        state: state_to_cri(pod.state),
+        created_at: pod.created_at,
+        labels: map(&pod.config.labels),
+        annotations: map(&pod.config.annotations),
+        runtime_handler: pod.config.runtime_handler.clone(),
+    }
+}
+
+/// The domain filter of a ListPodSandbox request.
+pub fn pod_filter(filter: Option<cri::PodSandboxFilter>) -> Result<PodFilter, SandboxError> {
+    let Some(filter) = filter else {
+        return Ok(PodFilter::default());
+    };
+    let state = match filter.state {
+        None => None,
+        Some(s) => Some(match cri::PodSandboxState::try_from(s.state) {
+            Ok(cri::PodSandboxState::SandboxReady) => PodState::Ready,
+            Ok(cri::PodSandboxState::SandboxNotready) => PodState::NotReady,
+            Err(_) => {
+                return Err(SandboxError::invalid(
+                    "filter.state",
+                    format!("unknown pod sandbox state {}", s.state),
+                ));
+            }
+        }),
+    };
+    Ok(PodFilter {
+        id: (!filter.id.is_empty()).then_some(filter.id),
+        state,
+        labels: filter.label_selector.into_iter().collect(),
+    })
+}

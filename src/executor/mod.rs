@@ -1,0 +1,298 @@
+//! The executor: an OCI runtime spec (a bundle's `config.json`) becomes a
+//! running process in its namespaces on its root filesystem.
+//!
+//! It sits behind the [`Executor`] trait so that a `runtime_handler` can
+//! later name an external OCI runtime (runc, crun, youki) taking the same
+//! bundle; [`Builtin`] is the default and the only one today.
+//!
+//! # How a container's process is made
+//!
+//! [`Builtin::start`] runs inside the container's monitor, a single-threaded
+//! process (so `fork` is safe there: the child may allocate and run any
+//! code, see [`sys::fork`]). It forks twice:
+//!
+//! ```text
+//! monitor ─fork→ A: join the cgroups (write 0 to cgroup.procs), setns into
+//!                   the spec's namespace paths (net, ipc, uts, pid), unshare
+//!                   the new ones (mount always; pid, cgroup, net, ipc, uts
+//!                   when the spec has no path), fork, report the child's
+//!                   pid, exit
+//!             └─fork→ B: PID 1 of a new pid namespace (or a member of the
+//!                   joined one): setsid, stdio, mounts and pivot_root
+//!                   (`rootfs`), hostname, rlimits, oom_score_adj, cwd, user,
+//!                   capabilities, no_new_privs, umask, execve (`process`)
+//! ```
+//!
+//! A second fork is needed because a new (or joined) pid namespace applies
+//! only to children of the process that unshares or joins it. B is
+//! reparented to the monitor, which is a child subreaper: the monitor waits
+//! for it like a child of its own.
+//!
+//! # Start errors
+//!
+//! A and B report a failed step over a close-on-exec pipe (`step`), so a
+//! start that cannot work returns the cause (`exec "/bin/nope": no such
+//! file or directory`) before the start call returns, and the failed
+//! process is reaped: no hang, no stray process.
+//!
+//! # Not done (yet)
+//!
+//! Seccomp, AppArmor and SELinux profiles in the spec are not applied; the
+//! start succeeds and says so in its warnings. User namespaces and joining
+//! a mount namespace are refused. Overlays are not mounted here: the
+//! container module mounts the rootfs at `root.path` before start.
+
+pub mod exec;
+mod init;
+pub mod process;
+pub mod rootfs;
+pub mod step;
+pub mod sys;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid, pipe2};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use step::StepError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("load the OCI spec {path}: {source}")]
+    LoadSpec {
+        path: PathBuf,
+        source: oci_spec::OciSpecError,
+    },
+    #[error("invalid OCI spec: {0}")]
+    InvalidSpec(String),
+    #[error("{context}: {source}")]
+    Sys {
+        context: &'static str,
+        source: nix::Error,
+    },
+    #[error("read the start report: {0}")]
+    Report(std::io::Error),
+    /// The container process's own account of the step that failed.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// What a start needs besides the spec: the process's stdio, already open.
+pub struct StartRequest<'a> {
+    /// The bundle directory: a relative `root.path` is relative to it.
+    pub bundle: &'a Path,
+    pub spec: &'a Spec,
+    /// stdin, stdout, stderr of the process. With `process.terminal` all
+    /// three are the pty's slave, which becomes the controlling terminal.
+    pub stdio: [BorrowedFd<'a>; 3],
+    /// Cgroup directories to enter before any namespace is made (one per
+    /// v1 hierarchy, or the single v2 one); empty leaves the process in the
+    /// caller's cgroups.
+    pub cgroup_dirs: &'a [PathBuf],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedProcess {
+    /// The process's pid, as the caller's pid namespace numbers it.
+    pub pid: Pid,
+    /// Things the spec asked for that were adjusted or not applied.
+    pub warnings: Vec<String>,
+}
+
+/// OCI spec → running process.
+pub trait Executor {
+    /// Creates and starts the container's process. Returns once the spec's
+    /// program runs (execve succeeded) or with the step that failed.
+    ///
+    /// The caller must be a child subreaper (`PR_SET_CHILD_SUBREAPER`): the
+    /// process is its grandchild and becomes its child.
+    fn start(&self, req: &StartRequest<'_>) -> Result<StartedProcess, ExecutorError>;
+}
+
+/// The executor built into ketch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Builtin;
+
+/// Reads `<bundle>/config.json`.
+pub fn load_spec(bundle: &Path) -> Result<Spec, ExecutorError> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|source| ExecutorError::LoadSpec { path, source })
+}
+
+/// A spec checked and turned into the steps the two children take.
+pub(crate) struct Plan<'a> {
+    pub spec: &'a Spec,
+    pub process: &'a Process,
+    pub rootfs: PathBuf,
+    pub join: Vec<(CloneFlags, PathBuf)>,
+    pub unshare: CloneFlags,
+    pub new_uts: bool,
+    pub oom_score_adj: Option<i32>,
+    pub warnings: Vec<String>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(bundle: &Path, spec: &'a Spec) -> Result<Self, ExecutorError> {
+        let invalid = |m: &str| ExecutorError::InvalidSpec(m.to_owned());
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| invalid("no process"))?;
+        if process.args().as_deref().unwrap_or_default().is_empty() {
+            return Err(invalid("process.args is empty"));
+        }
+        if !process.cwd().is_absolute() {
+            return Err(invalid("process.cwd must be absolute"));
+        }
+        let root = spec.root().as_ref().ok_or_else(|| invalid("no root"))?;
+        let rootfs = bundle.join(root.path());
+        let rootfs = std::fs::canonicalize(&rootfs).map_err(|e| {
+            ExecutorError::InvalidSpec(format!("root.path {}: {e}", rootfs.display()))
+        })?;
+        let linux = spec.linux().as_ref().ok_or_else(|| invalid("no linux"))?;
+
+        let mut join = Vec::new();
+        let mut unshare = CloneFlags::empty();
+        let mut new_uts = false;
+        let mut has_mount = false;
+        for ns in linux.namespaces().as_deref().unwrap_or_default() {
+            let flag = match ns.typ() {
+                LinuxNamespaceType::Mount => {
+                    has_mount = true;
+                    CloneFlags::CLONE_NEWNS
+                }
+                LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+                LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+                LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+                LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+                LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+                other => {
+                    return Err(ExecutorError::InvalidSpec(format!(
+                        "{other:?} namespaces are not supported"
+                    )));
+                }
+            };
+            match ns.path() {
+                Some(path) if !path.as_os_str().is_empty() => {
+                    if flag == CloneFlags::CLONE_NEWNS {
+                        return Err(invalid("joining a mount namespace is not supported"));
+                    }
+                    join.push((flag, path.clone()));
+                }
+                _ => {
+                    unshare |= flag;
+                    new_uts |= flag == CloneFlags::CLONE_NEWUTS;
+                }
+            }
+        }
+        if !has_mount {
+            // Mounting in the host's namespace is never what anyone wants.
+            return Err(invalid("a mount namespace is required"));
+        }
+        // setns order: the pid namespace last, it only takes effect at fork.
+        join.sort_by_key(|(flag, _)| *flag == CloneFlags::CLONE_NEWPID);
+
+        let mut warnings = Vec::new();
+        // An absent value means 0: inheriting the runtime's own (often
+        // -999 under systemd) would shield the container from the OOM killer.
+        let (adj, warning) = process::clamp_oom_score_adj(process.oom_score_adj().unwrap_or(0));
+        warnings.extend(warning);
+        let oom_score_adj = Some(adj);
+        if linux.seccomp().is_some() {
+            warnings.push("seccomp profiles are not applied by this executor".into());
+        }
+        if process.apparmor_profile().is_some() {
+            warnings.push("AppArmor profiles are not applied by this executor".into());
+        }
+        if process.selinux_label().is_some() {
+            warnings.push("SELinux labels are not applied by this executor".into());
+        }
+        Ok(Self {
+            spec,
+            process,
+            rootfs,
+            join,
+            unshare,
+            new_uts,
+            oom_score_adj,
+            warnings,
+        })
+    }
+}
+
+impl Executor for Builtin {
+    fn start(&self, req: &StartRequest<'_>) -> Result<StartedProcess, ExecutorError> {
+        let plan = Plan::new(req.bundle, req.spec)?;
+        let sys = |context| move |source| ExecutorError::Sys { context, source };
+        let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
+        let (pid_r, pid_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
+        match sys::fork().map_err(sys("fork"))? {
+            ForkResult::Child => {
+                drop(report_r);
+                drop(pid_r);
+                if let Err(e) = init::intermediate(&plan, req, &report_w, pid_w) {
+                    step::report(&report_w, &e);
+                    sys::exit_now(1);
+                }
+                sys::exit_now(0);
+            }
+            ForkResult::Parent { child } => {
+                drop(report_w);
+                drop(pid_w);
+                let report = step::read_report(report_r);
+                // A exits right after reporting B's pid; reap it.
+                let _ = waitpid(child, None);
+                let pid = read_pid(pid_r);
+                match (report, pid) {
+                    (Ok(None), Some(pid)) => Ok(StartedProcess {
+                        pid,
+                        warnings: plan.warnings,
+                    }),
+                    (report, pid) => {
+                        if let Some(pid) = pid {
+                            // B failed (or we cannot tell): make sure it is
+                            // gone before saying so.
+                            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+                            let _ = waitpid(pid, None);
+                        }
+                        Err(match report {
+                            Ok(Some(text)) => ExecutorError::Start(text),
+                            Ok(None) => ExecutorError::Start(
+                                "the container's setup process died without a report".into(),
+                            ),
+                            Err(e) => ExecutorError::Report(e),
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read_pid(pipe: OwnedFd) -> Option<Pid> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match nix::unistd::read(pipe.as_fd(), &mut buf[got..]) {
+            Ok(0) => return None,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+    Some(Pid::from_raw(i32::from_le_bytes(buf)))
+}
+
+/// Writes "0" (the writer itself) into each cgroup's `cgroup.procs`.
+pub(crate) fn enter_cgroups(dirs: &[PathBuf]) -> Result<(), StepError> {
+    for dir in dirs {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, "0")
+            .map_err(|e| StepError::io(format!("join cgroup {}", dir.display()), &e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! Pod sandboxes: their lifecycle, pinned namespaces and files.
+//!
+//! A pod is no process here (no pause container): it is a set of pinned
+//! namespaces (network, IPC, UTS; see [`namespaces`]), a directory of files
+//! its containers mount (`hostname`, `hosts`, `resolv.conf`, a `/dev/shm`
+//! tmpfs; see [`files`]) and a persistent record ([`PodSandbox`]) in a
+//! [`Store`]. The [`SandboxManager`] runs the CRI operations on them, one
+//! file each: [`run`], [`stop`], [`remove`], and [`recover`] at start.
+//!
+//! ## On disk
+//! - `<root_dir>/pods/<id>.json`: the record (persistent, so a pod outlives
+//!   a daemon restart; after a reboot it comes back NOTREADY).
+//! - `<state_dir>/pods/<id>/`: `ns/{net,ipc,uts}` pins, `hostname`,
+//!   `hosts`, `resolv.conf`, `shm/` (volatile: gone at reboot).
+//!
+//! ## Stop and Remove
+//! StopPodSandbox stops the containers, tears the network down and then
+//! releases everything the kernel holds for the pod: it unpins the
+//! namespaces and unmounts the shm tmpfs (the containers are gone, so
+//! nothing uses them, and a stopped pod should not keep a netns, SysV IPC
+//! objects or 64 MiB of shm alive until kubelet gets round to removing
+//! it). The record and the small files stay until RemovePodSandbox, so
+//! status and logs of a stopped pod remain readable. Both are idempotent
+//! and accept unknown IDs.
+//!
+//! ## Hooks
+//! Containers plug in through [`hooks::PodContainers`]; the network
+//! through [`network::setup`]/[`network::teardown`]. A pod asking for a
+//! shared PID namespace (`NamespaceMode::Pod`) has the mode recorded
+//! ([`PodSandbox::pid_mode`]); the process holding that namespace is
+//! started at the `HOOK(pod PID namespace)` mark in [`run`] and stopped at
+//! the same mark in [`stop`].
+
+mod crash;
+pub mod error;
+pub mod files;
+pub mod hooks;
+pub mod mounts;
+pub mod namespaces;
+pub mod network;
+pub mod record;
+pub mod recover;
+pub mod remove;
+pub mod run;
+pub mod stop;
+#[cfg(test)]
+mod tests;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+pub use crash::CRASH_POINT_ENV;
+pub use error::{HookError, OsError, SandboxError};
+pub use files::HostFiles;
+pub use hooks::PodContainers;
+pub use network::PodNetworkStatus;
+pub use record::{
+    DnsConfig, LinuxPodConfig, NamespaceMode, NamespaceOptions, PodConfig, PodFilter, PodMetadata,
+    PodNamespaces, PodSandbox, PodSecurity, PodState, PortMapping, SeLinuxOptions, SecurityProfile,
+};
+pub use recover::Recovery;
+
+use crate::store::{Guard, Store};
+
+/// What the records of pods are called in messages.
+pub const KIND: &str = "pod sandbox";
+
+/// Runs the pod lifecycle. One per daemon, shared by the CRI layer.
+pub struct SandboxManager {
+    store: Store<PodSandbox>,
+    /// `<state_dir>/pods`, canonical (mount points are compared to it).
+    pods_dir: PathBuf,
+    host_files: HostFiles,
+    containers: OnceLock<Arc<dyn PodContainers>>,
+}
+
+impl SandboxManager {
+    /// Opens the record store under `root_dir` and the pod directories under
+    /// `state_dir`. Records are not read yet: call [`SandboxManager::recover`].
+    pub fn open(root_dir: &Path, state_dir: &Path) -> Result<Self, SandboxError> {
+        let store = Store::open(root_dir.join("pods"), KIND)?;
+        let pods_dir = state_dir.join("pods");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&pods_dir)
+            .map_err(|e| SandboxError::Host(OsError::new("create directory", &pods_dir, e)))?;
+        let pods_dir = pods_dir
+            .canonicalize()
+            .map_err(|e| SandboxError::Host(OsError::new("resolve", &pods_dir, e)))?;
+        Ok(Self {
+            store,
+            pods_dir,
+            host_files: HostFiles::default(),
+            containers: OnceLock::new(),
+        })
+    }
+
+    /// Uses other node files than /etc/hosts and /etc/resolv.conf.
+    pub fn with_host_files(mut self, host_files: HostFiles) -> Self {
+        self.host_files = host_files;
+        self
+    }
+
+    /// Registers the container module's hooks; once.
+    pub fn set_container_hooks(&self, hooks: Arc<dyn PodContainers>) -> Result<(), SandboxError> {
+        self.containers
+            .set(hooks)
+            .map_err(|_| SandboxError::HooksAlreadySet)
+    }
+
+    /// Where pod directories live.
+    pub fn pods_dir(&self) -> &Path {
+        &self.pods_dir
+    }
+
+    /// The pod of `id_or_prefix`, as last committed; never waits.
+    pub fn get(&self, id_or_prefix: &str) -> Result<Arc<PodSandbox>, SandboxError> {
+        Ok(self.store.get(id_or_prefix)?)
+    }
+
+    /// Every pod `filter` matches, oldest first; never waits.
+    pub fn list(&self, filter: &PodFilter) -> Vec<Arc<PodSandbox>> {
+        let mut pods: Vec<_> = self
+            .store
+            .list()
+            .into_iter()
+            .filter(|p| filter.matches(p))
+            .collect();
+        pods.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        pods
+    }
+
+    /// Locks a ready pod for an operation that needs it to stay ready
+    /// (creating or starting a container in it): Stop and Remove of the
+    /// pod wait until the returned guard is dropped. `NotReady` if the pod
+    /// is stopped.
+    pub async fn lock_ready(&self, id_or_prefix: &str) -> Result<ReadyPod, SandboxError> {
+        let guard = self.store.lock(id_or_prefix).await?;
+        let pod = guard.get();
+        if !pod.is_ready() {
+            return Err(SandboxError::NotReady { id: pod.id.clone() });
+        }
+        Ok(ReadyPod { guard })
+    }
+}
+
+/// A ready pod, locked: see [`SandboxManager::lock_ready`].
+pub struct ReadyPod {
+    guard: Guard<PodSandbox>,
+}
+
+impl ReadyPod {
+    pub fn pod(&self) -> Arc<PodSandbox> {
+        self.guard.get()
+    }
+}
+
+/// Runs blocking file system work (mounts, unlinks, writes) off the async
+/// threads.
+async fn blocking<T, F>(id: &str, work: F) -> Result<T, SandboxError>
+where
+    F: FnOnce() -> Result<T, OsError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(SandboxError::os(id)),
+        Err(e) => Err(SandboxError::Task {
+            id: id.to_owned(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Takes down everything mounted under the pod's directory (pins, shm)
+/// and removes the pin files: what Stop releases.
+fn release_kernel_resources(pod: &PodSandbox) -> Result<(), OsError> {
+    mounts::unmount_all_under(&pod.dir)?;
+    namespaces::unpin_all(&pod.namespaces)
+}
+
+/// Takes down everything under `dir` and removes it.
+fn remove_pod_dir(dir: &Path) -> Result<(), OsError> {
+    mounts::unmount_all_under(dir)?;
+    mounts::remove_dir_all(dir)
+}
+
+/// Nanoseconds since the epoch.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

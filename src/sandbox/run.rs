@@ -1,0 +1,192 @@
+//! RunPodSandbox: validate, reserve the name, write a `creating` record,
+//! make the pod (dir, pinned namespaces, shm, network, files), then commit
+//! it READY.
+//!
+//! The `creating` record is written before anything else is made, so that
+//! a crash at any later point leaves a trace [`super::recover`] finds and
+//! cleans. Any error undoes everything made so far ([`SandboxManager::undo`])
+//! and the dropped name reservation frees the name.
+
+use std::sync::Arc;
+
+use super::crash::crash_point;
+use super::error::{OsError, SandboxError};
+use super::files::{self, make_dir};
+use super::namespaces::{self, PinRequest};
+use super::record::{HOST_SHM, NS_DIR, NamespaceMode, PodConfig, PodSandbox, PodState, SHM_DIR};
+use super::{SandboxManager, blocking, network, now_ns, remove_pod_dir};
+
+impl SandboxManager {
+    /// Makes a pod and returns it READY.
+    pub async fn run(&self, config: PodConfig) -> Result<Arc<PodSandbox>, SandboxError> {
+        validate(&config)?;
+        let hostname = effective_hostname(&config)?;
+        let reservation = self.store.reserve(&config.reservation_name())?;
+        let id = reservation.id().to_owned();
+        let dir = self.pods_dir.join(&id);
+
+        let pin_request = PinRequest {
+            dir: dir.join(NS_DIR),
+            net: !config.host_network(),
+            ipc: !config.host_ipc(),
+            // The UTS namespace follows the network: a host-network pod
+            // has the node's name.
+            uts_hostname: (!config.host_network()).then(|| hostname.clone()),
+        };
+        let shm = if config.host_ipc() {
+            HOST_SHM.into()
+        } else {
+            dir.join(SHM_DIR)
+        };
+        let mut pod = PodSandbox {
+            id: id.clone(),
+            name: reservation.name().to_owned(),
+            state: PodState::Creating,
+            created_at: now_ns(),
+            hostname,
+            namespaces: pin_request.paths(),
+            shm,
+            dir,
+            network: None,
+            config,
+        };
+
+        self.store.persist(&pod)?;
+        crash_point("run-pod-after-record");
+
+        if let Err(e) = self.make(&mut pod, pin_request).await {
+            self.undo(&pod).await;
+            return Err(e);
+        }
+        pod.state = PodState::Ready;
+        match self.store.insert(reservation, pod.clone()) {
+            Ok(pod) => {
+                tracing::info!(pod = %pod.id, name = %pod.name, "pod sandbox ready");
+                Ok(pod)
+            }
+            Err(e) => {
+                self.undo(&pod).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Everything RunPodSandbox makes, in order. Records in `pod` what it
+    /// made, so [`SandboxManager::undo`] knows what to take down.
+    async fn make(&self, pod: &mut PodSandbox, pins: PinRequest) -> Result<(), SandboxError> {
+        let dir = pod.dir.clone();
+        let own_shm = pod.owns_shm();
+        let shm = pod.shm.clone();
+        blocking(&pod.id, move || {
+            make_dir(&dir, 0o711)?;
+            make_dir(&pins.dir, 0o711)?;
+            namespaces::create_pinned(pins)?;
+            if own_shm {
+                files::mount_shm(&shm)?;
+            }
+            Ok(())
+        })
+        .await?;
+        crash_point("run-pod-after-namespaces");
+
+        // HOOK(pod PID namespace): for `NamespaceMode::Pod`, the process
+        // holding the pod's PID namespace (`monitor::pause::spawn`, given
+        // `pod.namespaces` as its net/ipc/uts paths) starts here; record
+        // its pid and start time in the PodSandbox for the containers to
+        // join `/proc/<pid>/ns/pid`, and stop it in `stop_locked`.
+        if pod.pid_mode() == NamespaceMode::Pod {
+            tracing::debug!(pod = %pod.id, "shared PID namespace requested: recorded");
+        }
+
+        // THE place the pod's network is set up (CNI ADD).
+        if pod.namespaces.net.is_some() {
+            pod.network = Some(network::setup(pod).await?);
+        }
+        crash_point("run-pod-after-network");
+
+        let snapshot = pod.clone();
+        let host_files = self.host_files.clone();
+        blocking(&pod.id, move || {
+            files::write_pod_files(&snapshot, &host_files)
+        })
+        .await?;
+        crash_point("run-pod-before-ready");
+        Ok(())
+    }
+
+    /// Takes down whatever a failed or interrupted RunPodSandbox made:
+    /// network, mounts, directory, record. Failures are logged, not
+    /// returned: the caller already has the error that matters, and the
+    /// `creating` record stays for the next start to clean if this fails.
+    pub(super) async fn undo(&self, pod: &PodSandbox) {
+        if pod.namespaces.net.is_some()
+            && let Err(e) = network::teardown(pod).await
+        {
+            tracing::warn!(pod = %pod.id, error = %e, "network teardown of a half-made pod failed");
+        }
+        let dir = pod.dir.clone();
+        match blocking(&pod.id, move || remove_pod_dir(&dir)).await {
+            Ok(()) => {
+                if let Err(e) = self.store.discard(&pod.id) {
+                    tracing::error!(pod = %pod.id, error = %e, "cannot delete the record of a half-made pod");
+                }
+            }
+            Err(e) => {
+                tracing::error!(pod = %pod.id, error = %e, "cannot clean a half-made pod; the next start retries");
+            }
+        }
+    }
+}
+
+/// Checks what the CRI requires and what ketch supports, before anything
+/// is made.
+fn validate(config: &PodConfig) -> Result<(), SandboxError> {
+    let m = &config.metadata;
+    for (field, value) in [
+        ("metadata.name", &m.name),
+        ("metadata.namespace", &m.namespace),
+        ("metadata.uid", &m.uid),
+    ] {
+        if value.is_empty() {
+            return Err(SandboxError::invalid(field, "is required"));
+        }
+    }
+    if !config.runtime_handler.is_empty() {
+        return Err(SandboxError::invalid(
+            "runtime_handler",
+            format!(
+                "{:?} is not configured; ketch offers only the default handler \"\"",
+                config.runtime_handler
+            ),
+        ));
+    }
+    let ns = &config.linux.namespaces;
+    for (field, mode) in [
+        ("namespace_options.network", ns.network),
+        ("namespace_options.ipc", ns.ipc),
+        ("namespace_options.pid", ns.pid),
+    ] {
+        if mode == NamespaceMode::Target {
+            return Err(SandboxError::invalid(
+                field,
+                "TARGET is for containers, not pods",
+            ));
+        }
+    }
+    if let Some(dns) = &config.dns {
+        files::validate_dns(dns)?;
+    }
+    Ok(())
+}
+
+/// The hostname the pod's containers see: the node's for host network,
+/// else the requested one (the node's when none is given, as containerd).
+fn effective_hostname(config: &PodConfig) -> Result<String, SandboxError> {
+    if config.host_network() || config.hostname.is_empty() {
+        let name = nix::unistd::gethostname()
+            .map_err(|e| SandboxError::Host(OsError::new("read the hostname of", "the node", e)))?;
+        return Ok(name.to_string_lossy().into_owned());
+    }
+    files::validate_hostname(&config.hostname)?;
+    Ok(config.hostname.clone())
+}

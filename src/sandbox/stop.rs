@@ -1,0 +1,71 @@
+//! StopPodSandbox: stop the containers, tear the network down, release
+//! the namespaces and shm; keep the record (NOTREADY) and the files.
+//! Idempotent, also for IDs that do not exist.
+
+use super::error::SandboxError;
+use super::record::{PodSandbox, PodState};
+use super::{SandboxManager, blocking, network, release_kernel_resources};
+use crate::store::Guard;
+
+impl SandboxManager {
+    pub async fn stop(&self, id_or_prefix: &str) -> Result<(), SandboxError> {
+        let mut guard = match self.store.lock(id_or_prefix).await {
+            Ok(guard) => guard,
+            Err(e) if e.is_not_found() => {
+                tracing::debug!(
+                    pod = id_or_prefix,
+                    "stop of an unknown pod sandbox: nothing to do"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.stop_locked(&mut guard).await
+    }
+
+    /// Stop with the pod's lock held (also the first half of Remove).
+    pub(super) async fn stop_locked(
+        &self,
+        guard: &mut Guard<PodSandbox>,
+    ) -> Result<(), SandboxError> {
+        let pod = guard.get();
+        if let Some(containers) = self.containers.get() {
+            containers
+                .stop_all(&pod.id)
+                .await
+                .map_err(|source| SandboxError::Containers {
+                    id: pod.id.clone(),
+                    op: "stop",
+                    source,
+                })?;
+        }
+
+        // HOOK(pod PID namespace): the process holding a shared PID
+        // namespace is stopped here, after the containers.
+
+        // THE place the pod's network is torn down (CNI DEL), as long as
+        // the record says it is up.
+        let teardown = match &pod.network {
+            Some(_) => network::teardown(&pod).await,
+            None => Ok(()),
+        };
+        // Always release the namespaces, even when the teardown failed: a
+        // pod must never be stuck (containerd #3667, cri-o #9301).
+        let released = {
+            let owned = pod.clone();
+            blocking(&pod.id, move || release_kernel_resources(&owned)).await
+        };
+
+        let mut next = (*pod).clone();
+        next.state = PodState::NotReady;
+        if teardown.is_ok() {
+            next.network = None;
+        }
+        if next != *pod {
+            guard.save(next)?;
+            tracing::info!(pod = %pod.id, "pod sandbox stopped");
+        }
+        teardown?;
+        released
+    }
+}
