@@ -943,7 +943,7 @@ async fn ketch_image_import_loads_a_layout_while_ketch_serves() {
     let layout = daemon.dir.path().join("layout");
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
-    let mut write = |digest: &str, bytes: &[u8]| {
+    let write = |digest: &str, bytes: &[u8]| {
         std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes).unwrap();
     };
     write(&image.digest, &image.manifest);

@@ -461,9 +461,7 @@ impl Session {
     ) -> Result<reqwest::Response, ImageError> {
         let http = self.client.http_client(&ep.tls, &ep.host)?;
         let auth = self.auth.as_ref().filter(|a| a.applies_to(&ep.host));
-        let identity = auth
-            .map(|a| format!("{:?}", a.credentials))
-            .unwrap_or_default();
+        let identity = auth.map(|a| identity(&a.credentials)).unwrap_or_default();
         let cache_key = (ep.host.clone(), self.repository.clone(), identity);
         let mut header = self.cached_header(&cache_key);
         if header.is_none()
@@ -650,6 +648,18 @@ impl Session {
         let expiry = started + ttl.saturating_sub(Duration::from_secs(5).min(ttl / 2));
         Ok((header_value(&format!("Bearer {token}"))?, Some(expiry)))
     }
+}
+
+/// A cache key for credentials: a hash of all of them, secrets included,
+/// so a token got with one password is never reused for another.
+fn identity(credentials: &Credentials) -> String {
+    let text = match credentials {
+        Credentials::Anonymous => String::new(),
+        Credentials::Basic { username, password } => format!("basic\0{username}\0{password}"),
+        Credentials::IdentityToken { username, token } => format!("identity\0{username}\0{token}"),
+        Credentials::RegistryToken(token) => format!("registry\0{token}"),
+    };
+    super::digest::Digest::of(text.as_bytes()).to_string()
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, ImageError> {
@@ -916,6 +926,20 @@ mod tests {
         assert!(!auth.applies_to("127.0.0.1:5001"));
         assert!(!format!("{auth:?}").contains('p') || !format!("{auth:?}").contains("\"p\""));
         assert!(format!("{:?}", auth.credentials).contains("***"));
+    }
+
+    #[test]
+    fn token_cache_keys_tell_secrets_apart() {
+        let a = identity(&Credentials::Basic {
+            username: "u".into(),
+            password: "right".into(),
+        });
+        let b = identity(&Credentials::Basic {
+            username: "u".into(),
+            password: "wrong".into(),
+        });
+        assert_ne!(a, b);
+        assert!(!a.contains("right"));
     }
 
     #[test]
