@@ -5,5 +5,6 @@
 mod containers;
 mod foundation;
 mod harness;
+mod images;
 mod pods;
 mod registry_harness;
