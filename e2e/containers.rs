@@ -718,3 +718,49 @@ async fn fifty_pods_in_parallel() {
     assert!(left.is_empty(), "removing a pod removes its containers");
     env.daemon.assert_clean();
 }
+
+#[tokio::test]
+async fn pod_shared_pid_namespace() {
+    let mut env = Env::start().await;
+    let mut config = pod_config(&unique("sharedpid"), &env.log_dir());
+    config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let pod_id = env
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = (pod_id.clone(), config);
+    let a = env.run(&pod, "a", &["sleep", "1000"]).await;
+    let b = env.run(&pod, "b", &["sleep", "2000"]).await;
+    // PID 1 is the pod's pause, and each container sees the other.
+    let out = env.exec(&b, &["cat", "/proc/1/cmdline"], 10).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pause"),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = env.exec(&a, &["ps", "-o", "args"], 10).await.unwrap();
+    let ps = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        ps.contains("sleep 1000") && ps.contains("sleep 2000"),
+        "{ps}"
+    );
+    // Stopping the pod ends the pause and every process in the namespace.
+    env.remove_pod(&pod_id).await;
+    env.daemon.assert_clean();
+}

@@ -97,7 +97,7 @@ impl RuntimeService for CriService {
         request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
         let config = sandbox::pod_config(request.into_inner())?;
-        let pod = self.runtime.sandboxes().run(config).await?;
+        let pod = self.runtime.run_pod(config).await?;
         Ok(Response::new(RunPodSandboxResponse {
             pod_sandbox_id: pod.id.clone(),
         }))

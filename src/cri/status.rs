@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::container::manager::ContainerError;
 use crate::image::ImageError;
+use crate::pod_pid::PodPidError;
 use crate::runtime::RuntimeError;
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
@@ -71,7 +72,10 @@ impl From<RuntimeError> for Status {
             RuntimeError::Image(e) => e.into(),
             RuntimeError::NoImage => Status::invalid_argument(e.to_string()),
             RuntimeError::ImageNotFound(_) => Status::not_found(e.to_string()),
-            RuntimeError::SelfExe(_) => Status::internal(e.to_string()),
+            RuntimeError::PodPid(PodPidError::Gone(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
+            RuntimeError::SelfExe(_) | RuntimeError::PodPid(_) => Status::internal(e.to_string()),
         }
     }
 }
