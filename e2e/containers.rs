@@ -764,3 +764,82 @@ async fn pod_shared_pid_namespace() {
     env.remove_pod(&pod_id).await;
     env.daemon.assert_clean();
 }
+
+/// kill -9 in the middle of CreateContainer and StartContainer: after a
+/// restart nothing is left half made and the names are free again.
+#[tokio::test]
+async fn crash_mid_create_and_start_leaves_nothing_half() {
+    for point in [
+        "create-container-before-record",
+        "start-container-before-monitor",
+        "start-container-after-monitor",
+    ] {
+        let mut env = Env::start_with(DaemonOptions {
+            env: vec![("KETCH_TEST_CRASH_POINT".into(), point.into())],
+            ..Default::default()
+        })
+        .await;
+        let pod = env.run_pod("crashc").await;
+        let config = container_config("victim", &env.busybox(), &["sleep", "1000"]);
+        let created = env.create(&pod, config.clone()).await;
+        let id = match created {
+            Ok(id) => {
+                assert!(
+                    env.start_container(&id).await.is_err(),
+                    "{point}: the daemon died"
+                );
+                Some(id)
+            }
+            Err(_) => None,
+        };
+        env.daemon.kill9();
+        env.daemon.set_env(Vec::new());
+        env.daemon.restart().await;
+        env.rt = env.daemon.runtime().await;
+        let listed = env
+            .rt
+            .list_containers(ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        match &id {
+            None => assert!(listed.is_empty(), "{point}: {listed:?}"),
+            Some(id) => {
+                let status = env.status(id).await;
+                assert_eq!(
+                    status.state,
+                    ContainerState::ContainerExited as i32,
+                    "{point}"
+                );
+                assert_eq!(status.reason, "StartError", "{point}");
+                env.rt
+                    .remove_container(RemoveContainerRequest {
+                        container_id: id.clone(),
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        // No rootfs stays mounted, the name is free and the pod works.
+        let root = env.daemon.root_dir.display().to_string();
+        let mounts: Vec<String> = crate::harness::daemon::mountpoints()
+            .into_iter()
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        assert!(mounts.is_empty(), "{point}: {mounts:?}");
+        let again = env
+            .create(&pod, config)
+            .await
+            .expect("the name is free again");
+        env.start_container(&again).await.expect("and it starts");
+        env.rt
+            .remove_container(RemoveContainerRequest {
+                container_id: again,
+            })
+            .await
+            .unwrap();
+        env.remove_pod(&pod.0).await;
+        env.daemon.assert_clean();
+    }
+}

@@ -205,6 +205,11 @@ impl Daemon {
         }
     }
 
+    /// Replaces the environment given to the next start.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.options.env = env;
+    }
+
     /// Starts ketch again on the same dirs (after `stop` or `kill9`).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill ketch before restart");

@@ -131,6 +131,10 @@ pub struct ContainerRecord {
     pub cgroup_path: String,
     pub overlay: Overlay,
     pub stop_signal: String,
+    /// Set while StartContainer runs: found set at start, the start was
+    /// cut off by a crash.
+    #[serde(default)]
+    pub starting: bool,
 }
 
 impl Record for ContainerRecord {
@@ -281,6 +285,10 @@ impl ContainerManager {
                     self.store.persist(&record)?;
                 }
             }
+            if record.starting {
+                self.abandon_start(&mut record);
+                self.store.persist(&record)?;
+            }
             self.store.adopt(reservation, record)?;
         }
         // Bundles without a record: a create cut off by a crash.
@@ -294,6 +302,27 @@ impl ContainerManager {
             }
         }
         Ok(())
+    }
+
+    /// A StartContainer cut off by a crash: whatever it started (the
+    /// monitor, found by its bundle argument, and everything in the
+    /// container's cgroup) is killed, and the container is EXITED with a
+    /// start error, as if the start had failed.
+    fn abandon_start(&self, record: &mut ContainerRecord) {
+        let bundle = self.bundle_dir(&record.id).display().to_string();
+        for pid in processes_mentioning(&bundle) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Some(cg) = self.open_cgroup(record) {
+            let _ = cg.kill_all();
+        }
+        tracing::warn!(container = %record.id, "a start was cut off by a restart; marking it failed");
+        record.starting = false;
+        record.state = State::Exited;
+        record.exit = Some(Exit::start_error(
+            "the start was interrupted by a ketch restart".into(),
+            now_nanos(),
+        ));
     }
 
     /// Moves a RUNNING record to EXITED when its process is gone: the exit
@@ -521,8 +550,10 @@ impl ContainerManager {
             cgroup_path,
             overlay: overlay.clone(),
             stop_signal: image.run_config.stop_signal.clone(),
+            starting: false,
             config,
         };
+        crate::sandbox::crash_point("create-container-before-record");
         if let Err(e) = self.store.insert(reservation, record) {
             self.remove_files(&id, &overlay.target);
             return Err(e.into());
@@ -561,10 +592,17 @@ impl ContainerManager {
             })?;
         let id = record.id.clone();
 
+        // Mark the start in the record first: a crash while the monitor
+        // starts leaves a trace the reconcile acts on.
+        let mut record = record;
+        record.starting = true;
+        guard.save(record.clone())?;
+        crate::sandbox::crash_point("start-container-before-monitor");
         let manager = self.clone();
         let r = record.clone();
         let result = blocking(move || manager.launch(&r)).await;
-        let mut record = record;
+        crate::sandbox::crash_point("start-container-after-monitor");
+        record.starting = false;
         match result {
             Ok(started) => {
                 for warning in &started.warnings {
@@ -885,6 +923,21 @@ fn parse_signal(name: &str) -> Option<Signal> {
         format!("SIG{upper}")
     };
     full.parse::<Signal>().ok()
+}
+
+/// Pids of processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
 }
 
 fn is_mountpoint(path: &Path) -> bool {

@@ -51,6 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 pub use crash::CRASH_POINT_ENV;
+pub(crate) use crash::crash_point;
 pub use error::{HookError, OsError, SandboxError};
 pub use files::HostFiles;
 pub use hooks::PodContainers;
