@@ -329,6 +329,14 @@ impl ContainerManager {
     /// file's status, or (monitor and process both gone without one) an
     /// unknown exit.
     fn refresh(&self, record: &mut ContainerRecord) {
+        self.refresh_with(record, true)
+    }
+
+    /// As [`Self::refresh`]; without `probe_processes` only the exit file
+    /// is read (what ListContainers does for each of possibly many
+    /// containers: a monitor that died without an exit file is noticed by
+    /// the next ContainerStatus).
+    fn refresh_with(&self, record: &mut ContainerRecord, probe_processes: bool) {
         if record.state != State::Running {
             return;
         }
@@ -345,7 +353,7 @@ impl ContainerManager {
                 record.state = State::Exited;
             }
             Ok(None) => {
-                let Some(started) = &record.started else {
+                let Some(started) = record.started.as_ref().filter(|_| probe_processes) else {
                     return;
                 };
                 let alive = monitor::is_alive(started.monitor_pid, started.monitor_start_time)
@@ -427,7 +435,7 @@ impl ContainerManager {
             .map(|r| {
                 let mut record = (*r).clone();
                 let before = record.state;
-                self.refresh(&mut record);
+                self.refresh_with(&mut record, false);
                 if record.state != before {
                     self.persist_refresh(&record);
                 }
