@@ -801,8 +801,9 @@ mod tests {
         std::fs::create_dir_all(&config.root_dir).unwrap();
         std::fs::create_dir_all(&config.state_dir).unwrap();
         let socket = config.listen.clone();
-        let service =
-            ketch::cri::CriService::new(std::sync::Arc::new(ketch::runtime::Runtime::new(config)));
+        let service = ketch::cri::CriService::new(std::sync::Arc::new(
+            ketch::runtime::Runtime::new(config).await.unwrap(),
+        ));
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
