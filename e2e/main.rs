@@ -4,5 +4,6 @@
 
 mod foundation;
 mod harness;
+mod network;
 mod pods;
 mod registry_harness;

@@ -34,7 +34,8 @@ impl Runtime {
     /// Opens the stores and reconciles them with what survived the last
     /// run (a restart, a crash, a reboot).
     pub async fn new(config: Config) -> Result<Self, RuntimeError> {
-        let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?;
+        let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?
+            .with_network(network::Cni::new(&config.cni));
         sandboxes.recover().await?;
         Ok(Self {
             config: Arc::new(config),

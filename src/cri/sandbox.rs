@@ -160,7 +160,13 @@ pub fn pod_status(
     verbose: bool,
 ) -> Result<cri::PodSandboxStatusResponse, SandboxError> {
     let ns = &pod.config.linux.namespaces;
-    let ips = pod.ips();
+    // A pod that is not ready has given its netns up: no IP to report
+    // (containerd reports none once the netns is closed, too).
+    let ips = if pod.is_ready() {
+        pod.ips()
+    } else {
+        Vec::new()
+    };
     let status = cri::PodSandboxStatus {
         id: pod.id.clone(),
         metadata: Some(metadata(pod)),
