@@ -598,6 +598,54 @@ async fn a_hanging_plugin_is_killed_and_leaves_nothing() {
     daemon.assert_clean();
 }
 
+#[tokio::test]
+async fn a_run_pod_sandbox_the_caller_gives_up_on_still_completes() {
+    let plugins = PluginDir::new();
+    plugins.write(
+        "ketch-e2e-slow",
+        "#!/bin/sh\ncat >/dev/null\n\
+         if [ \"$CNI_COMMAND\" = ADD ]; then sleep 2\n\
+         echo '{\"cniVersion\":\"1.0.0\",\"interfaces\":[],\"ips\":[]}'; fi\nexit 0\n",
+    );
+    let daemon = Daemon::start_with(DaemonOptions {
+        config_toml: plugins.config_toml(30),
+        ..Default::default()
+    })
+    .await;
+    let net = network(&daemon);
+    net.write_plugins(&[json!({"type": "ketch-e2e-slow"}), net.bridge_plugin()]);
+    let mut client = daemon.runtime().await;
+    let cfg = config(&daemon, &unique("impatient"));
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        try_run(&mut client, cfg.clone()),
+    )
+    .await;
+    assert!(gave_up.is_err(), "RunPodSandbox returned too early");
+
+    // The pod is made all the same, and listed ready for the retry.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let pods = list(&mut client).await;
+        if let Some(p) = pods
+            .iter()
+            .find(|p| p.state == PodSandboxState::SandboxReady as i32)
+        {
+            break p.id.clone();
+        }
+        assert!(Instant::now() < deadline, "the pod never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(net.contains(&pod_ips(&mut client, &id).await[0]));
+    let err = try_run(&mut client, cfg).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    remove(&mut client, &id).await.unwrap();
+    assert_no_pods(&daemon);
+    assert_network_released(net);
+    daemon.assert_clean();
+}
+
 /// A plugin that records what it is given (env and stdin per command in
 /// `dir`), passes ADD with an empty result, and fails DEL while
 /// `dir/fail-del` exists.
