@@ -977,13 +977,32 @@ async fn update_runtime_config_renders_the_template_with_the_pod_cidr() {
         ..Default::default()
     })
     .await;
-    // The template is the test network's bridge with the subnet left to
-    // kubelet's pod CIDR.
+    // The shipped template, on the test network's bridge and data dir.
     let net = TestNetwork::new(&daemon.cni_conf_dir, daemon.dir.path().join("ipam"));
-    let mut bridge = net.bridge_plugin();
-    bridge["ipam"]["ranges"] = json!([[{"subnet": "{{.PodCIDR}}"}]]);
-    let conf = json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [bridge, portmap()]});
-    std::fs::write(&template, conf.to_string()).unwrap();
+    let shipped = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/cni/ketch-net.conflist.tmpl"),
+    )
+    .unwrap();
+    let ours = shipped
+        .replacen(
+            "\"name\": \"ketch\"",
+            &format!("\"name\": {:?}", net.name),
+            1,
+        )
+        .replacen("\"ketch0\"", &format!("{:?}", net.bridge), 1)
+        .replacen(
+            "\"type\": \"host-local\",",
+            &format!(
+                "\"type\": \"host-local\", \"dataDir\": {:?},",
+                net.data_dir.display().to_string()
+            ),
+            1,
+        );
+    assert!(
+        ours.contains(&net.name) && ours.contains(&net.bridge) && ours.contains("dataDir"),
+        "the shipped template changed shape: {shipped}"
+    );
+    std::fs::write(&template, ours).unwrap();
 
     let mut client = daemon.runtime().await;
     let update = |cidr: &str| UpdateRuntimeConfigRequest {
@@ -1017,6 +1036,10 @@ async fn update_runtime_config_renders_the_template_with_the_pod_cidr() {
     assert_eq!(
         rendered["plugins"][0]["ipam"]["ranges"],
         json!([[{"subnet": net.subnet()}]])
+    );
+    assert_eq!(
+        rendered["plugins"][0]["ipam"]["routes"],
+        json!([{"dst": "0.0.0.0/0"}])
     );
     let id = run_pod(&mut client, config(&daemon, &unique("cidr"))).await;
     assert!(net.contains(&pod_ips(&mut client, &id).await[0]));
