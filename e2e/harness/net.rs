@@ -171,21 +171,32 @@ impl TestNetwork {
         }
     }
 
-    /// The iptables rules (all tables) naming this network (the name is
-    /// unique, of fixed length), as DEL should leave none.
+    /// Whether an iptables rule is this network's: it names the network
+    /// (the name is unique, of fixed length) or an address of its subnet
+    /// (portmap's per-pod chains carry no name, only addresses).
+    fn is_ours(&self, rule: &str) -> bool {
+        let prefix = format!("10.{}.{}.", self.octets.0, self.octets.1);
+        rule.contains(&self.name)
+            || rule
+                .split([' ', '/', ':'])
+                .any(|word| word.starts_with(&prefix))
+    }
+
+    /// The iptables rules (all tables) of this network, as DEL should
+    /// leave none.
     pub fn iptables_rules(&self) -> Vec<String> {
         run("iptables-save", &[])
             .1
             .lines()
-            .filter(|l| l.contains(&self.name))
+            .filter(|l| l.starts_with("-A ") && self.is_ours(l))
             .map(str::to_owned)
             .collect()
     }
 
-    /// Removes every chain a rule of which names this network, with the
-    /// jumps to it, in the nat and filter tables.
+    /// Removes every chain a rule of which is this network's, with the
+    /// jumps to it, and its rules in shared chains, in the nat and filter
+    /// tables.
     fn remove_iptables_leftovers(&self) {
-        let needle = &self.name;
         for table in ["nat", "filter"] {
             let (_, dump) = run("iptables-save", &["-t", table]);
             let mut chains = BTreeSet::new();
@@ -195,7 +206,7 @@ impl TestNetwork {
                     continue;
                 };
                 let chain = rule.split(' ').next().unwrap_or_default().to_owned();
-                if line.contains(needle.as_str()) {
+                if self.is_ours(line) {
                     if chain.starts_with("CNI-") && !chain.starts_with("CNI-HOSTPORT-") {
                         chains.insert(chain);
                     } else {
