@@ -6,5 +6,6 @@ mod containers;
 mod foundation;
 mod harness;
 mod images;
+mod network;
 mod pods;
 mod registry_harness;

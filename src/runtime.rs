@@ -143,7 +143,8 @@ impl Runtime {
             exe.clone(),
         )
         .await?;
-        let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?;
+        let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?
+            .with_network(network::Cni::new(&config.cni));
         sandboxes.set_container_hooks(Arc::new(PodContainerHooks {
             containers: containers.clone(),
             images: images.clone(),
