@@ -843,3 +843,64 @@ async fn crash_mid_create_and_start_leaves_nothing_half() {
         env.daemon.assert_clean();
     }
 }
+
+/// The seed's demo: a web server in a pod answers the host at the pod IP.
+#[tokio::test]
+async fn web_server_pod_answers_at_its_ip() {
+    use crate::harness::images::{WEB_INDEX_HTML, WEB_PORT};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut env = Env::start().await;
+    let web = env.images.web.reference.clone();
+    env.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: web.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pod = env.run_pod("web").await;
+    let id = env
+        .create(&pod, container_config("web", &web, &[]))
+        .await
+        .unwrap();
+    env.start_container(&id).await.unwrap();
+    let ip = env
+        .rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.0.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    assert!(!ip.is_empty(), "the pod has an IP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let attempt = async {
+            let mut conn = tokio::net::TcpStream::connect((ip.as_str(), WEB_PORT)).await?;
+            conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await?;
+            let mut reply = Vec::new();
+            conn.read_to_end(&mut reply).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&reply).into_owned())
+        };
+        match attempt.await {
+            Ok(reply) if reply.contains("200") => break reply,
+            other => {
+                assert!(Instant::now() < deadline, "no answer from {ip}: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(body.ends_with(WEB_INDEX_HTML), "{body}");
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
