@@ -33,6 +33,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The streaming tests also drive ketch with Python's websocket-client, a
+# WebSocket client we did not write.
+if [ "${1:-run}" != run ] && ! python3 -c 'import websocket' >/dev/null 2>&1; then
+  echo "installing: websocket-client (pip)"
+  python3 -m pip install --quiet websocket-client \
+    || python3 -m pip install --quiet --break-system-packages websocket-client
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: ketch needs a Rust toolchain (1.85 or newer, edition 2024) on PATH" >&2
   exit 1

@@ -9,3 +9,4 @@ mod images;
 mod network;
 mod pods;
 mod registry_harness;
+mod streaming;

@@ -13,8 +13,10 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
+use crate::container::stream::ContainerStreams;
 use crate::cri::CriService;
 use crate::runtime::Runtime;
+use crate::streaming::{StreamError, StreamingServer};
 
 /// kubelet, containerd and CRI-O all allow 16 MiB messages; tonic's 4 MiB
 /// default makes large List replies fail.
@@ -22,6 +24,10 @@ const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 /// How long in-flight calls may run on after SIGTERM/SIGINT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long exec sessions may take to kill and reap their processes at
+/// shutdown.
+const STREAMING_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -43,6 +49,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("cannot start the streaming server: {0}")]
+    Streaming(#[from] StreamError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -58,7 +66,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let socket_path = config.listen.clone();
 
     let runtime = Arc::new(Runtime::new(config).await?);
-    let service = CriService::new(runtime.clone());
+    let streams = Arc::new(ContainerStreams::new(
+        runtime.containers().clone(),
+        runtime.clone(),
+    ));
+    let streaming =
+        Arc::new(StreamingServer::start(&runtime.config().streaming, streams.clone()).await?);
+    let service = CriService::new(runtime.clone()).with_streaming(streaming.clone());
 
     let runtime_service = RuntimeServiceServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -77,6 +91,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut stop_waiting = stop_rx;
     tracing::info!(
         socket = %socket_path.display(),
+        streaming = %streaming.local_addr(),
         version = env!("CARGO_PKG_VERSION"),
         "ketch serving CRI v1"
     );
@@ -100,6 +115,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    // No new streaming sessions; the running ones end: exec'd processes
+    // are killed and reaped, attached clients detach (containers run on).
+    match Arc::try_unwrap(streaming) {
+        Ok(server) => server.shutdown(STREAMING_GRACE).await,
+        // A gRPC connection task still holds the service; dropping the last
+        // reference stops the server.
+        Err(shared) => drop(shared),
+    }
+    streams.shutdown(STREAMING_GRACE).await;
     // Only the holder of the lock gets here, so the socket is ours to remove.
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("ketch stopped; containers keep running");

@@ -12,6 +12,7 @@ use crate::container::manager::{
     ContainerError, ContainerManager, ContainerRecord, ImageInfo, PodInfo,
 };
 use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
+use crate::container::stream::{PodNetwork, PodNetworks};
 use crate::image::{ImageError, ImageStore};
 use crate::monitor::pause::PodNamespaces as PauseNamespaces;
 use crate::network;
@@ -86,6 +87,17 @@ impl PodContainers for PodContainerHooks {
         }
         pod_pid::stop(&self.pods_dir.join(pod_id));
         Ok(())
+    }
+}
+
+/// Port forwarding reaches a ready pod's ports in its network namespace.
+impl PodNetworks for Runtime {
+    fn pod_network(&self, id: &str) -> Option<PodNetwork> {
+        let pod = self.sandboxes.get(id).ok().filter(|p| p.is_ready())?;
+        Some(match &pod.namespaces.net {
+            Some(path) => PodNetwork::Namespace(path.clone()),
+            None => PodNetwork::Host,
+        })
     }
 }
 

@@ -6,5 +6,6 @@ pub mod daemon;
 pub mod images;
 pub mod net;
 pub mod registry;
+pub mod stream_client;
 
 pub use daemon::{Daemon, DaemonOptions};

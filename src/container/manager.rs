@@ -251,6 +251,11 @@ impl ContainerManager {
             .join(format!("{}.sock", &id[..id.len().min(32)]))
     }
 
+    /// The ketch binary that exec helpers (`ketch exec`) run.
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
     /// The attach/control socket of a container's monitor.
     pub fn attach_socket(&self, id: &str) -> Result<PathBuf, ContainerError> {
         let record = self.store.get(id)?;

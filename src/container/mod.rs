@@ -5,4 +5,5 @@ pub mod manager;
 pub mod rootfs;
 pub mod spec;
 pub mod state;
+pub mod stream;
 pub mod user;

@@ -217,22 +217,22 @@ impl RuntimeService for CriService {
         self.do_exec_sync(request).await
     }
 
-    async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        not_implemented("Exec")
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        self.do_exec(request).await
     }
 
     async fn attach(
         &self,
-        _request: Request<AttachRequest>,
+        request: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        not_implemented("Attach")
+        self.do_attach(request).await
     }
 
     async fn port_forward(
         &self,
-        _request: Request<PortForwardRequest>,
+        request: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        not_implemented("PortForward")
+        self.do_port_forward(request).await
     }
 
     async fn container_stats(

@@ -10,6 +10,7 @@ use crate::pod_pid::PodPidError;
 use crate::runtime::RuntimeError;
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
+use crate::streaming::{BackendError, StreamError};
 
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
@@ -79,6 +80,32 @@ impl From<RuntimeError> for Status {
                 Status::failed_precondition(e.to_string())
             }
             RuntimeError::SelfExe(_) | RuntimeError::PodPid(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<StreamError> for Status {
+    fn from(e: StreamError) -> Self {
+        let message = e.to_string();
+        match e {
+            StreamError::InvalidRequest(_) => Status::invalid_argument(message),
+            StreamError::TooManyRequests(_) => Status::resource_exhausted(message),
+            StreamError::Random(_) | StreamError::Address { .. } | StreamError::Bind { .. } => {
+                Status::internal(message)
+            }
+        }
+    }
+}
+
+impl From<BackendError> for Status {
+    fn from(e: BackendError) -> Self {
+        let message = e.to_string();
+        match e {
+            BackendError::ContainerNotFound(_) | BackendError::PodNotFound(_) => {
+                Status::not_found(message)
+            }
+            BackendError::ContainerNotRunning(_) => Status::failed_precondition(message),
+            BackendError::Io { .. } | BackendError::Failed(_) => Status::internal(message),
         }
     }
 }
@@ -179,6 +206,24 @@ mod tests {
         let invalid: Status = SandboxError::invalid("metadata.uid", "is required").into();
         assert_eq!(invalid.code(), Code::InvalidArgument);
         assert!(invalid.message().contains("metadata.uid"));
+    }
+
+    #[test]
+    fn streaming_errors_map_to_codes() {
+        let s = Status::from(StreamError::InvalidRequest("cmd must not be empty".into()));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("cmd must not be empty"));
+        let s = Status::from(StreamError::TooManyRequests(1000));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let s = Status::from(BackendError::ContainerNotFound("c1".into()));
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("c1"));
+        let s = Status::from(BackendError::PodNotFound("p1".into()));
+        assert_eq!(s.code(), Code::NotFound);
+        let s = Status::from(BackendError::ContainerNotRunning("c2".into()));
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let s = Status::from(BackendError::Failed("boom".into()));
+        assert_eq!(s.code(), Code::Internal);
     }
 
     #[test]
