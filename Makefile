@@ -30,7 +30,7 @@ run: deps-run release
 		echo "installing deploy/cni/10-ketch-bridge.conflist into $(CNI_CONF_DIR)"; \
 		install -m 0644 deploy/cni/10-ketch-bridge.conflist $(CNI_CONF_DIR)/; \
 	fi
-	exec ./target/release/ketch serve
+	exec ./target/release/ketch serve --cni-conf-dir $(CNI_CONF_DIR)
 
 # Installs the binary, the config, the systemd unit and crictl's config.
 install: release

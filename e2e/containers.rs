@@ -718,3 +718,189 @@ async fn fifty_pods_in_parallel() {
     assert!(left.is_empty(), "removing a pod removes its containers");
     env.daemon.assert_clean();
 }
+
+#[tokio::test]
+async fn pod_shared_pid_namespace() {
+    let mut env = Env::start().await;
+    let mut config = pod_config(&unique("sharedpid"), &env.log_dir());
+    config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let pod_id = env
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = (pod_id.clone(), config);
+    let a = env.run(&pod, "a", &["sleep", "1000"]).await;
+    let b = env.run(&pod, "b", &["sleep", "2000"]).await;
+    // PID 1 is the pod's pause, and each container sees the other.
+    let out = env.exec(&b, &["cat", "/proc/1/cmdline"], 10).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pause"),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = env.exec(&a, &["ps", "-o", "args"], 10).await.unwrap();
+    let ps = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        ps.contains("sleep 1000") && ps.contains("sleep 2000"),
+        "{ps}"
+    );
+    // Stopping the pod ends the pause and every process in the namespace.
+    env.remove_pod(&pod_id).await;
+    env.daemon.assert_clean();
+}
+
+/// kill -9 in the middle of CreateContainer and StartContainer: after a
+/// restart nothing is left half made and the names are free again.
+#[tokio::test]
+async fn crash_mid_create_and_start_leaves_nothing_half() {
+    for point in [
+        "create-container-before-record",
+        "start-container-before-monitor",
+        "start-container-after-monitor",
+    ] {
+        let mut env = Env::start_with(DaemonOptions {
+            env: vec![("KETCH_TEST_CRASH_POINT".into(), point.into())],
+            ..Default::default()
+        })
+        .await;
+        let pod = env.run_pod("crashc").await;
+        let config = container_config("victim", &env.busybox(), &["sleep", "1000"]);
+        let created = env.create(&pod, config.clone()).await;
+        let id = match created {
+            Ok(id) => {
+                assert!(
+                    env.start_container(&id).await.is_err(),
+                    "{point}: the daemon died"
+                );
+                Some(id)
+            }
+            Err(_) => None,
+        };
+        env.daemon.kill9();
+        env.daemon.set_env(Vec::new());
+        env.daemon.restart().await;
+        env.rt = env.daemon.runtime().await;
+        let listed = env
+            .rt
+            .list_containers(ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        match &id {
+            None => assert!(listed.is_empty(), "{point}: {listed:?}"),
+            Some(id) => {
+                let status = env.status(id).await;
+                assert_eq!(
+                    status.state,
+                    ContainerState::ContainerExited as i32,
+                    "{point}"
+                );
+                assert_eq!(status.reason, "StartError", "{point}");
+                env.rt
+                    .remove_container(RemoveContainerRequest {
+                        container_id: id.clone(),
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        // No rootfs stays mounted, the name is free and the pod works.
+        let root = env.daemon.root_dir.display().to_string();
+        let mounts: Vec<String> = crate::harness::daemon::mountpoints()
+            .into_iter()
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        assert!(mounts.is_empty(), "{point}: {mounts:?}");
+        let again = env
+            .create(&pod, config)
+            .await
+            .expect("the name is free again");
+        env.start_container(&again).await.expect("and it starts");
+        env.rt
+            .remove_container(RemoveContainerRequest {
+                container_id: again,
+            })
+            .await
+            .unwrap();
+        env.remove_pod(&pod.0).await;
+        env.daemon.assert_clean();
+    }
+}
+
+/// The seed's demo: a web server in a pod answers the host at the pod IP.
+#[tokio::test]
+async fn web_server_pod_answers_at_its_ip() {
+    use crate::harness::images::{WEB_INDEX_HTML, WEB_PORT};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut env = Env::start().await;
+    let web = env.images.web.reference.clone();
+    env.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: web.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pod = env.run_pod("web").await;
+    let id = env
+        .create(&pod, container_config("web", &web, &[]))
+        .await
+        .unwrap();
+    env.start_container(&id).await.unwrap();
+    let ip = env
+        .rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.0.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    assert!(!ip.is_empty(), "the pod has an IP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let attempt = async {
+            let mut conn = tokio::net::TcpStream::connect((ip.as_str(), WEB_PORT)).await?;
+            conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await?;
+            let mut reply = Vec::new();
+            conn.read_to_end(&mut reply).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&reply).into_owned())
+        };
+        match attempt.await {
+            Ok(reply) if reply.contains("200") => break reply,
+            other => {
+                assert!(Instant::now() < deadline, "no answer from {ip}: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(body.ends_with(WEB_INDEX_HTML), "{body}");
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}

@@ -28,7 +28,11 @@ async fn version_names_ketch_and_v1() {
 
 #[tokio::test]
 async fn status_reports_both_conditions_and_follows_cni_config() {
-    let daemon = Daemon::start().await;
+    let daemon = Daemon::start_with(DaemonOptions {
+        no_network: true,
+        ..Default::default()
+    })
+    .await;
     let mut client = daemon.runtime().await;
     let status = client
         .status(StatusRequest { verbose: false })

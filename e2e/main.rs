@@ -5,6 +5,8 @@
 mod containers;
 mod foundation;
 mod harness;
+mod images;
+mod network;
 mod pods;
 mod registry_harness;
 mod streaming;

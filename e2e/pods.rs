@@ -154,7 +154,11 @@ async fn run_status_list_stop_remove() {
     assert!(s.created_at >= before, "created_at in ns");
     assert_eq!(s.labels, cfg.labels);
     assert_eq!(s.annotations["note"], "kept");
-    assert_eq!(s.network.as_ref().unwrap().ip, "");
+    let ip = &s.network.as_ref().unwrap().ip;
+    assert!(
+        daemon.network.as_ref().unwrap().contains(ip),
+        "the pod's IP {ip:?} is on the daemon's network"
+    );
     let opts = s.linux.as_ref().unwrap().namespaces.as_ref().unwrap();
     assert_eq!(
         opts.options.as_ref().unwrap().network,
@@ -406,9 +410,10 @@ async fn pod_namespaces_are_new_and_files_are_right() {
 
     let links = nsenter(&[&format!("--net={net}"), "ip", "-o", "link", "show"]);
     let links: Vec<&str> = links.lines().collect();
-    assert_eq!(links.len(), 1, "only lo: {links:?}");
+    assert_eq!(links.len(), 2, "lo and the CNI's eth0: {links:?}");
     assert!(links[0].contains(": lo:"), "{links:?}");
     assert!(links[0].contains(",UP"), "lo is up: {links:?}");
+    assert!(links[1].contains(": eth0@"), "{links:?}");
     let hostname = nsenter(&[&format!("--uts={uts}"), "hostname"]);
     assert_eq!(hostname.trim(), "pod-host-x");
 

@@ -14,6 +14,7 @@ pub mod image;
 pub mod logging;
 pub mod monitor;
 pub mod network;
+pub mod pod_pid;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;

@@ -14,9 +14,11 @@ use crate::container::manager::{
 use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
 use crate::container::stream::{PodNetwork, PodNetworks};
 use crate::image::{ImageError, ImageStore};
+use crate::monitor::pause::PodNamespaces as PauseNamespaces;
 use crate::network;
+use crate::pod_pid::{self, PodPidError};
 use crate::sandbox::{
-    HookError, NamespaceMode, PodContainers, PodSandbox, SandboxError, SandboxManager,
+    HookError, NamespaceMode, PodConfig, PodContainers, PodSandbox, SandboxError, SandboxManager,
 };
 
 /// One condition of `Status`, in domain terms.
@@ -45,6 +47,8 @@ pub enum RuntimeError {
     ImageNotFound(String),
     #[error("cannot find our own executable: {0}")]
     SelfExe(std::io::Error),
+    #[error(transparent)]
+    PodPid(#[from] PodPidError),
 }
 
 pub struct Runtime {
@@ -52,6 +56,8 @@ pub struct Runtime {
     sandboxes: SandboxManager,
     containers: ContainerManager,
     images: ImageStore,
+    /// The ketch binary that monitors, exec helpers and pauses run.
+    exe: PathBuf,
 }
 
 /// Lets StopPodSandbox and RemovePodSandbox stop and remove the pod's
@@ -59,6 +65,8 @@ pub struct Runtime {
 struct PodContainerHooks {
     containers: ContainerManager,
     images: ImageStore,
+    /// `<state_dir>/pods`: where a pod's PID namespace holder is recorded.
+    pods_dir: PathBuf,
 }
 
 #[async_trait::async_trait]
@@ -67,6 +75,7 @@ impl PodContainers for PodContainerHooks {
         for id in self.containers.pod_containers(pod_id) {
             self.containers.stop(&id, Duration::ZERO).await?;
         }
+        pod_pid::stop(&self.pods_dir.join(pod_id));
         Ok(())
     }
 
@@ -76,6 +85,7 @@ impl PodContainers for PodContainerHooks {
                 self.images.release(&record.id).await?;
             }
         }
+        pod_pid::stop(&self.pods_dir.join(pod_id));
         Ok(())
     }
 }
@@ -92,17 +102,14 @@ impl PodNetworks for Runtime {
 }
 
 /// What the container module needs of a pod.
-fn pod_info(pod: &PodSandbox) -> PodInfo {
+fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
     let linux = &pod.config.linux;
     let pid = match pod.pid_mode() {
         NamespaceMode::Node => PidNamespace::Host,
-        // A pod-wide PID namespace needs the pod's init; until it holds
-        // one, each container gets its own.
-        NamespaceMode::Pod | NamespaceMode::Container | NamespaceMode::Target => {
-            PidNamespace::Private
-        }
+        NamespaceMode::Pod => PidNamespace::Pod(pod_pid::namespace_of(&pod.id, &pod.dir)?),
+        NamespaceMode::Container | NamespaceMode::Target => PidNamespace::Private,
     };
-    PodInfo {
+    Ok(PodInfo {
         id: pod.id.clone(),
         name: pod.config.metadata.name.clone(),
         namespace: pod.config.metadata.namespace.clone(),
@@ -126,7 +133,7 @@ fn pod_info(pod: &PodSandbox) -> PodInfo {
                 .collect(),
             cgroup_parent: linux.cgroup_parent.clone(),
         },
-    }
+    })
 }
 
 impl Runtime {
@@ -145,13 +152,15 @@ impl Runtime {
             &config.root_dir,
             &config.state_dir,
             config.cgroup_driver,
-            exe,
+            exe.clone(),
         )
         .await?;
-        let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?;
+        let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?
+            .with_network(network::Cni::new(&config.cni));
         sandboxes.set_container_hooks(Arc::new(PodContainerHooks {
             containers: containers.clone(),
             images: images.clone(),
+            pods_dir: sandboxes.pods_dir().to_owned(),
         }))?;
         sandboxes.recover().await?;
         let runtime = Self {
@@ -159,6 +168,7 @@ impl Runtime {
             sandboxes,
             containers,
             images,
+            exe,
         };
         runtime.release_orphan_leases().await;
         Ok(runtime)
@@ -189,6 +199,36 @@ impl Runtime {
 
     pub fn images(&self) -> &ImageStore {
         &self.images
+    }
+
+    /// RunPodSandbox: the pod, and for a pod that shares one PID namespace
+    /// among its containers, the process that holds it.
+    pub async fn run_pod(&self, config: PodConfig) -> Result<Arc<PodSandbox>, RuntimeError> {
+        let pod = self.sandboxes.run(config).await?;
+        if pod.pid_mode() != NamespaceMode::Pod {
+            return Ok(pod);
+        }
+        let (exe, dir) = (self.exe.clone(), pod.dir.clone());
+        let ns = PauseNamespaces {
+            net: pod.namespaces.net.clone(),
+            ipc: pod.namespaces.ipc.clone(),
+            uts: pod.namespaces.uts.clone(),
+        };
+        let started = tokio::task::spawn_blocking(move || pod_pid::start(&exe, &dir, ns))
+            .await
+            .map_err(|e| {
+                RuntimeError::PodPid(PodPidError::Start(crate::monitor::MonitorError::Start(
+                    e.to_string(),
+                )))
+            })
+            .and_then(|r| r.map_err(RuntimeError::from));
+        if let Err(e) = started {
+            // Nothing of the pod may stay behind.
+            let _ = self.sandboxes.stop(&pod.id).await;
+            let _ = self.sandboxes.remove(&pod.id).await;
+            return Err(e);
+        }
+        Ok(pod)
     }
 
     /// CreateContainer: the pod must be ready (and stays so meanwhile), the
@@ -228,7 +268,7 @@ impl Runtime {
         };
         let id = self
             .containers
-            .create(&pod_info(&pod), config, info)
+            .create(&pod_info(&pod)?, config, info)
             .await?;
         if let Err(e) = self.images.acquire(&id, &image.id).await {
             // The image went away meanwhile: undo the container.

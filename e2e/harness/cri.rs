@@ -15,7 +15,9 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A pod config with unique metadata and the given log directory.
+/// A pod config with unique metadata and the given log directory, with the
+/// namespace options kubelet sends for an ordinary pod (PID per container;
+/// the CRI's zero value would share one PID namespace across the pod).
 pub fn pod_config(name: &str, log_directory: &std::path::Path) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
@@ -29,7 +31,10 @@ pub fn pod_config(name: &str, log_directory: &std::path::Path) -> PodSandboxConf
         labels: [("app".to_owned(), name.to_owned())].into(),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption::default()),
+                namespace_options: Some(NamespaceOption {
+                    pid: NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()

@@ -1,5 +1,6 @@
 //! Runs the real `ketch` binary for one test: its own root dir, state dir,
-//! CNI config dir and socket under a fresh temp dir, and CRI clients
+//! CNI config dir (with a private bridge network, see `net`) and socket
+//! under a fresh temp dir, and CRI clients
 //! connected to that socket. Dropping a `Daemon` (also on panic) stops
 //! ketch, kills what it left running, unmounts what it left mounted, removes
 //! the temp dir, and checks the host's mount table lost nothing.
@@ -16,6 +17,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::net::TestNetwork;
+
 /// Where every test's private directory is made, so leak checks can tell a
 /// test's mounts from the host's.
 pub const E2E_BASE: &str = "/var/tmp/ketch-e2e";
@@ -27,6 +30,10 @@ pub struct DaemonOptions {
     pub config_toml: String,
     /// Environment variables for the daemon process.
     pub env: Vec<(String, String)>,
+    /// Leave the CNI conf dir empty: no pod network (NetworkReady false,
+    /// pods with their own netns refused). By default the daemon gets a
+    /// private bridge network of its own ([`TestNetwork`]).
+    pub no_network: bool,
 }
 
 pub struct Daemon {
@@ -40,6 +47,9 @@ pub struct Daemon {
     options: DaemonOptions,
     child: Option<Child>,
     host_mounts: BTreeSet<String>,
+    /// The pod network written into `cni_conf_dir`, unless `no_network`.
+    /// Dropped after ketch is stopped: its bridge goes last.
+    pub network: Option<TestNetwork>,
 }
 
 /// The ketch binary cargo built for this test run.
@@ -64,6 +74,11 @@ impl Daemon {
         std::fs::create_dir_all(&cni_conf_dir).expect("create cni dir");
         let config_path = dir.path().join("ketch.toml");
         std::fs::write(&config_path, &options.config_toml).expect("write config");
+        let network = (!options.no_network).then(|| {
+            let network = TestNetwork::new(&cni_conf_dir, dir.path().join("ipam"));
+            network.write_default();
+            network
+        });
         let mut daemon = Daemon {
             socket: state_dir.join("ketch.sock"),
             log_path: dir.path().join("ketch.log"),
@@ -75,6 +90,7 @@ impl Daemon {
             options,
             child: None,
             host_mounts: host_mounts(),
+            network,
         };
         daemon.spawn().await;
         daemon
@@ -203,6 +219,11 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Replaces the environment given to the next start.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.options.env = env;
     }
 
     /// Starts ketch again on the same dirs (after `stop` or `kill9`).

@@ -4,6 +4,7 @@
 pub mod cri;
 pub mod daemon;
 pub mod images;
+pub mod net;
 pub mod registry;
 pub mod stream_client;
 

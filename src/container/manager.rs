@@ -131,6 +131,10 @@ pub struct ContainerRecord {
     pub cgroup_path: String,
     pub overlay: Overlay,
     pub stop_signal: String,
+    /// Set while StartContainer runs: found set at start, the start was
+    /// cut off by a crash.
+    #[serde(default)]
+    pub starting: bool,
 }
 
 impl Record for ContainerRecord {
@@ -286,6 +290,10 @@ impl ContainerManager {
                     self.store.persist(&record)?;
                 }
             }
+            if record.starting {
+                self.abandon_start(&mut record);
+                self.store.persist(&record)?;
+            }
             self.store.adopt(reservation, record)?;
         }
         // Bundles without a record: a create cut off by a crash.
@@ -301,10 +309,39 @@ impl ContainerManager {
         Ok(())
     }
 
+    /// A StartContainer cut off by a crash: whatever it started (the
+    /// monitor, found by its bundle argument, and everything in the
+    /// container's cgroup) is killed, and the container is EXITED with a
+    /// start error, as if the start had failed.
+    fn abandon_start(&self, record: &mut ContainerRecord) {
+        let bundle = self.bundle_dir(&record.id).display().to_string();
+        for pid in processes_mentioning(&bundle) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Some(cg) = self.open_cgroup(record) {
+            let _ = cg.kill_all();
+        }
+        tracing::warn!(container = %record.id, "a start was cut off by a restart; marking it failed");
+        record.starting = false;
+        record.state = State::Exited;
+        record.exit = Some(Exit::start_error(
+            "the start was interrupted by a ketch restart".into(),
+            now_nanos(),
+        ));
+    }
+
     /// Moves a RUNNING record to EXITED when its process is gone: the exit
     /// file's status, or (monitor and process both gone without one) an
     /// unknown exit.
     fn refresh(&self, record: &mut ContainerRecord) {
+        self.refresh_with(record, true)
+    }
+
+    /// As [`Self::refresh`]; without `probe_processes` only the exit file
+    /// is read (what ListContainers does for each of possibly many
+    /// containers: a monitor that died without an exit file is noticed by
+    /// the next ContainerStatus).
+    fn refresh_with(&self, record: &mut ContainerRecord, probe_processes: bool) {
         if record.state != State::Running {
             return;
         }
@@ -321,7 +358,7 @@ impl ContainerManager {
                 record.state = State::Exited;
             }
             Ok(None) => {
-                let Some(started) = &record.started else {
+                let Some(started) = record.started.as_ref().filter(|_| probe_processes) else {
                     return;
                 };
                 let alive = monitor::is_alive(started.monitor_pid, started.monitor_start_time)
@@ -403,7 +440,7 @@ impl ContainerManager {
             .map(|r| {
                 let mut record = (*r).clone();
                 let before = record.state;
-                self.refresh(&mut record);
+                self.refresh_with(&mut record, false);
                 if record.state != before {
                     self.persist_refresh(&record);
                 }
@@ -526,8 +563,10 @@ impl ContainerManager {
             cgroup_path,
             overlay: overlay.clone(),
             stop_signal: image.run_config.stop_signal.clone(),
+            starting: false,
             config,
         };
+        crate::sandbox::crash_point("create-container-before-record");
         if let Err(e) = self.store.insert(reservation, record) {
             self.remove_files(&id, &overlay.target);
             return Err(e.into());
@@ -566,10 +605,17 @@ impl ContainerManager {
             })?;
         let id = record.id.clone();
 
+        // Mark the start in the record first: a crash while the monitor
+        // starts leaves a trace the reconcile acts on.
+        let mut record = record;
+        record.starting = true;
+        guard.save(record.clone())?;
+        crate::sandbox::crash_point("start-container-before-monitor");
         let manager = self.clone();
         let r = record.clone();
         let result = blocking(move || manager.launch(&r)).await;
-        let mut record = record;
+        crate::sandbox::crash_point("start-container-after-monitor");
+        record.starting = false;
         match result {
             Ok(started) => {
                 for warning in &started.warnings {
@@ -890,6 +936,21 @@ fn parse_signal(name: &str) -> Option<Signal> {
         format!("SIG{upper}")
     };
     full.parse::<Signal>().ok()
+}
+
+/// Pids of processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
 }
 
 fn is_mountpoint(path: &Path) -> bool {

@@ -97,7 +97,10 @@ impl RuntimeService for CriService {
         request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
         let config = sandbox::pod_config(request.into_inner())?;
-        let pod = self.runtime.sandboxes().run(config).await?;
+        let pod = sandbox::detached(&self.runtime, "RunPodSandbox", |runtime| async move {
+            runtime.run_pod(config).await
+        })
+        .await?;
         Ok(Response::new(RunPodSandboxResponse {
             pod_sandbox_id: pod.id.clone(),
         }))
@@ -107,8 +110,11 @@ impl RuntimeService for CriService {
         &self,
         request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        let id = &request.get_ref().pod_sandbox_id;
-        self.runtime.sandboxes().stop(id).await?;
+        let id = request.into_inner().pod_sandbox_id;
+        sandbox::detached(&self.runtime, "StopPodSandbox", |runtime| async move {
+            runtime.sandboxes().stop(&id).await
+        })
+        .await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -116,8 +122,11 @@ impl RuntimeService for CriService {
         &self,
         request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        let id = &request.get_ref().pod_sandbox_id;
-        self.runtime.sandboxes().remove(id).await?;
+        let id = request.into_inner().pod_sandbox_id;
+        sandbox::detached(&self.runtime, "RemovePodSandbox", |runtime| async move {
+            runtime.sandboxes().remove(&id).await
+        })
+        .await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -256,9 +265,17 @@ impl RuntimeService for CriService {
 
     async fn update_runtime_config(
         &self,
-        _request: Request<UpdateRuntimeConfigRequest>,
+        request: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        not_implemented("UpdateRuntimeConfig")
+        // The pod CIDR is all the CRI carries here today.
+        let pod_cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        self.runtime.sandboxes().update_pod_cidr(&pod_cidr).await?;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
     async fn checkpoint_container(

@@ -1,13 +1,34 @@
 //! Pod sandbox messages: CRI proto ↔ the `sandbox` domain types.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use k8s_cri::v1 as cri;
+use tonic::Status;
 
+use crate::runtime::Runtime;
 use crate::sandbox::{
     DnsConfig, LinuxPodConfig, NamespaceMode, NamespaceOptions, PodConfig, PodFilter, PodMetadata,
     PodSandbox, PodSecurity, PodState, PortMapping, SandboxError, SeLinuxOptions, SecurityProfile,
 };
+
+/// Runs a pod operation as a task of its own, so it finishes even if the
+/// caller goes away (kubelet gives up on a slow CNI plugin and the RPC is
+/// dropped): a RunPodSandbox cut short would leave a half-made pod for the
+/// next start to clean, while a finished one is listed and kubelet adopts
+/// it, as CRI-O keeps a timed-out creation for the retry.
+pub async fn detached<T, E, F, Fut>(runtime: &Arc<Runtime>, rpc: &str, op: F) -> Result<T, Status>
+where
+    F: FnOnce(Arc<Runtime>) -> Fut,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Into<Status> + Send + 'static,
+{
+    tokio::spawn(op(runtime.clone()))
+        .await
+        .map_err(|e| Status::internal(format!("{rpc} task failed: {e}")))?
+        .map_err(Into::into)
+}
 
 /// The domain config of a RunPodSandbox request.
 pub fn pod_config(request: cri::RunPodSandboxRequest) -> Result<PodConfig, SandboxError> {
@@ -160,7 +181,13 @@ pub fn pod_status(
     verbose: bool,
 ) -> Result<cri::PodSandboxStatusResponse, SandboxError> {
     let ns = &pod.config.linux.namespaces;
-    let ips = pod.ips();
+    // A pod that is not ready has given its netns up: no IP to report
+    // (containerd reports none once the netns is closed, too).
+    let ips = if pod.is_ready() {
+        pod.ips()
+    } else {
+        Vec::new()
+    };
     let status = cri::PodSandboxStatus {
         id: pod.id.clone(),
         metadata: Some(metadata(pod)),

@@ -5,6 +5,8 @@ use tonic::{Code, Status};
 
 use crate::container::manager::ContainerError;
 use crate::image::ImageError;
+use crate::network::NetworkError;
+use crate::pod_pid::PodPidError;
 use crate::runtime::RuntimeError;
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
@@ -36,9 +38,11 @@ impl From<SandboxError> for Status {
             SandboxError::Store(e) => e.into(),
             SandboxError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             SandboxError::NotReady { .. } => Status::failed_precondition(e.to_string()),
+            SandboxError::Network { ref source, .. } | SandboxError::PodCidr(ref source) => {
+                Status::new(network_code(source), e.to_string())
+            }
             SandboxError::Os { .. }
             | SandboxError::Host(_)
-            | SandboxError::Network { .. }
             | SandboxError::Containers { .. }
             | SandboxError::Task { .. }
             | SandboxError::HooksAlreadySet => Status::internal(e.to_string()),
@@ -72,7 +76,10 @@ impl From<RuntimeError> for Status {
             RuntimeError::Image(e) => e.into(),
             RuntimeError::NoImage => Status::invalid_argument(e.to_string()),
             RuntimeError::ImageNotFound(_) => Status::not_found(e.to_string()),
-            RuntimeError::SelfExe(_) => Status::internal(e.to_string()),
+            RuntimeError::PodPid(PodPidError::Gone(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
+            RuntimeError::SelfExe(_) | RuntimeError::PodPid(_) => Status::internal(e.to_string()),
         }
     }
 }
@@ -138,6 +145,32 @@ impl From<ImageError> for Status {
             ImageError::Io { .. } | ImageError::Internal(_) => Code::Internal,
         };
         Status::new(code, message(&e))
+    }
+}
+
+/// The code of a network failure, as containerd gives them: bad input is
+/// `InvalidArgument`; a node not set up for pod networking (no config, a
+/// plugin binary missing or not executable) is `FailedPrecondition`; a
+/// plugin that fails, hangs or answers nonsense is `Unknown` (the message
+/// is the plugin's own); only ketch's own trouble is `Internal`.
+fn network_code(e: &NetworkError) -> Code {
+    if e.is_invalid_argument() {
+        return Code::InvalidArgument;
+    }
+    match e {
+        NetworkError::Config(_)
+        | NetworkError::PluginNotFound { .. }
+        | NetworkError::Spawn { .. } => Code::FailedPrecondition,
+        NetworkError::PluginFailed { .. }
+        | NetworkError::Timeout { .. }
+        | NetworkError::BadResult { .. }
+        | NetworkError::NoPodIp { .. } => Code::Unknown,
+        NetworkError::CleanupFailed { failure, .. } => network_code(failure),
+        NetworkError::Template { .. } => Code::FailedPrecondition,
+        NetworkError::InvalidArgument(_)
+        | NetworkError::InvalidBandwidth { .. }
+        | NetworkError::InvalidPodCidr { .. } => Code::InvalidArgument,
+        NetworkError::Io { .. } | NetworkError::Runtime(_) => Code::Internal,
     }
 }
 
@@ -210,5 +243,53 @@ mod tests {
         ));
         assert_eq!(s.code(), Code::Internal);
         assert!(s.message().contains("/x"), "{}", s.message());
+    }
+
+    #[test]
+    fn network_codes() {
+        let setup = |source| -> Status {
+            SandboxError::Network {
+                id: "abc".into(),
+                op: "setup",
+                source,
+            }
+            .into()
+        };
+        let plugin = || NetworkError::PluginFailed {
+            plugin: "bridge".into(),
+            command: crate::network::CniCommand::Add,
+            code: Some(11),
+            message: "failed to allocate: no IP addresses available".into(),
+        };
+        let failed = setup(plugin());
+        assert_eq!(failed.code(), Code::Unknown);
+        assert!(
+            failed.message().contains("abc")
+                && failed.message().contains("no IP addresses available"),
+            "{}",
+            failed.message()
+        );
+        let cleanup = setup(NetworkError::CleanupFailed {
+            failure: Box::new(plugin()),
+            cleanup: Box::new(NetworkError::Runtime("x".into())),
+        });
+        assert_eq!(cleanup.code(), Code::Unknown);
+        let no_config = setup(NetworkError::Config(crate::network::ConfError::NoConfig {
+            dirs: "/etc/cni/net.d".into(),
+        }));
+        assert_eq!(no_config.code(), Code::FailedPrecondition);
+        assert!(no_config.message().contains("/etc/cni/net.d"));
+        let timeout = setup(NetworkError::Timeout {
+            plugin: "slow".into(),
+            command: crate::network::CniCommand::Add,
+            timeout: std::time::Duration::from_secs(2),
+        });
+        assert_eq!(timeout.code(), Code::Unknown);
+        let cidr: Status = SandboxError::PodCidr(NetworkError::InvalidPodCidr {
+            value: "x".into(),
+            reason: "bad".into(),
+        })
+        .into();
+        assert_eq!(cidr.code(), Code::InvalidArgument);
     }
 }

@@ -107,7 +107,7 @@ pub fn apply_layer(
         digest: name.clone(),
         source: super::error::UnpackError::Read(e),
     };
-    let (stats, diff_id) = {
+    let unpacked: Result<(UnpackStats, Digest), ImageError> = (|| {
         let mut head = Vec::with_capacity(4);
         (&mut tee)
             .take(4)
@@ -128,10 +128,29 @@ pub fn apply_layer(
         })?;
         // Whatever follows the tar's end marker counts for the diff ID.
         let (diff_id, _) = diff.finish().map_err(read_err)?;
-        (stats, diff_id)
+        Ok((stats, diff_id))
+    })();
+    // Whatever follows the compressed stream counts for the blob digest.
+    // After a failure too: content that is not what its digest promised
+    // explains any error unpacking it.
+    let drained = io::copy(&mut tee, &mut io::sink());
+    let (stats, diff_id) = match (unpacked, drained) {
+        (Ok(done), Ok(_)) => done,
+        (Ok(_), Err(e)) => return Err(read_err(e)),
+        (Err(e), _) => {
+            if let Some((digest, size)) = &spec.blob
+                && (tee.hasher.len() != *size
+                    || &std::mem::take(&mut tee.hasher).finish() != digest)
+            {
+                return Err(ImageError::Verification {
+                    what: "layer",
+                    digest: digest.to_string(),
+                    reason: format!("content does not match the digest ({e})"),
+                });
+            }
+            return Err(e);
+        }
     };
-    // And whatever follows the compressed stream counts for the blob digest.
-    io::copy(&mut tee, &mut io::sink()).map_err(read_err)?;
     let Tee { hasher, blob, .. } = tee;
     if let Some((digest, size)) = &spec.blob {
         if hasher.len() != *size {

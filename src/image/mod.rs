@@ -187,6 +187,9 @@ impl ImageStore {
         let Some(image) = self.find(key)? else {
             return Ok(None);
         };
+        // The record rewrite makes a temp file, which a collection running
+        // meanwhile would take for a crash's leftover.
+        let writer = self.inner.writer_guard().await?;
         let inner = self.inner.clone();
         let id = image.id.clone();
         let removed = blocking(move || {
@@ -196,6 +199,7 @@ impl ImageStore {
             })
         })
         .await??;
+        drop(writer);
         if removed.is_some() {
             self.inner.request_gc();
         }

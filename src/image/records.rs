@@ -314,7 +314,7 @@ pub fn merge(images: &mut Vec<Image>, new: Image) -> Image {
     for other in images.iter_mut().filter(|i| i.id != new.id) {
         other.repo_tags.retain(|t| !new.repo_tags.contains(t));
     }
-    let merged = match images.iter_mut().find(|i| i.id == new.id) {
+    match images.iter_mut().find(|i| i.id == new.id) {
         Some(existing) => {
             for tag in new.repo_tags {
                 if !existing.repo_tags.contains(&tag) {
@@ -337,8 +337,7 @@ pub fn merge(images: &mut Vec<Image>, new: Image) -> Image {
             images.push(new.clone());
             new
         }
-    };
-    merged
+    }
 }
 
 #[cfg(test)]

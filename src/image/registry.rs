@@ -170,6 +170,9 @@ pub fn is_loopback(host: &str) -> bool {
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// (host, repository, identity) an `Authorization` value is good for.
+type TokenKey = (String, String, String);
+
 /// The shared client: HTTP clients per TLS setting, learned schemes, and
 /// bearer tokens, reused across pulls.
 pub struct RegistryClient {
@@ -178,7 +181,7 @@ pub struct RegistryClient {
     /// The scheme that worked for hosts that may use either.
     schemes: Mutex<HashMap<String, Scheme>>,
     /// `Authorization` values by (host, repository, identity).
-    tokens: Mutex<HashMap<(String, String, String), (HeaderValue, Option<Instant>)>>,
+    tokens: Mutex<HashMap<TokenKey, (HeaderValue, Option<Instant>)>>,
 }
 
 impl RegistryClient {
@@ -433,7 +436,16 @@ impl Session {
                 }
                 // Only a failure to talk TLS at all falls back to HTTP.
                 Err(e @ ImageError::Network { .. }) if first_err.is_none() => first_err = Some(e),
-                Err(e) => return Err(first_err.unwrap_or(e)),
+                Err(e) => {
+                    // A TLS-only server answers plain HTTP with 400 (or not
+                    // at all): then the TLS error is the one that explains.
+                    let tls_server = matches!(&e, ImageError::Network { .. })
+                        || matches!(&e, ImageError::Registry { message, .. } if message.contains("400 Bad Request"));
+                    return Err(match first_err {
+                        Some(tls) if tls_server => tls,
+                        _ => e,
+                    });
+                }
             }
         }
         Err(first_err.unwrap_or_else(|| ImageError::Internal("no scheme to try".into())))
@@ -449,9 +461,7 @@ impl Session {
     ) -> Result<reqwest::Response, ImageError> {
         let http = self.client.http_client(&ep.tls, &ep.host)?;
         let auth = self.auth.as_ref().filter(|a| a.applies_to(&ep.host));
-        let identity = auth
-            .map(|a| format!("{:?}", a.credentials))
-            .unwrap_or_default();
+        let identity = auth.map(|a| identity(&a.credentials)).unwrap_or_default();
         let cache_key = (ep.host.clone(), self.repository.clone(), identity);
         let mut header = self.cached_header(&cache_key);
         if header.is_none()
@@ -499,7 +509,7 @@ impl Session {
         check_status(resp, &ep.host, &self.repository, what).await
     }
 
-    fn cached_header(&self, key: &(String, String, String)) -> Option<HeaderValue> {
+    fn cached_header(&self, key: &TokenKey) -> Option<HeaderValue> {
         let mut tokens = self.client.tokens.lock().ok()?;
         match tokens.get(key) {
             Some((_, Some(expiry))) if *expiry <= Instant::now() => {
@@ -638,6 +648,18 @@ impl Session {
         let expiry = started + ttl.saturating_sub(Duration::from_secs(5).min(ttl / 2));
         Ok((header_value(&format!("Bearer {token}"))?, Some(expiry)))
     }
+}
+
+/// A cache key for credentials: a hash of all of them, secrets included,
+/// so a token got with one password is never reused for another.
+fn identity(credentials: &Credentials) -> String {
+    let text = match credentials {
+        Credentials::Anonymous => String::new(),
+        Credentials::Basic { username, password } => format!("basic\0{username}\0{password}"),
+        Credentials::IdentityToken { username, token } => format!("identity\0{username}\0{token}"),
+        Credentials::RegistryToken(token) => format!("registry\0{token}"),
+    };
+    super::digest::Digest::of(text.as_bytes()).to_string()
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, ImageError> {
@@ -904,6 +926,20 @@ mod tests {
         assert!(!auth.applies_to("127.0.0.1:5001"));
         assert!(!format!("{auth:?}").contains('p') || !format!("{auth:?}").contains("\"p\""));
         assert!(format!("{:?}", auth.credentials).contains("***"));
+    }
+
+    #[test]
+    fn token_cache_keys_tell_secrets_apart() {
+        let a = identity(&Credentials::Basic {
+            username: "u".into(),
+            password: "right".into(),
+        });
+        let b = identity(&Credentials::Basic {
+            username: "u".into(),
+            password: "wrong".into(),
+        });
+        assert_ne!(a, b);
+        assert!(!a.contains("right"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub struct NetworkStatus {
 /// The record of one ADD that DEL and CHECK need, like libcni's cache
 /// file: the network config as it was used, the runtime config offered to
 /// the plugins and the final result JSON, verbatim.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedResult {
     /// The record's format; 1.

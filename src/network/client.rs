@@ -227,7 +227,7 @@ impl Cni {
                 return Err(with_cleanup(e, cleanup));
             }
         };
-        tracing::info!(id = %pod.id, network = %conf.name, ?ips, "pod network set up");
+        tracing::debug!(id = %pod.id, network = %conf.name, ?ips, "pod network set up");
         Ok(NetworkStatus {
             ips,
             result,
@@ -300,7 +300,7 @@ impl Cni {
         };
         let lo_result = self.del_chain(&lo, lo.plugins.len(), None).await;
         main_result.and(lo_result)?;
-        tracing::info!(id = %pod.id, "pod network torn down");
+        tracing::debug!(id = %pod.id, "pod network torn down");
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! is one cached lookup.
 //!
 //! Points: `run-pod-after-record`, `run-pod-after-namespaces`,
+//! `run-pod-after-cni-add` (CNI ADD done, its result not yet persisted),
 //! `run-pod-after-network`, `run-pod-before-ready`.
 
 use std::sync::OnceLock;

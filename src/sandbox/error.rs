@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
+use crate::network::NetworkError;
 use crate::store::StoreError;
 
-/// The error type the container and network hooks return.
+/// The error type the container hooks return.
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A failed system operation on a path: the building block of the
@@ -59,13 +60,17 @@ pub enum SandboxError {
         #[source]
         source: OsError,
     },
+    /// CNI failed for the pod; `source` carries the plugin's own message.
     #[error("pod sandbox {id}: network {op} failed: {source}")]
     Network {
         id: String,
         op: &'static str,
         #[source]
-        source: HookError,
+        source: NetworkError,
     },
+    /// `UpdateRuntimeConfig`'s pod CIDR could not be applied.
+    #[error("cannot apply the node's pod CIDR: {0}")]
+    PodCidr(#[source] NetworkError),
     #[error("pod sandbox {id}: cannot {op} its containers: {source}")]
     Containers {
         id: String,

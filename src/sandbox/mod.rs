@@ -23,9 +23,15 @@
 //! status and logs of a stopped pod remain readable. Both are idempotent
 //! and accept unknown IDs.
 //!
+//! ## Network
+//! A pod with its own network namespace is attached to the node's CNI
+//! network ([`SandboxManager::with_network`]) in [`network::setup`] and
+//! detached in [`network::teardown`]; see [`network`] for the contract.
+//! A pod without its own netns (host network) never meets CNI. Without a
+//! [`Cni`] (the module's own tests), pods get loopback only.
+//!
 //! ## Hooks
-//! Containers plug in through [`hooks::PodContainers`]; the network
-//! through [`network::setup`]/[`network::teardown`]. A pod asking for a
+//! Containers plug in through [`hooks::PodContainers`]. A pod asking for a
 //! shared PID namespace (`NamespaceMode::Pod`) has the mode recorded
 //! ([`PodSandbox::pid_mode`]); the process holding that namespace is
 //! started at the `HOOK(pod PID namespace)` mark in [`run`] and stopped at
@@ -51,6 +57,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 pub use crash::CRASH_POINT_ENV;
+pub(crate) use crash::crash_point;
 pub use error::{HookError, OsError, SandboxError};
 pub use files::HostFiles;
 pub use hooks::PodContainers;
@@ -61,6 +68,7 @@ pub use record::{
 };
 pub use recover::Recovery;
 
+use crate::network::{Cni, NetworkError};
 use crate::store::{Guard, Store};
 
 /// What the records of pods are called in messages.
@@ -73,6 +81,8 @@ pub struct SandboxManager {
     pods_dir: PathBuf,
     host_files: HostFiles,
     containers: OnceLock<Arc<dyn PodContainers>>,
+    /// The node's pod network; `None`: loopback only.
+    network: Option<Cni>,
 }
 
 impl SandboxManager {
@@ -94,7 +104,56 @@ impl SandboxManager {
             pods_dir,
             host_files: HostFiles::default(),
             containers: OnceLock::new(),
+            network: None,
         })
+    }
+
+    /// Attaches pods with their own network namespace to the CNI network
+    /// `cni` finds (read on every call, so a config added later is used
+    /// without a restart).
+    pub fn with_network(mut self, cni: Cni) -> Self {
+        self.network = Some(cni);
+        self
+    }
+
+    /// The CNI client pods are attached with, if any.
+    pub fn network(&self) -> Option<&Cni> {
+        self.network.as_ref()
+    }
+
+    /// Applies the node's pod CIDRs from `UpdateRuntimeConfig`
+    /// (`"10.244.1.0/24,fd00:1::/64"`): recorded by the CNI client, and
+    /// `cni.conf_template` rendered with them while no network config
+    /// exists (see [`Cni::update_pod_cidr`]). An empty value changes
+    /// nothing, as with containerd. Returns the config file written.
+    pub async fn update_pod_cidr(&self, pod_cidr: &str) -> Result<Option<PathBuf>, SandboxError> {
+        let Some(cni) = self.network.clone() else {
+            return Ok(None);
+        };
+        if pod_cidr.trim().is_empty() {
+            return Ok(None);
+        }
+        let pod_cidr = pod_cidr.to_owned();
+        let written = tokio::task::spawn_blocking(move || cni.update_pod_cidr(&pod_cidr))
+            .await
+            .unwrap_or_else(|e| Err(NetworkError::Runtime(format!("pod CIDR update task: {e}"))))
+            .map_err(SandboxError::PodCidr)?;
+        let cidrs = self
+            .network
+            .as_ref()
+            .map(Cni::pod_cidrs)
+            .unwrap_or_default();
+        tracing::info!(?cidrs, written = ?written, "node pod CIDR updated");
+        Ok(written)
+    }
+
+    /// Tears the network of `pod` down if it has one of its own and a
+    /// network is configured.
+    async fn teardown_network(&self, pod: &PodSandbox) -> Result<(), SandboxError> {
+        match &self.network {
+            Some(cni) if pod.namespaces.net.is_some() => network::teardown(pod, cni).await,
+            _ => Ok(()),
+        }
     }
 
     /// Uses other node files than /etc/hosts and /etc/resolv.conf.

@@ -5,7 +5,9 @@
 //!   it is released. Its network status stays, so StopPodSandbox still
 //!   runs the teardown with the cached result.
 //! - A `creating` record is a RunPodSandbox a crash interrupted: its
-//!   network is torn down, its mounts and directory removed, its record
+//!   network is torn down (CNI DEL, with the ADD's result when it was
+//!   persisted, else with the current config) while its netns is still
+//!   pinned, then its mounts and directory are removed and its record
 //!   deleted (so its name is free).
 //! - A pod directory with no record at all is removed the same way.
 //! - A record that cannot be read is logged and skipped; its directory is
@@ -53,7 +55,7 @@ impl SandboxManager {
             match pod.state {
                 PodState::Creating => {
                     tracing::warn!(pod = %pod.id, name = %pod.name, "cleaning a pod whose creation was interrupted");
-                    self.undo(&pod).await;
+                    self.undo(&pod, true).await;
                     report.cleaned += 1;
                 }
                 PodState::Ready | PodState::NotReady => self.readopt(pod, &mut report).await,

@@ -54,18 +54,20 @@ impl SandboxManager {
         self.store.persist(&pod)?;
         crash_point("run-pod-after-record");
 
-        if let Err(e) = self.make(&mut pod, pin_request).await {
-            self.undo(&pod).await;
+        // Whether undoing needs a network teardown; see `make`.
+        let mut network_owed = false;
+        if let Err(e) = self.make(&mut pod, pin_request, &mut network_owed).await {
+            self.undo(&pod, network_owed).await;
             return Err(e);
         }
         pod.state = PodState::Ready;
         match self.store.insert(reservation, pod.clone()) {
             Ok(pod) => {
-                tracing::info!(pod = %pod.id, name = %pod.name, "pod sandbox ready");
+                tracing::info!(pod = %pod.id, name = %pod.name, ip = ?pod.ips(), "pod sandbox ready");
                 Ok(pod)
             }
             Err(e) => {
-                self.undo(&pod).await;
+                self.undo(&pod, network_owed).await;
                 Err(e.into())
             }
         }
@@ -73,7 +75,14 @@ impl SandboxManager {
 
     /// Everything RunPodSandbox makes, in order. Records in `pod` what it
     /// made, so [`SandboxManager::undo`] knows what to take down.
-    async fn make(&self, pod: &mut PodSandbox, pins: PinRequest) -> Result<(), SandboxError> {
+    /// `network_owed` is set while a network teardown would be needed to
+    /// undo it.
+    async fn make(
+        &self,
+        pod: &mut PodSandbox,
+        pins: PinRequest,
+        network_owed: &mut bool,
+    ) -> Result<(), SandboxError> {
         let dir = pod.dir.clone();
         let own_shm = pod.owns_shm();
         let shm = pod.shm.clone();
@@ -99,8 +108,23 @@ impl SandboxManager {
         }
 
         // THE place the pod's network is set up (CNI ADD).
-        if pod.namespaces.net.is_some() {
-            pod.network = Some(network::setup(pod).await?);
+        if pod.namespaces.net.is_some()
+            && let Some(cni) = &self.network
+        {
+            *network_owed = true;
+            match network::setup(pod, cni).await {
+                Ok(status) => pod.network = Some(status),
+                Err(e) => {
+                    // A failed setup has deleted what it added, unless
+                    // that failed too.
+                    *network_owed = network::left_behind(&e);
+                    return Err(e);
+                }
+            }
+            crash_point("run-pod-after-cni-add");
+            // The result of the ADD, on disk before anything else: a crash
+            // from here on is torn down with it (before, with the config).
+            self.store.persist(pod)?;
         }
         crash_point("run-pod-after-network");
 
@@ -118,10 +142,13 @@ impl SandboxManager {
     /// network, mounts, directory, record. Failures are logged, not
     /// returned: the caller already has the error that matters, and the
     /// `creating` record stays for the next start to clean if this fails.
-    pub(super) async fn undo(&self, pod: &PodSandbox) {
-        if pod.namespaces.net.is_some()
-            && let Err(e) = network::teardown(pod).await
-        {
+    ///
+    /// The network is torn down first, while the netns is still pinned,
+    /// when `network_owed` (always for a record found at start: its setup
+    /// may have been cut short); with the persisted ADD result if there is
+    /// one, else with the current config.
+    pub(super) async fn undo(&self, pod: &PodSandbox, network_owed: bool) {
+        if network_owed && let Err(e) = self.teardown_network(pod).await {
             tracing::warn!(pod = %pod.id, error = %e, "network teardown of a half-made pod failed");
         }
         let dir = pod.dir.clone();
@@ -175,6 +202,9 @@ fn validate(config: &PodConfig) -> Result<(), SandboxError> {
     }
     if let Some(dns) = &config.dns {
         files::validate_dns(dns)?;
+    }
+    if !config.host_network() {
+        network::validate(config)?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use super::error::SandboxError;
 use super::record::{PodSandbox, PodState};
-use super::{SandboxManager, blocking, network, release_kernel_resources};
+use super::{SandboxManager, blocking, release_kernel_resources};
 use crate::store::Guard;
 
 impl SandboxManager {
@@ -46,7 +46,7 @@ impl SandboxManager {
         // THE place the pod's network is torn down (CNI DEL), as long as
         // the record says it is up.
         let teardown = match &pod.network {
-            Some(_) => network::teardown(&pod).await,
+            Some(_) => self.teardown_network(&pod).await,
             None => Ok(()),
         };
         // Always release the namespaces, even when the teardown failed: a

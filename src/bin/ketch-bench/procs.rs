@@ -119,7 +119,13 @@ mod tests {
             .arg(&marker)
             .spawn()
             .unwrap();
-        let found = matching(&["/bin/".to_owned(), marker.clone()]);
+        // The child's command line is ours until it has exec'd: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = matching(&["/bin/".to_owned(), marker.clone()]);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found = matching(&["/bin/".to_owned(), marker.clone()]);
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found, vec![child.id()]);
