@@ -8,6 +8,9 @@
 //!   the second, and writes it as JSON.
 //! - `push-images`: builds the benchmark's images and pushes them to a
 //!   loopback registry.
+//! - `up`: starts pods with one container each and leaves them running,
+//!   to profile a runtime by hand (`perf`, `strace`, `/proc/<pid>/smaps`);
+//!   `sweep` removes them.
 //! - `sweep`: removes whatever pods and containers a run left behind.
 //! - `free-port`: prints a free loopback TCP port.
 //!
@@ -50,6 +53,8 @@ enum Command {
     Report(ReportArgs),
     /// Build the benchmark images and push them to a registry.
     PushImages(PushArgs),
+    /// Start pods with one container each and leave them running.
+    Up(UpArgs),
     /// Remove every pod and container made by a benchmark run.
     Sweep(SweepArgs),
     /// Print a free TCP port on 127.0.0.1.
@@ -149,6 +154,25 @@ struct PushArgs {
 }
 
 #[derive(Debug, Args)]
+struct UpArgs {
+    /// CRI socket (path or unix:// URL).
+    #[arg(long)]
+    endpoint: String,
+    /// Image of the containers (present or pullable).
+    #[arg(long)]
+    image: String,
+    /// Pods to start, one after the other.
+    #[arg(long, default_value_t = 1)]
+    pods: usize,
+    /// Cgroup parent of the pods.
+    #[arg(long, default_value = "/ketch-bench")]
+    cgroup_parent: String,
+    /// Directory for the pods' log directories.
+    #[arg(long, default_value = "/var/tmp")]
+    work_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
 struct SweepArgs {
     #[arg(long)]
     endpoint: String,
@@ -169,6 +193,8 @@ enum Error {
     Image(#[from] images::ImageError),
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
+    #[error("up failed: {0}")]
+    Up(client::OpError),
     #[error("sweep failed: {0}")]
     Sweep(client::OpError),
     #[error("cannot create {path}: {source}")]
@@ -205,6 +231,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run(*args).await,
             Command::Report(args) => report_cmd(args),
             Command::PushImages(args) => push_images(args).await,
+            Command::Up(args) => up(args).await,
             Command::Sweep(args) => sweep(args).await,
             Command::FreePort => free_port(),
         }
@@ -365,6 +392,38 @@ async fn push_images(args: PushArgs) -> Result<(), Error> {
             source,
         })?,
         None => print!("{env}"),
+    }
+    Ok(())
+}
+
+async fn up(args: UpArgs) -> Result<(), Error> {
+    let cri = Cri::connect(&socket_path(&args.endpoint)).await?;
+    objects::ensure_image(&cri, &args.image)
+        .await
+        .map_err(Error::Up)?;
+    let run_id = format!("{:08x}", fastrand::u32(..));
+    let log_dir = args.work_dir.join(format!("ketch-bench-up-{run_id}"));
+    std::fs::create_dir_all(&log_dir).map_err(|source| Error::Dir {
+        path: log_dir.clone(),
+        source,
+    })?;
+    let specs = objects::Specs {
+        image: args.image,
+        log_dir,
+        cgroup_parent: args.cgroup_parent,
+        run_id,
+    };
+    for i in 0..args.pods {
+        let (made, result) = objects::start_pod(&cri, &specs, specs.pod(&format!("up{i}"))).await;
+        if let Err(e) = result {
+            objects::teardown(&cri, made).await;
+            return Err(Error::Up(e));
+        }
+        println!(
+            "{} {}",
+            made.pod.unwrap_or_default(),
+            made.containers.join(" ")
+        );
     }
     Ok(())
 }
