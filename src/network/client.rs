@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::exec::{Invocation, find_plugin, invoke};
 use super::pod::{plugin_stdin, version_at_least};
@@ -15,11 +15,6 @@ use super::{
     PodNetwork, find_network,
 };
 use crate::config::CniConfig;
-
-/// The network that brings `lo` up, as containerd defines it.
-const LOOPBACK_NETWORK: &str = "cni-loopback";
-const LOOPBACK_VERSION: &str = "0.3.1";
-const LOOPBACK_PLUGIN: &str = "loopback";
 
 /// The CNI client.
 #[derive(Debug, Clone)]
@@ -54,10 +49,6 @@ struct AddFailure {
 
 fn plugin_type(plugin: &Value) -> &str {
     plugin.get("type").and_then(Value::as_str).unwrap_or("")
-}
-
-fn loopback_plugins() -> Vec<Value> {
-    vec![json!({ "type": LOOPBACK_PLUGIN })]
 }
 
 /// Adds to `failure` the error of undoing it, if any.
@@ -158,43 +149,28 @@ impl Cni {
         }
         let conf = self.network()?;
         // Every binary first: a missing one fails before anything is made.
-        for ty in std::iter::once(LOOPBACK_PLUGIN).chain(conf.plugins.iter().map(plugin_type)) {
+        for ty in conf.plugins.iter().map(plugin_type) {
             find_plugin(ty, &self.bin_dirs)?;
         }
         let cni_args = pod.cni_args();
         let capability_args = pod.capability_args();
-        let no_args = Map::new();
-        let lo_plugins = loopback_plugins();
-        let lo = Attachment {
-            name: LOOPBACK_NETWORK,
-            cni_version: LOOPBACK_VERSION,
-            plugins: &lo_plugins,
-            ifname: "lo",
-            netns: pod.netns.as_os_str(),
-            container_id: &pod.id,
-            cni_args: &cni_args,
-            capability_args: &no_args,
-        };
+        // `lo` is up already: the sandbox brings it up when it makes the
+        // namespace, which spares the exec of the loopback plugin that
+        // containerd and CRI-O run as a network of its own.
         let main = Attachment {
             name: &conf.name,
             cni_version: &conf.cni_version,
             plugins: &conf.plugins,
             ifname: &pod.ifname,
-            ..lo
-        };
-        let main = Attachment {
+            netns: pod.netns.as_os_str(),
+            container_id: &pod.id,
+            cni_args: &cni_args,
             capability_args: &capability_args,
-            ..main
         };
-
-        if let Err(f) = self.add_chain(&lo).await {
-            let cleanup = self.del_chain(&lo, f.reached, f.prev.as_ref()).await;
-            return Err(with_cleanup(f.error, cleanup));
-        }
         let raw = match self.add_chain(&main).await {
             Ok(raw) => raw,
             Err(f) => {
-                let cleanup = self.undo(&main, f.reached, f.prev.as_ref(), &lo).await;
+                let cleanup = self.del_chain(&main, f.reached, f.prev.as_ref()).await;
                 return Err(with_cleanup(f.error, cleanup));
             }
         };
@@ -223,7 +199,7 @@ impl Cni {
         let (result, ips) = match checked {
             Ok(ok) => ok,
             Err(e) => {
-                let cleanup = self.undo(&main, main.plugins.len(), Some(&raw), &lo).await;
+                let cleanup = self.del_chain(&main, main.plugins.len(), Some(&raw)).await;
                 return Err(with_cleanup(e, cleanup));
             }
         };
@@ -253,53 +229,37 @@ impl Cni {
         pod.validate()?;
         let netns = netns_for_del(&pod.netns);
         let cni_args = pod.cni_args();
-        let no_args = Map::new();
-        let lo_plugins = loopback_plugins();
-        let lo = Attachment {
-            name: LOOPBACK_NETWORK,
-            cni_version: LOOPBACK_VERSION,
-            plugins: &lo_plugins,
-            ifname: "lo",
-            netns: &netns,
-            container_id: &pod.id,
-            cni_args: &cni_args,
-            capability_args: &no_args,
-        };
-
-        let current;
-        let current_args;
-        let main_result = match cached {
+        match cached {
             Some(c) => {
                 let main = Attachment {
                     name: &c.network_name,
                     cni_version: &c.cni_version,
                     plugins: &c.plugins,
                     ifname: &c.ifname,
+                    netns: &netns,
+                    container_id: &pod.id,
+                    cni_args: &cni_args,
                     capability_args: &c.runtime_config,
-                    ..lo
                 };
                 self.del_chain(&main, main.plugins.len(), Some(&c.result))
-                    .await
+                    .await?;
             }
-            None => match self.network() {
-                Ok(conf) => {
-                    current = conf;
-                    current_args = pod.capability_args();
-                    let main = Attachment {
-                        name: &current.name,
-                        cni_version: &current.cni_version,
-                        plugins: &current.plugins,
-                        ifname: &pod.ifname,
-                        capability_args: &current_args,
-                        ..lo
-                    };
-                    self.del_chain(&main, main.plugins.len(), None).await
-                }
-                Err(e) => Err(e.into()),
-            },
-        };
-        let lo_result = self.del_chain(&lo, lo.plugins.len(), None).await;
-        main_result.and(lo_result)?;
+            None => {
+                let conf = self.network()?;
+                let capability_args = pod.capability_args();
+                let main = Attachment {
+                    name: &conf.name,
+                    cni_version: &conf.cni_version,
+                    plugins: &conf.plugins,
+                    ifname: &pod.ifname,
+                    netns: &netns,
+                    container_id: &pod.id,
+                    cni_args: &cni_args,
+                    capability_args: &capability_args,
+                };
+                self.del_chain(&main, main.plugins.len(), None).await?;
+            }
+        }
         tracing::debug!(id = %pod.id, "pod network torn down");
         Ok(())
     }
@@ -400,19 +360,5 @@ impl Cni {
             }
         }
         first_error.map_or(Ok(()), Err)
-    }
-
-    /// Undoes a partial setup: the pod network's first `count` plugins,
-    /// then loopback.
-    async fn undo(
-        &self,
-        main: &Attachment<'_>,
-        count: usize,
-        prev: Option<&Value>,
-        lo: &Attachment<'_>,
-    ) -> Result<(), NetworkError> {
-        let main_result = self.del_chain(main, count, prev).await;
-        let lo_result = self.del_chain(lo, lo.plugins.len(), None).await;
-        main_result.and(lo_result)
     }
 }

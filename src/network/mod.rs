@@ -7,16 +7,15 @@
 //! clones share state). Per pod:
 //!
 //! - [`Cni::setup`]`(&PodNetwork) -> Result<NetworkStatus, NetworkError>`:
-//!   brings `lo` up (the `loopback` plugin, as its own network, like
-//!   containerd), then runs ADD of every plugin of the current network in
-//!   order. On success the [`NetworkStatus`] has the pod IPs (IPv4 first;
+//!   runs ADD of every plugin of the current network in order (`lo` is
+//!   up already, see below). On success the [`NetworkStatus`] has the pod IPs (IPv4 first;
 //!   the first is the primary IP of `PodSandboxStatus`), the typed result
 //!   and the [`CachedResult`] to persist. On failure everything it had
 //!   added has been deleted again (DEL in reverse, so an allocated IP is
 //!   released) and the error carries the plugin's own message; only
 //!   [`NetworkError::CleanupFailed`] means something may be left.
 //! - [`Cni::teardown`]`(&PodNetwork, Option<&CachedResult>)`: DEL of every
-//!   plugin in reverse order, then `lo`. Idempotent, and it works when the
+//!   plugin in reverse order. Idempotent, and it works when the
 //!   netns is gone (the path is passed anyway; plugins then only release
 //!   what lives outside it, the IP and iptables rules). With the cached
 //!   result it uses the network config, runtime config and result of the
@@ -73,10 +72,12 @@
 //!
 //! # Loopback
 //!
-//! `lo` is brought up by the `loopback` plugin (CNI version 0.3.1, interface
-//! `lo`) before the pod network, rather than by netlink here: the plugin is
-//! part of every CNI installation, and it keeps all namespace manipulation
-//! inside plugins, so ketch never has to enter a namespace itself.
+//! `lo` is brought up by the sandbox, with one ioctl in the thread that
+//! makes the network namespace (`sandbox::namespaces`), not by the
+//! `loopback` plugin that containerd and CRI-O run as a network of its
+//! own: that plugin is a Go binary whose exec cost a fifth of
+//! RunPodSandbox. A network config may still list `loopback`; it is then
+//! run like any other plugin.
 
 mod cache;
 mod client;
