@@ -154,6 +154,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     crate::logging::init(&config.log_level, config.log_format);
+    crate::memory::limit_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -81,6 +81,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
+    crate::memory::spawn_trimmer();
     let signal = shutdown_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

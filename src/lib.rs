@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod executor;
 pub mod image;
 pub mod logging;
+pub mod memory;
 pub mod monitor;
 pub mod network;
 pub mod pod_pid;
