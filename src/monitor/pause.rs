@@ -12,7 +12,7 @@
 //! handles it or has it blocked (the kernel drops default-action signals to
 //! a namespace init): it blocks every signal and takes them with sigwait.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -25,10 +25,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 
 use super::{MonitorError, SELF_EXE};
-use crate::executor::exec::pass_fds;
 use crate::executor::sys;
-
-const RESULT_FD: i32 = 3;
 
 /// The pod's pinned namespaces to join; `None` keeps the host's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,19 +70,18 @@ pub fn spawn(exe: Option<&Path>, ns: &PodNamespaces) -> Result<Spawned, MonitorE
     cmd.arg("pause")
         .arg("--spawn")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::from(w))
         .stderr(Stdio::null());
     for (flag, path) in [("--net", &ns.net), ("--ipc", &ns.ipc), ("--uts", &ns.uts)] {
         if let Some(path) = path {
             cmd.arg(flag).arg(path);
         }
     }
-    pass_fds(&mut cmd, [(w.as_raw_fd(), RESULT_FD)]);
     let mut child = cmd.spawn().map_err(|source| MonitorError::Spawn {
         exe: exe.clone(),
         source,
     })?;
-    drop(w);
+    // Closes our copy of the pipe's write end (see `take_report_pipe`).
     drop(cmd);
     let _ = child.wait();
     let line = super::read_report(&r, Duration::from_secs(10))?;
@@ -107,9 +103,10 @@ pub fn main(args: &PauseArgs) -> ExitCode {
     if !args.spawn {
         run_pause();
     }
-    // SAFETY: `spawn` placed the report pipe at this number for us.
-    let report = unsafe { OwnedFd::from_raw_fd(RESULT_FD) };
-    let _ = sys::set_cloexec(RESULT_FD, true);
+    let report = match super::take_report_pipe() {
+        Ok(report) => report,
+        Err(_) => return ExitCode::FAILURE,
+    };
     match spawn_here(args, &report) {
         Ok(pid) => {
             sys::write_all(report.as_fd(), format!("ok {pid}\n").as_bytes());

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 
 use super::log::{CriLog, Stream};
 use super::proto;
-use super::{ExitStatus, MonitorArgs, RESULT_FD, StartReport, write_atomic};
+use super::{ExitStatus, MonitorArgs, StartReport, take_report_pipe, write_atomic};
 use crate::executor::{self, Executor, StartRequest, sys};
 
 /// A client whose unsent output grows past this is too slow and is
@@ -34,10 +34,11 @@ const READ_CHUNK: usize = 32 * 1024;
 
 /// `ketch monitor`: detaches, then runs the container to its end.
 pub fn main(args: &MonitorArgs) -> ExitCode {
-    // SAFETY: `start` placed the report pipe at this number for us; nothing
-    // else in this fresh process owns it.
-    let report = unsafe { OwnedFd::from_raw_fd(RESULT_FD) };
-    let _ = sys::set_cloexec(RESULT_FD, true);
+    let report = match take_report_pipe() {
+        Ok(report) => report,
+        // Nobody to tell: the daemon sees the pipe close without a report.
+        Err(_) => return ExitCode::FAILURE,
+    };
     // Own session, then fork: the daemon's child exits at once, and the
     // monitor, nobody's child now, outlives the daemon.
     if let Err(e) = setsid() {
