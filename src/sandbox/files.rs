@@ -9,7 +9,7 @@ use nix::mount::{MsFlags, mount};
 
 use super::error::{OsError, SandboxError};
 use super::record::{DnsConfig, PodSandbox};
-use crate::store::write_atomic;
+use crate::store::write_volatile;
 
 /// Size of a pod's /dev/shm, as Docker, containerd and CRI-O give it.
 pub const SHM_SIZE: u64 = 64 * 1024 * 1024;
@@ -140,9 +140,10 @@ pub fn mount_shm(path: &Path) -> Result<(), OsError> {
     .map_err(OsError::with("mount the shm tmpfs on", path))
 }
 
-/// Writes `hostname`, `hosts` and `resolv.conf` of `pod`, atomically.
+/// Writes `hostname`, `hosts` and `resolv.conf` of `pod`, atomically (in
+/// the state directory: not durably).
 pub fn write_pod_files(pod: &PodSandbox, host: &HostFiles) -> Result<(), OsError> {
-    write_atomic(
+    write_volatile(
         &pod.hostname_path(),
         format!("{}\n", pod.hostname).as_bytes(),
         0o644,
@@ -155,13 +156,13 @@ pub fn write_pod_files(pod: &PodSandbox, host: &HostFiles) -> Result<(), OsError
     } else {
         render_hosts(&pod.hostname, &pod.ips()).into_bytes()
     };
-    write_atomic(&pod.hosts_path(), &hosts, 0o644).map_err(from_atomic)?;
+    write_volatile(&pod.hosts_path(), &hosts, 0o644).map_err(from_atomic)?;
 
     let resolv = match &pod.config.dns {
         Some(dns) => render_resolv_conf(dns).into_bytes(),
         None => read_or_empty(&host.resolv_conf)?,
     };
-    write_atomic(&pod.resolv_conf_path(), &resolv, 0o644).map_err(from_atomic)
+    write_volatile(&pod.resolv_conf_path(), &resolv, 0o644).map_err(from_atomic)
 }
 
 /// The content of a node file; a node without one gives an empty file.

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use atomic::{AtomicWriteError, remove_durably, sync_dir, write_atomic};
+pub use atomic::{AtomicWriteError, remove_durably, sync_dir, write_atomic, write_volatile};
 pub use id::{ID_LEN, generate_id, is_full_id};
 
 /// Extension of record files.
