@@ -32,9 +32,10 @@ run: deps-run release
 	fi
 	exec ./target/release/ketch serve --cni-conf-dir $(CNI_CONF_DIR)
 
-# Installs the binary, the config, the systemd unit and crictl's config.
+# Installs the binaries, the config, the systemd unit and crictl's config.
 install: release
 	install -D -m 0755 target/release/ketch $(PREFIX)/bin/ketch
+	install -D -m 0755 target/release/ketch-shim $(PREFIX)/bin/ketch-shim
 	install -D -m 0644 deploy/ketch.service /etc/systemd/system/ketch.service
 	@[ -e /etc/ketch/ketch.toml ] || install -D -m 0644 deploy/ketch.toml /etc/ketch/ketch.toml
 	@[ -e /etc/crictl.yaml ] || install -D -m 0644 deploy/crictl.yaml /etc/crictl.yaml

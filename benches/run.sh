@@ -51,11 +51,12 @@ die() { say "$*"; exit 1; }
 
 ./deploy/install-deps.sh bench
 say "building ketch and ketch-bench (release)"
-$CARGO build --release --locked --bin ketch --bin ketch-bench
+$CARGO build --release --locked --bin ketch --bin ketch-shim --bin ketch-bench
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 KETCH_BIN=$(readlink -f "$TARGET_DIR/release/ketch")
+SHIM_BIN=$(readlink -f "$TARGET_DIR/release/ketch-shim")
 BENCH_BIN=$(readlink -f "$TARGET_DIR/release/ketch-bench")
-[ -x "$KETCH_BIN" ] && [ -x "$BENCH_BIN" ] || die "binaries not found under $TARGET_DIR/release"
+[ -x "$KETCH_BIN" ] && [ -x "$SHIM_BIN" ] && [ -x "$BENCH_BIN" ] || die "binaries not found under $TARGET_DIR/release"
 case "$BENCH_JSON" in /*) ;; *) BENCH_JSON="$PWD/$BENCH_JSON" ;; esac
 
 DIR=$(mktemp -d /var/tmp/ketch-bench.XXXXXX)
@@ -90,7 +91,7 @@ stop_pid() { # pid name
 }
 
 # Pids of processes of this run: in its cgroups, or naming its directory
-# (shims carry the containerd socket path) or running its ketch binary.
+# (shims carry the containerd socket path) or running its ketch binaries.
 leftover_pids() {
   local p cmd exe
   {
@@ -101,7 +102,7 @@ leftover_pids() {
       cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
       exe=$(readlink "/proc/$p/exe" 2>/dev/null || true)
       case "$cmd" in *"$DIR"*) echo "$p"; continue ;; esac
-      [ "$exe" = "$KETCH_BIN" ] && echo "$p"
+      case "$exe" in "$KETCH_BIN" | "$SHIM_BIN") echo "$p" ;; esac
     done
   } | sort -un | grep -vx "$$" || true
 }
@@ -297,7 +298,7 @@ run_driver() { # runtime round
   case "$rt" in
     ketch)
       args=(--endpoint "$KETCH_SOCK" --daemon-pid "$KETCH_PID"
-        --proc-match "$KETCH_BIN" --proc-match monitor) ;;
+        --proc-match "$SHIM_BIN" --proc-match monitor) ;;
     containerd)
       args=(--endpoint "$CTRD_SOCK" --daemon-pid "$CTRD_PID"
         --proc-match containerd-shim-runc-v2 --proc-match "$CTRD_SOCK"

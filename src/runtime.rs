@@ -136,12 +136,31 @@ fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
     })
 }
 
+/// The binary monitors, pauses and exec helpers run: `ketch-shim` beside
+/// the daemon's own executable (much smaller per process), or the daemon's
+/// executable itself, which has the same subcommands.
+fn helper_exe(daemon_exe: PathBuf) -> PathBuf {
+    let shim = daemon_exe.with_file_name(SHIM_NAME);
+    if shim.is_file() {
+        shim
+    } else {
+        tracing::warn!(
+            missing = %shim.display(),
+            "no ketch-shim beside the daemon; monitors run the daemon's binary"
+        );
+        daemon_exe
+    }
+}
+
+/// The file name of the per-container helper binary.
+const SHIM_NAME: &str = "ketch-shim";
+
 impl Runtime {
     /// Opens the stores and reconciles them with what survived the last
     /// run (a restart, a crash, a reboot).
     pub async fn new(config: Config) -> Result<Self, RuntimeError> {
         let exe = std::env::current_exe().map_err(RuntimeError::SelfExe)?;
-        Self::with_exe(config, exe).await
+        Self::with_exe(config, helper_exe(exe)).await
     }
 
     /// As [`Runtime::new`], with the ketch binary that monitors and exec

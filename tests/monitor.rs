@@ -19,12 +19,13 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-/// The binary under test: this build's, or `KETCH_BIN` (say, a release
-/// build, to measure the monitor as shipped).
+/// The binary under test: this build's `ketch-shim` (what the daemon runs
+/// monitors with), or `KETCH_BIN` (say, a release build, to measure the
+/// monitor as shipped).
 fn ketch() -> PathBuf {
     std::env::var_os("KETCH_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ketch")))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ketch-shim")))
 }
 
 /// A bundle in a temp dir: `config.json`, `rootfs/`, the log, exit file and
