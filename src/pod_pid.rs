@@ -62,9 +62,12 @@ pub fn start(exe: &Path, pod_dir: &Path, ns: PodNamespaces) -> Result<PodInit, P
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
-    if let Err(source) = monitor::write_atomic(&path, &json) {
+    if let Err(e) = crate::store::write_atomic(&path, &json, 0o644) {
         kill(&init);
-        return Err(PodPidError::Record { path, source });
+        return Err(PodPidError::Record {
+            path,
+            source: e.into(),
+        });
     }
     Ok(init)
 }

@@ -532,8 +532,8 @@ impl ContainerManager {
                 let json = serde_json::to_vec_pretty(&spec).map_err(|e| {
                     io_err("encode spec", &bundle)(std::io::Error::other(e.to_string()))
                 })?;
-                monitor::write_atomic(&bundle.join("config.json"), &json)
-                    .map_err(io_err("write", &bundle.join("config.json")))?;
+                crate::store::write_atomic(&bundle.join("config.json"), &json, 0o644)
+                    .map_err(|e| io_err("write", &bundle.join("config.json"))(e.into()))?;
                 Ok(())
             })
             .await

@@ -427,28 +427,6 @@ pub fn reopen_log(socket: &Path) -> Result<(), MonitorError> {
     }
 }
 
-/// Writes `data` to `path` atomically: a temp file in the same directory,
-/// fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Reads an attach client's frames until EXIT (for tools and tests): the
 /// container's stdout, stderr and exit code.
 pub fn attach_collect(conn: &mut UnixStream) -> std::io::Result<(Vec<u8>, Vec<u8>, Option<i32>)> {
@@ -501,7 +479,7 @@ mod tests {
         let path = dir.path().join("exit");
         assert_eq!(read_exit_file(&path).unwrap(), None);
         let s = ExitStatus::new(3, None, SystemTime::now(), false);
-        write_atomic(&path, &serde_json::to_vec(&s).unwrap()).unwrap();
+        crate::store::write_atomic(&path, &serde_json::to_vec(&s).unwrap(), 0o644).unwrap();
         assert_eq!(read_exit_file(&path).unwrap(), Some(s));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }

@@ -21,7 +21,7 @@ use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 
 use super::log::{CriLog, Stream};
 use super::proto;
-use super::{ExitStatus, MonitorArgs, StartReport, take_report_pipe, write_atomic};
+use super::{ExitStatus, MonitorArgs, StartReport, take_report_pipe};
 use crate::executor::{self, Executor, StartRequest, sys};
 
 /// A client whose unsent output grows past this is too slow and is
@@ -578,7 +578,7 @@ impl Monitor {
         let _ = self.log.get_ref().sync_data();
         let status = self.exit_status(now);
         if let Ok(json) = serde_json::to_vec_pretty(&status) {
-            let _ = write_atomic(&self.exit_file, &json);
+            let _ = crate::store::write_atomic(&self.exit_file, &json, 0o644);
         }
         for c in self.clients.iter_mut().filter(|c| c.attached) {
             proto::encode_into(&mut c.out, proto::EXIT, &status.exit_code.to_be_bytes());

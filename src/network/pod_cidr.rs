@@ -1,8 +1,6 @@
 //! The node's pod CIDR from `UpdateRuntimeConfig`, and the network config
 //! rendered from `cni.conf_template` with it (see the module doc).
 
-use std::ffi::{OsStr, OsString};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -74,35 +72,17 @@ impl Cni {
     }
 }
 
-/// Writes `path` atomically: a temp file in the same dir, fsync, rename,
-/// fsync of the dir.
+/// Writes `path` atomically and durably, creating its directory.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), NetworkError> {
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_owned();
-        move |source| NetworkError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
     let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(&name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-        file.write_all(data).map_err(io("write", &tmp))?;
-        file.sync_all().map_err(io("sync", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(io("rename into place", path))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync", dir))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    std::fs::create_dir_all(dir).map_err(|source| NetworkError::Io {
+        op: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
+    crate::store::write_atomic(path, data, 0o644).map_err(|e| NetworkError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
 }

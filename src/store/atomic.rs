@@ -31,6 +31,14 @@ pub struct AtomicWriteError {
     pub source: std::io::Error,
 }
 
+impl From<AtomicWriteError> for std::io::Error {
+    /// For callers whose errors carry an `io::Error`: the kind is kept, the
+    /// message names the operation and the path.
+    fn from(e: AtomicWriteError) -> Self {
+        std::io::Error::new(e.source.kind(), e.to_string())
+    }
+}
+
 fn err<'a>(
     op: &'static str,
     path: &'a Path,
