@@ -61,6 +61,7 @@ fn take_report_pipe() -> std::io::Result<OwnedFd> {
     nix::unistd::dup2_stdout(&null)?;
     Ok(report)
 }
+
 /// How long a start may take before the daemon gives up on it.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The program [`start`] runs when the spec names none: the running binary.
