@@ -5,10 +5,12 @@
 
 pub mod cgroups;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod container;
 pub mod cri;
 pub mod daemon;
+pub mod errors;
 pub mod executor;
 pub mod image;
 pub mod logging;
@@ -20,3 +22,4 @@ pub mod runtime;
 pub mod sandbox;
 pub mod store;
 pub mod streaming;
+pub mod task;

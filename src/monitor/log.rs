@@ -14,7 +14,7 @@
 use std::io::{self, Write};
 use std::time::SystemTime;
 
-use super::timefmt::rfc3339_nano;
+use crate::clock::rfc3339_nano;
 
 /// Longest content of one record (kubelet's and containerd's 16 KiB).
 pub const MAX_RECORD: usize = 16 * 1024;

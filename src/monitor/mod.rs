@@ -29,7 +29,6 @@ pub mod log;
 pub mod pause;
 pub mod proto;
 mod run;
-pub mod timefmt;
 
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -203,8 +202,8 @@ impl ExitStatus {
         Self {
             exit_code,
             signal,
-            finished_at: timefmt::rfc3339_nano(finished),
-            finished_at_unix_nano: timefmt::unix_nanos(finished),
+            finished_at: crate::clock::rfc3339_nano(finished),
+            finished_at_unix_nano: crate::clock::unix_nanos(finished),
             oom_killed,
             reason: reason.to_owned(),
         }

@@ -253,7 +253,7 @@ impl Monitor {
             monitor_start_time: sys::start_time(monitor_pid),
             container_pid: Some(pid.as_raw()),
             container_start_time: Some(start_time),
-            started_at_unix_nano: Some(super::timefmt::unix_nanos(started_at)),
+            started_at_unix_nano: Some(crate::clock::unix_nanos(started_at)),
             warnings: started.warnings,
             error: None,
         };

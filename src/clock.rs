@@ -1,5 +1,6 @@
-//! RFC 3339 timestamps with nanoseconds in UTC, the CRI log's and the exit
-//! file's time format (`2024-05-01T12:34:56.123456789Z`).
+//! Time as ketch records it: nanoseconds since the Unix epoch (the CRI's
+//! timestamps) and RFC 3339 with nanoseconds in UTC, the CRI log's and the
+//! exit file's format (`2024-05-01T12:34:56.123456789Z`).
 //!
 //! Hand-written (a date crate for one formatting function would cost the
 //! monitor more than these lines): days-to-civil is Howard Hinnant's
@@ -13,6 +14,11 @@ pub fn unix_nanos(t: SystemTime) -> i64 {
         Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
         Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
     }
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub fn now_unix_nanos() -> i64 {
+    unix_nanos(SystemTime::now())
 }
 
 /// `t` as RFC 3339 with nine fraction digits, UTC.
