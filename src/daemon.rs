@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -17,10 +15,6 @@ use crate::container::stream::ContainerStreams;
 use crate::cri::CriService;
 use crate::runtime::Runtime;
 use crate::streaming::{StreamError, StreamingServer};
-
-/// kubelet, containerd and CRI-O all allow 16 MiB messages; tonic's 4 MiB
-/// default makes large List replies fail.
-const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 /// How long in-flight calls may run on after SIGTERM/SIGINT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -72,14 +66,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     ));
     let streaming =
         Arc::new(StreamingServer::start(&runtime.config().streaming, streams.clone()).await?);
-    let service = CriService::new(runtime.clone()).with_streaming(streaming.clone());
-
-    let runtime_service = RuntimeServiceServer::new(service.clone())
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let image_service = ImageServiceServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let (runtime_service, image_service) = CriService::new(runtime.clone())
+        .with_streaming(streaming.clone())
+        .into_services();
 
     crate::memory::spawn_trimmer();
     let signal = shutdown_signal()?;

@@ -5,14 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::ContainerConfig;
-
 use crate::config::Config;
-use crate::container::manager::{
-    ContainerError, ContainerManager, ContainerRecord, ImageInfo, PodInfo,
-};
+use crate::container::config::ContainerConfig;
 use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
 use crate::container::stream::{PodNetwork, PodNetworks};
+use crate::container::{ContainerError, ContainerManager, ContainerRecord, ImageInfo, PodInfo};
 use crate::image::{ImageError, ImageStore};
 use crate::monitor::pause::PodNamespaces as PauseNamespaces;
 use crate::network;
@@ -49,6 +46,8 @@ pub enum RuntimeError {
     SelfExe(std::io::Error),
     #[error(transparent)]
     PodPid(#[from] PodPidError),
+    #[error("cannot generate a container ID: {0}")]
+    Random(String),
 }
 
 pub struct Runtime {
@@ -251,16 +250,15 @@ impl Runtime {
     }
 
     /// CreateContainer: the pod must be ready (and stays so meanwhile), the
-    /// image present; the container holds a lease on the image's layers.
+    /// image present; the container holds a lease on the image's layers,
+    /// taken before the container's record exists (so no crash can leave
+    /// a container whose layers garbage collection may take).
     pub async fn create_container(
         &self,
         pod_id: &str,
         config: ContainerConfig,
     ) -> Result<String, RuntimeError> {
-        let reference = config
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
+        let reference = Some(config.image.image.clone())
             .filter(|r| !r.is_empty())
             .ok_or(RuntimeError::NoImage)?;
         let ready = self.sandboxes.lock_ready(pod_id).await?;
@@ -285,13 +283,14 @@ impl Runtime {
             lowerdirs,
             run_config,
         };
-        let id = self
-            .containers
-            .create(&pod_info(&pod)?, config, info)
-            .await?;
-        if let Err(e) = self.images.acquire(&id, &image.id).await {
-            // The image went away meanwhile: undo the container.
-            let _ = self.containers.remove(&id).await;
+        let pod_info = pod_info(&pod)?;
+        let id = crate::store::generate_id().map_err(|e| RuntimeError::Random(e.to_string()))?;
+        self.images.acquire(&id, &image.id).await?;
+        crate::sandbox::crash_point("create-container-after-lease");
+        if let Err(e) = self.containers.create(&id, &pod_info, config, info).await {
+            if let Err(release) = self.images.release(&id).await {
+                tracing::warn!(container = %id, "cannot release image lease: {release}");
+            }
             return Err(e.into());
         }
         Ok(id)

@@ -1,8 +1,9 @@
-//! Resource limits in domain terms, their validation, and the conversions
-//! from the CRI message and the OCI spec. Units are the kernel's v1 units
-//! (shares, microseconds, bytes), as in the CRI and OCI; the v2 code converts
-//! (shares → weight, memory+swap → swap) the way runc does, so a pod gets
-//! the same limits from ketch as from containerd or CRI-O.
+//! Resource limits in domain terms, their validation, and the conversion
+//! from the OCI spec (the CRI message is converted in `cri/`). Units are
+//! the kernel's v1 units (shares, microseconds, bytes), as in the CRI and
+//! OCI; the v2 code converts (shares → weight, memory+swap → swap) the way
+//! runc does, so a pod gets the same limits from ketch as from containerd
+//! or CRI-O.
 
 use std::collections::BTreeMap;
 
@@ -364,40 +365,6 @@ fn validate_unified(key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-impl From<&k8s_cri::v1::LinuxContainerResources> for Resources {
-    /// CRI zero values mean "not specified". `oom_score_adj` is a process
-    /// setting, not a cgroup one, and is left to the executor.
-    fn from(r: &k8s_cri::v1::LinuxContainerResources) -> Self {
-        let nonzero = |v: i64| (v != 0).then_some(v);
-        let positive = |v: i64| u64::try_from(v).ok().filter(|&v| v > 0);
-        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        Self {
-            cpu_shares: positive(r.cpu_shares),
-            cpu_quota: nonzero(r.cpu_quota),
-            cpu_period: positive(r.cpu_period),
-            cpuset_cpus: text(&r.cpuset_cpus),
-            cpuset_mems: text(&r.cpuset_mems),
-            memory_limit: nonzero(r.memory_limit_in_bytes),
-            memory_swap: nonzero(r.memory_swap_limit_in_bytes),
-            pids_limit: None,
-            hugepage_limits: r
-                .hugepage_limits
-                .iter()
-                .map(|h| HugepageLimit {
-                    page_size: h.page_size.clone(),
-                    limit: h.limit,
-                })
-                .collect(),
-            unified: r
-                .unified
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            devices: Vec::new(),
-        }
-    }
-}
-
 impl From<&oci_spec::runtime::LinuxResources> for Resources {
     /// For an executor that holds only the OCI spec. When the spec has
     /// device rules, [`DeviceRule::default_allowed`] follows them, as runc
@@ -494,39 +461,6 @@ mod tests {
         );
         assert!(swap_v2_value(Some(300), None).is_err());
         assert!(swap_v2_value(Some(50), Some(100)).is_err());
-    }
-
-    #[test]
-    fn from_cri() {
-        let cri = k8s_cri::v1::LinuxContainerResources {
-            cpu_period: 100_000,
-            cpu_quota: 50_000,
-            cpu_shares: 512,
-            memory_limit_in_bytes: 1 << 30,
-            oom_score_adj: 999,
-            cpuset_cpus: "0-1".into(),
-            cpuset_mems: String::new(),
-            hugepage_limits: vec![k8s_cri::v1::HugepageLimit {
-                page_size: "2MB".into(),
-                limit: 4 << 20,
-            }],
-            unified: [("memory.high".to_string(), "900M".to_string())].into(),
-            memory_swap_limit_in_bytes: 0,
-        };
-        let r = Resources::from(&cri);
-        assert_eq!(r.cpu_period, Some(100_000));
-        assert_eq!(r.cpu_quota, Some(50_000));
-        assert_eq!(r.cpu_shares, Some(512));
-        assert_eq!(r.memory_limit, Some(1 << 30));
-        assert_eq!(r.memory_swap, None);
-        assert_eq!(r.cpuset_cpus.as_deref(), Some("0-1"));
-        assert_eq!(r.cpuset_mems, None);
-        assert_eq!(r.hugepage_limits[0].page_size, "2MB");
-        assert_eq!(r.unified["memory.high"], "900M");
-        r.validate().unwrap();
-
-        let empty = Resources::from(&k8s_cri::v1::LinuxContainerResources::default());
-        assert!(empty.is_empty());
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub enum RootfsError {
 }
 
 /// The dirs of one container's overlay.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Overlay {
     /// Topmost first, as overlayfs wants them.
     pub lowerdirs: Vec<PathBuf>,

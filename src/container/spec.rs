@@ -1,7 +1,8 @@
-//! Builds a container's OCI runtime spec from its CRI config, its image's
-//! config and its pod: the contract between the container lifecycle and the
-//! executor. Pure: no I/O except `stat` of device nodes, so it is tested
-//! without root.
+//! Builds a container's OCI runtime spec from its config (the domain form
+//! of the CRI's), its image's config and its pod: the contract between the
+//! container lifecycle and the executor, written to the bundle as
+//! `config.json`. Pure: no I/O except `stat` of device nodes and host
+//! paths, so it is tested without root.
 //!
 //! The rules follow Kubernetes and containerd (`internal/cri/server/
 //! container_create_linux.go`, `pkg/oci/spec_opts.go`): `command` replaces
@@ -12,13 +13,15 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::{ContainerConfig, MountPropagation};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, SpecBuilder, UserBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
+
+use super::config::ContainerConfig;
 
 /// What the image's config contributes to a container.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -89,6 +92,10 @@ pub enum SpecError {
     Capability(String),
     #[error("building the OCI spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
+    #[error("load the OCI spec of bundle {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("write the OCI spec {path}: {message}")]
+    Write { path: PathBuf, message: String },
 }
 
 /// The argv per Kubernetes: command replaces Entrypoint, args replace Cmd;
@@ -131,11 +138,11 @@ pub fn environment(
         }
         set(&mut vars, name, value);
     }
-    for kv in &config.envs {
-        if kv.key.is_empty() {
-            return Err(SpecError::BadEnv(format!("={}", kv.value)));
+    for var in &config.envs {
+        if var.name.is_empty() {
+            return Err(SpecError::BadEnv(format!("={}", var.value)));
         }
-        set(&mut vars, &kv.key, &kv.value);
+        set(&mut vars, &var.name, &var.value);
     }
     let has = |vars: &[(String, String)], name: &str| vars.iter().any(|(n, _)| n == name);
     if !has(&vars, "PATH") {
@@ -226,41 +233,35 @@ fn parse_capability(name: &str) -> Result<Capability, SpecError> {
 /// The capability set: the default (or all when privileged), with the
 /// security context's adds and drops; "ALL" works in either list.
 pub fn capabilities(config: &ContainerConfig) -> Result<HashSet<Capability>, SpecError> {
-    let security = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref());
-    let privileged = security.is_some_and(|s| s.privileged);
-    let mut caps: HashSet<Capability> = if privileged {
+    let cap = &config.security;
+    let mut caps: HashSet<Capability> = if cap.privileged {
         ALL_CAPABILITIES.iter().copied().collect()
     } else {
         DEFAULT_CAPABILITIES.iter().copied().collect()
     };
-    if let Some(cap) = security.and_then(|s| s.capabilities.as_ref()) {
+    for name in &cap.add_capabilities {
+        if name.eq_ignore_ascii_case("ALL") {
+            caps.extend(ALL_CAPABILITIES);
+        } else {
+            caps.insert(parse_capability(name)?);
+        }
+    }
+    for name in &cap.drop_capabilities {
+        if name.eq_ignore_ascii_case("ALL") {
+            caps.clear();
+        } else {
+            caps.remove(&parse_capability(name)?);
+        }
+    }
+    // Kubernetes applies adds after a drop of ALL.
+    if cap
+        .drop_capabilities
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case("ALL"))
+    {
         for name in &cap.add_capabilities {
-            if name.eq_ignore_ascii_case("ALL") {
-                caps.extend(ALL_CAPABILITIES);
-            } else {
+            if !name.eq_ignore_ascii_case("ALL") {
                 caps.insert(parse_capability(name)?);
-            }
-        }
-        for name in &cap.drop_capabilities {
-            if name.eq_ignore_ascii_case("ALL") {
-                caps.clear();
-            } else {
-                caps.remove(&parse_capability(name)?);
-            }
-        }
-        // Kubernetes applies adds after a drop of ALL.
-        if cap
-            .drop_capabilities
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case("ALL"))
-        {
-            for name in &cap.add_capabilities {
-                if !name.eq_ignore_ascii_case("ALL") {
-                    caps.insert(parse_capability(name)?);
-                }
             }
         }
     }
@@ -307,16 +308,8 @@ fn mount(
 /// The mounts every container gets, then the pod's files, then the CRI's.
 /// A CRI mount over one of the defaults replaces it, as in containerd.
 pub fn mounts(config: &ContainerConfig, pod: &PodContext) -> Result<Vec<Mount>, SpecError> {
-    let privileged = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .is_some_and(|s| s.privileged);
-    let readonly_rootfs = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .is_some_and(|s| s.readonly_rootfs);
+    let privileged = config.security.privileged;
+    let readonly_rootfs = config.security.readonly_rootfs;
     let sys_mode = if privileged { "rw" } else { "ro" };
     let pod_file_mode = if readonly_rootfs { "ro" } else { "rw" };
     let mut mounts = vec![
@@ -393,11 +386,7 @@ pub fn mounts(config: &ContainerConfig, pod: &PodContext) -> Result<Vec<Mount>, 
                 path: m.host_path.clone(),
                 source,
             })?;
-        let propagation = match MountPropagation::try_from(m.propagation) {
-            Ok(MountPropagation::PropagationHostToContainer) => "rslave",
-            Ok(MountPropagation::PropagationBidirectional) => "rshared",
-            _ => "rprivate",
-        };
+        let propagation = m.propagation.oci_option();
         let mode = if m.readonly { "ro" } else { "rw" };
         let destination = m.container_path.trim_end_matches('/');
         let destination = if destination.is_empty() {
@@ -441,6 +430,117 @@ fn device_numbers(path: &str) -> Result<(LinuxDeviceType, i64, i64, u32), SpecEr
     ))
 }
 
+/// The device cgroup rules: deny all (allow all when privileged), then the
+/// container's devices with their permissions (runc style; the cgroups
+/// module adds the devices every container may use: null, zero, tty...).
+fn device_rules(config: &ContainerConfig) -> Result<Vec<LinuxDeviceCgroup>, SpecError> {
+    let mut rules = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(config.security.privileged)
+            .access("rwm")
+            .build()?,
+    ];
+    for device in &config.devices {
+        let (typ, major, minor, _) = device_numbers(&device.host_path)?;
+        let permissions = if device.permissions.is_empty() {
+            "rwm".to_owned()
+        } else {
+            device.permissions.clone()
+        };
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .access(permissions)
+                .build()?,
+        );
+    }
+    Ok(rules)
+}
+
+/// The spec's `linux.resources`: the device rules and every limit of the
+/// container's resources (CPU, memory and swap, hugepages, `unified`).
+pub fn resources(config: &ContainerConfig) -> Result<LinuxResources, SpecError> {
+    let mut resources = LinuxResourcesBuilder::default().devices(device_rules(config)?);
+    if let Some(r) = config.resources.as_ref().map(|r| &r.cgroup) {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Some(shares) = r.cpu_shares {
+            cpu = cpu.shares(shares);
+        }
+        if let Some(quota) = r.cpu_quota {
+            cpu = cpu.quota(quota);
+        }
+        if let Some(period) = r.cpu_period {
+            cpu = cpu.period(period);
+        }
+        if let Some(cpus) = &r.cpuset_cpus {
+            cpu = cpu.cpus(cpus.clone());
+        }
+        if let Some(mems) = &r.cpuset_mems {
+            cpu = cpu.mems(mems.clone());
+        }
+        resources = resources.cpu(cpu.build()?);
+        if let Some(limit) = r.memory_limit {
+            let mut memory = LinuxMemoryBuilder::default().limit(limit);
+            if let Some(swap) = r.memory_swap {
+                memory = memory.swap(swap);
+            }
+            resources = resources.memory(memory.build()?);
+        }
+        if !r.hugepage_limits.is_empty() {
+            let limits = r
+                .hugepage_limits
+                .iter()
+                .map(|h| {
+                    LinuxHugepageLimitBuilder::default()
+                        .page_size(h.page_size.clone())
+                        .limit(i64::try_from(h.limit).unwrap_or(i64::MAX))
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            resources = resources.hugepage_limits(limits);
+        }
+        if !r.unified.is_empty() {
+            resources = resources.unified(
+                r.unified
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<HashMap<_, _>>(),
+            );
+        }
+    }
+    Ok(resources.build()?)
+}
+
+/// Replaces the spec's resources with the container's (after an update).
+pub fn set_resources(spec: &mut Spec, config: &ContainerConfig) -> Result<(), SpecError> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_resources(Some(resources(config)?));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// The spec of a bundle (`<bundle>/config.json`).
+pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
+    crate::executor::load_spec(bundle).map_err(|e| SpecError::Load {
+        path: bundle.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Writes the spec into the bundle, atomically.
+pub fn write(bundle: &Path, spec: &Spec) -> Result<(), SpecError> {
+    let path = bundle.join("config.json");
+    let write_err = |message: String| SpecError::Write {
+        path: path.clone(),
+        message,
+    };
+    let json = serde_json::to_vec_pretty(spec).map_err(|e| write_err(e.to_string()))?;
+    crate::store::write_atomic(&path, &json, 0o644).map_err(|e| write_err(e.to_string()))
+}
+
 /// Builds the whole spec. `rootfs` is the prepared root filesystem and
 /// `cgroup_path` the container's own cgroup (`cgroups::container_cgroup_path`).
 /// The device rules are deny-all plus the CRI's devices; the cgroups module
@@ -453,9 +553,8 @@ pub fn build(
     rootfs: &Path,
     cgroup_path: &str,
 ) -> Result<Spec, SpecError> {
-    let linux_config = config.linux.as_ref();
-    let security = linux_config.and_then(|l| l.security_context.as_ref());
-    let privileged = security.is_some_and(|s| s.privileged);
+    let security = &config.security;
+    let privileged = security.privileged;
 
     let caps = capabilities(config)?;
     let capabilities = LinuxCapabilitiesBuilder::default()
@@ -487,14 +586,15 @@ pub fn build(
         .env(environment(config, image, &pod.hostname)?)
         .cwd(cwd)
         .capabilities(capabilities)
-        .no_new_privileges(security.is_some_and(|s| s.no_new_privs))
+        .no_new_privileges(security.no_new_privs)
         .build()?;
-    if let Some(adj) = linux_config
-        .and_then(|l| l.resources.as_ref())
+    if let Some(adj) = config
+        .resources
+        .as_ref()
         .map(|r| r.oom_score_adj)
         .filter(|adj| *adj != 0)
     {
-        process.set_oom_score_adj(Some(adj as i32));
+        process.set_oom_score_adj(Some(adj.clamp(-1000, 1000) as i32));
     }
 
     let mut namespaces = vec![
@@ -527,20 +627,8 @@ pub fn build(
     }
 
     let mut devices = Vec::new();
-    let mut device_rules = vec![
-        // Deny all, then allow what the container was given (runc style).
-        LinuxDeviceCgroupBuilder::default()
-            .allow(privileged)
-            .access("rwm")
-            .build()?,
-    ];
     for device in &config.devices {
         let (typ, major, minor, mode) = device_numbers(&device.host_path)?;
-        let permissions = if device.permissions.is_empty() {
-            "rwm".to_owned()
-        } else {
-            device.permissions.clone()
-        };
         devices.push(
             LinuxDeviceBuilder::default()
                 .path(&device.container_path)
@@ -552,49 +640,12 @@ pub fn build(
                 .gid(0u32)
                 .build()?,
         );
-        device_rules.push(
-            LinuxDeviceCgroupBuilder::default()
-                .allow(true)
-                .typ(typ)
-                .major(major)
-                .minor(minor)
-                .access(permissions)
-                .build()?,
-        );
-    }
-
-    let mut resources = LinuxResourcesBuilder::default().devices(device_rules);
-    if let Some(r) = linux_config.and_then(|l| l.resources.as_ref()) {
-        let mut cpu = LinuxCpuBuilder::default();
-        if r.cpu_shares > 0 {
-            cpu = cpu.shares(r.cpu_shares as u64);
-        }
-        if r.cpu_quota > 0 {
-            cpu = cpu.quota(r.cpu_quota);
-        }
-        if r.cpu_period > 0 {
-            cpu = cpu.period(r.cpu_period as u64);
-        }
-        if !r.cpuset_cpus.is_empty() {
-            cpu = cpu.cpus(r.cpuset_cpus.clone());
-        }
-        if !r.cpuset_mems.is_empty() {
-            cpu = cpu.mems(r.cpuset_mems.clone());
-        }
-        resources = resources.cpu(cpu.build()?);
-        if r.memory_limit_in_bytes > 0 {
-            let mut memory = LinuxMemoryBuilder::default().limit(r.memory_limit_in_bytes);
-            if r.memory_swap_limit_in_bytes > 0 {
-                memory = memory.swap(r.memory_swap_limit_in_bytes);
-            }
-            resources = resources.memory(memory.build()?);
-        }
     }
 
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .devices(devices)
-        .resources(resources.build()?)
+        .resources(resources(config)?)
         .sysctl(pod.sysctls.clone());
     if !privileged {
         linux = linux
@@ -617,7 +668,7 @@ pub fn build(
 
     let root = RootBuilder::default()
         .path(rootfs)
-        .readonly(security.is_some_and(|s| s.readonly_rootfs))
+        .readonly(security.readonly_rootfs)
         .build()?;
 
     let mut spec = SpecBuilder::default()
@@ -633,7 +684,11 @@ pub fn build(
     } else {
         spec.set_hostname(Some(pod.hostname.clone()));
     }
-    let mut annotations: HashMap<String, String> = config.annotations.clone();
+    let mut annotations: HashMap<String, String> = config
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     annotations.insert(
         "io.kubernetes.cri.container-type".into(),
         "container".into(),
@@ -645,10 +700,8 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::{
-        Capability as CriCapability, KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext,
-        Mount as CriMount,
-    };
+    use crate::cgroups::{HugepageLimit, Resources};
+    use crate::container::config::{ContainerResources, EnvVar, MountRequest, Propagation};
 
     fn image() -> ImageRunConfig {
         ImageRunConfig {
@@ -699,12 +752,12 @@ mod tests {
     fn env_overrides_by_name_and_keeps_order() {
         let c = ContainerConfig {
             envs: vec![
-                KeyValue {
-                    key: "B".into(),
+                EnvVar {
+                    name: "B".into(),
                     value: "cri".into(),
                 },
-                KeyValue {
-                    key: "C".into(),
+                EnvVar {
+                    name: "C".into(),
                     value: "x=y".into(),
                 },
             ],
@@ -725,29 +778,11 @@ mod tests {
         let caps = capabilities(&c).unwrap();
         assert!(caps.contains(&Capability::Chown));
         assert!(!caps.contains(&Capability::SysAdmin));
-        c.linux = Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                capabilities: Some(CriCapability {
-                    add_capabilities: vec!["NET_ADMIN".into()],
-                    drop_capabilities: vec!["ALL".into()],
-                    add_ambient_capabilities: vec![],
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        c.security.add_capabilities = vec!["NET_ADMIN".into()];
+        c.security.drop_capabilities = vec!["ALL".into()];
         let caps = capabilities(&c).unwrap();
         assert_eq!(caps, HashSet::from([Capability::NetAdmin]));
-        c.linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .as_mut()
-            .unwrap()
-            .capabilities
-            .as_mut()
-            .unwrap()
-            .add_capabilities = vec!["CAP_BOGUS".into()];
+        c.security.add_capabilities = vec!["CAP_BOGUS".into()];
         assert!(matches!(capabilities(&c), Err(SpecError::Capability(_))));
     }
 
@@ -759,11 +794,11 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&host, &link).unwrap();
         let c = ContainerConfig {
-            mounts: vec![CriMount {
+            mounts: vec![MountRequest {
                 container_path: "/data/".into(),
                 host_path: link.display().to_string(),
                 readonly: true,
-                propagation: MountPropagation::PropagationHostToContainer as i32,
+                propagation: Propagation::HostToContainer,
                 ..Default::default()
             }],
             ..Default::default()
@@ -820,7 +855,7 @@ mod tests {
     fn missing_host_path_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let c = ContainerConfig {
-            mounts: vec![CriMount {
+            mounts: vec![MountRequest {
                 container_path: "/x".into(),
                 host_path: "/nonexistent/ketch-path".into(),
                 ..Default::default()
@@ -859,5 +894,100 @@ mod tests {
             LinuxNamespaceType::Network | LinuxNamespaceType::Pid | LinuxNamespaceType::Uts
         )));
         assert!(spec.hostname().is_none());
+    }
+
+    #[test]
+    fn every_limit_reaches_the_spec() {
+        // CreateContainer once dropped hugepage limits and `unified`.
+        let c = ContainerConfig {
+            resources: Some(ContainerResources {
+                cgroup: Resources {
+                    cpu_shares: Some(512),
+                    cpu_quota: Some(20_000),
+                    cpu_period: Some(100_000),
+                    cpuset_cpus: Some("0".into()),
+                    memory_limit: Some(64 << 20),
+                    memory_swap: Some(128 << 20),
+                    hugepage_limits: vec![HugepageLimit {
+                        page_size: "2MB".into(),
+                        limit: 4 << 20,
+                    }],
+                    unified: [("memory.high".to_string(), "50000000".to_string())].into(),
+                    ..Default::default()
+                },
+                oom_score_adj: 500,
+            }),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let spec = build(
+            &c,
+            &image(),
+            &pod(dir.path()),
+            &ResolvedUser::default(),
+            Path::new("/r"),
+            "",
+        )
+        .unwrap();
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        let cpu = r.cpu().as_ref().unwrap();
+        assert_eq!(
+            (cpu.shares(), cpu.quota(), cpu.period()),
+            (Some(512), Some(20_000), Some(100_000))
+        );
+        assert_eq!(cpu.cpus().as_deref(), Some("0"));
+        let memory = r.memory().as_ref().unwrap();
+        assert_eq!(
+            (memory.limit(), memory.swap()),
+            (Some(64 << 20), Some(128 << 20))
+        );
+        let huge = r.hugepage_limits().as_ref().unwrap();
+        assert_eq!(
+            (huge[0].page_size().as_str(), huge[0].limit()),
+            ("2MB", 4 << 20)
+        );
+        assert_eq!(r.unified().as_ref().unwrap()["memory.high"], "50000000");
+        assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(500));
+        // And the cgroup made from the spec gets them too.
+        let cgroup = Resources::from(&r);
+        assert_eq!(cgroup.hugepage_limits.len(), 1);
+        assert_eq!(cgroup.unified["memory.high"], "50000000");
+    }
+
+    #[test]
+    fn a_written_spec_loads_back_and_takes_new_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ContainerConfig::default();
+        let mut spec = build(
+            &c,
+            &image(),
+            &pod(dir.path()),
+            &ResolvedUser::default(),
+            Path::new("/r"),
+            "",
+        )
+        .unwrap();
+        c.resources = Some(ContainerResources {
+            cgroup: Resources {
+                memory_limit: Some(32 << 20),
+                ..Default::default()
+            },
+            oom_score_adj: 0,
+        });
+        set_resources(&mut spec, &c).unwrap();
+        write(dir.path(), &spec).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        let memory = loaded
+            .linux()
+            .as_ref()
+            .unwrap()
+            .resources()
+            .as_ref()
+            .unwrap();
+        assert_eq!(memory.memory().as_ref().unwrap().limit(), Some(32 << 20));
+        assert!(matches!(
+            load(&dir.path().join("missing")),
+            Err(SpecError::Load { .. })
+        ));
     }
 }

@@ -49,8 +49,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::manager::{ContainerError, ContainerManager, ContainerRecord};
 use super::state::State;
+use super::{ContainerError, ContainerManager, ContainerRecord};
 use crate::executor::exec::{self, ExecError, ExecTarget};
 use crate::executor::sys;
 use crate::monitor::proto;

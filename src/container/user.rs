@@ -11,10 +11,10 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use k8s_cri::v1::LinuxContainerSecurityContext;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
 
+use super::config::SecurityContext;
 use super::spec::ResolvedUser;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,20 +102,14 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
 pub fn resolve(
     rootfs: &Path,
     image_user: &str,
-    security: Option<&LinuxContainerSecurityContext>,
+    security: &SecurityContext,
 ) -> Result<ResolvedUser, UserError> {
     let passwd = parse_passwd(&read_in_root(rootfs, "/etc/passwd")?);
     let groups = parse_group(&read_in_root(rootfs, "/etc/group")?);
 
-    let run_as_user = security
-        .and_then(|s| s.run_as_user.as_ref())
-        .map(|v| v.value);
-    let run_as_username = security
-        .map(|s| s.run_as_username.as_str())
-        .filter(|s| !s.is_empty());
-    let run_as_group = security
-        .and_then(|s| s.run_as_group.as_ref())
-        .map(|v| v.value);
+    let run_as_user = security.run_as_user;
+    let run_as_username = Some(security.run_as_username.as_str()).filter(|s| !s.is_empty());
+    let run_as_group = security.run_as_group;
 
     // The user part: security context first, then the image.
     let (user_part, group_part) = match (run_as_user, run_as_username) {
@@ -167,9 +161,7 @@ pub fn resolve(
             additional_gids.push(g.gid);
         }
     }
-    if let Some(s) = security {
-        additional_gids.extend(s.supplemental_groups.iter().map(|g| *g as u32));
-    }
+    additional_gids.extend(security.supplemental_groups.iter().map(|g| *g as u32));
     additional_gids.retain(|g| *g != gid);
     additional_gids.sort_unstable();
     additional_gids.dedup();
@@ -184,7 +176,6 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::Int64Value;
 
     fn rootfs() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -205,21 +196,21 @@ mod tests {
     #[test]
     fn image_user_forms() {
         let r = rootfs();
-        let root = resolve(r.path(), "", None).unwrap();
+        let root = resolve(r.path(), "", &SecurityContext::default()).unwrap();
         assert_eq!((root.uid, root.gid), (0, 0));
-        let www = resolve(r.path(), "www", None).unwrap();
+        let www = resolve(r.path(), "www", &SecurityContext::default()).unwrap();
         assert_eq!(
             (www.uid, www.gid, www.additional_gids),
             (1000, 1001, vec![2000])
         );
-        let numeric = resolve(r.path(), "1000", None).unwrap();
+        let numeric = resolve(r.path(), "1000", &SecurityContext::default()).unwrap();
         assert_eq!((numeric.uid, numeric.gid), (1000, 1001));
-        let unknown_uid = resolve(r.path(), "4242:7", None).unwrap();
+        let unknown_uid = resolve(r.path(), "4242:7", &SecurityContext::default()).unwrap();
         assert_eq!((unknown_uid.uid, unknown_uid.gid), (4242, 7));
-        let named_group = resolve(r.path(), "www:extra", None).unwrap();
+        let named_group = resolve(r.path(), "www:extra", &SecurityContext::default()).unwrap();
         assert_eq!(named_group.gid, 2000);
         assert!(matches!(
-            resolve(r.path(), "nobody-here", None),
+            resolve(r.path(), "nobody-here", &SecurityContext::default()),
             Err(UserError::UnknownUser(_))
         ));
     }
@@ -227,13 +218,13 @@ mod tests {
     #[test]
     fn security_context_wins() {
         let r = rootfs();
-        let sc = LinuxContainerSecurityContext {
-            run_as_user: Some(Int64Value { value: 1000 }),
-            run_as_group: Some(Int64Value { value: 3000 }),
+        let sc = SecurityContext {
+            run_as_user: Some(1000),
+            run_as_group: Some(3000),
             supplemental_groups: vec![5, 3000],
             ..Default::default()
         };
-        let u = resolve(r.path(), "root", Some(&sc)).unwrap();
+        let u = resolve(r.path(), "root", &sc).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 3000));
         assert_eq!(u.additional_gids, vec![5, 2000]);
     }
@@ -246,7 +237,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", r.path().join("etc/passwd")).unwrap();
         // Inside the root, /etc/passwd is the link itself: a loop-free miss.
         assert!(matches!(
-            resolve(r.path(), "root", None),
+            resolve(r.path(), "root", &SecurityContext::default()),
             Err(UserError::UnknownUser(_)) | Err(UserError::Read { .. })
         ));
     }

@@ -3,7 +3,7 @@
 
 use tonic::{Code, Status};
 
-use crate::container::manager::ContainerError;
+use crate::container::ContainerError;
 use crate::image::ImageError;
 use crate::network::NetworkError;
 use crate::pod_pid::PodPidError;
@@ -56,12 +56,14 @@ impl From<ContainerError> for Status {
         let message = e.to_string();
         match e {
             Store(s) => s.into(),
-            NoMetadata | EmptyName | Spec(_) | User(_) => Status::invalid_argument(message),
-            PodNotReady(_) | WrongState { .. } => Status::failed_precondition(message),
+            EmptyName | Spec(_) | User(_) | Signal(_) => Status::invalid_argument(message),
+            PodNotReady(_) | WrongState { .. } | Transition { .. } => {
+                Status::failed_precondition(message)
+            }
             NameTaken { .. } => Status::already_exists(message),
             ExecTimeout(_) => Status::deadline_exceeded(message),
             StartFailed { .. } | Exec { .. } => Status::unknown(message),
-            Rootfs(_) | Cgroup(_) | Monitor(_) | Io { .. } | Unkillable { .. } | Join(_) => {
+            Rootfs(_) | Cgroup(_) | Monitor(_) | Io { .. } | Unkillable { .. } | Task(_) => {
                 Status::internal(message)
             }
         }
@@ -79,7 +81,9 @@ impl From<RuntimeError> for Status {
             RuntimeError::PodPid(PodPidError::Gone(_)) => {
                 Status::failed_precondition(e.to_string())
             }
-            RuntimeError::SelfExe(_) | RuntimeError::PodPid(_) => Status::internal(e.to_string()),
+            RuntimeError::SelfExe(_) | RuntimeError::PodPid(_) | RuntimeError::Random(_) => {
+                Status::internal(e.to_string())
+            }
         }
     }
 }
@@ -110,21 +114,6 @@ impl From<BackendError> for Status {
     }
 }
 
-/// The error and its sources, joined with ": ".
-fn message(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
         let code = match &e {
@@ -144,7 +133,7 @@ impl From<ImageError> for Status {
             | ImageError::Unpack { .. } => Code::FailedPrecondition,
             ImageError::Io { .. } | ImageError::Internal(_) => Code::Internal,
         };
-        Status::new(code, message(&e))
+        Status::new(code, crate::errors::chain(&e))
     }
 }
 

@@ -636,12 +636,12 @@ fn resolve_cgroup_dirs(cgroups: &str, mountinfo: &str) -> Vec<PathBuf> {
 
 /// Sends `sig` to `pid` only if it is still the process that started at
 /// `start_time`. False when it is gone (or the pid now names another).
-pub fn signal_checked(pid: i32, start_time: u64, sig: Signal) -> Result<bool, Errno> {
+pub fn signal_checked(pid: i32, start_time: u64, signo: i32) -> Result<bool, Errno> {
     let pid = Pid::from_raw(pid);
     if sys::start_time(pid) != Some(start_time) {
         return Ok(false);
     }
-    match kill(pid, sig) {
+    match sys::kill(pid, signo) {
         Ok(()) => Ok(true),
         Err(Errno::ESRCH) => Ok(false),
         Err(e) => Err(e),

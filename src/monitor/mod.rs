@@ -185,6 +185,19 @@ pub struct ExitStatus {
     pub reason: String,
 }
 
+/// The CRI's reason for an exit, as containerd words it: `OOMKilled` when
+/// the kernel's OOM killer ended it, else `Completed` for 0, `Error` for
+/// anything else.
+pub fn exit_reason(exit_code: i32, oom_killed: bool) -> &'static str {
+    if oom_killed {
+        "OOMKilled"
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+}
+
 impl ExitStatus {
     pub fn new(
         exit_code: i32,
@@ -192,13 +205,7 @@ impl ExitStatus {
         finished: SystemTime,
         oom_killed: bool,
     ) -> Self {
-        let reason = if oom_killed {
-            "OOMKilled"
-        } else if exit_code == 0 {
-            "Completed"
-        } else {
-            "Error"
-        };
+        let reason = exit_reason(exit_code, oom_killed);
         Self {
             exit_code,
             signal,
@@ -347,7 +354,17 @@ fn read_report(pipe: &OwnedFd, timeout: Duration) -> Result<Vec<u8>, MonitorErro
 /// Sends `sig` to the container's process if it is still the one that
 /// started at `start_time`. `Ok(false)`: it is gone already.
 pub fn signal_container(pid: i32, start_time: u64, sig: Signal) -> Result<bool, MonitorError> {
-    crate::executor::exec::signal_checked(pid, start_time, sig)
+    signal_container_number(pid, start_time, sig as i32)
+}
+
+/// As [`signal_container`], with a signal number (real-time signals
+/// included).
+pub fn signal_container_number(
+    pid: i32,
+    start_time: u64,
+    signo: i32,
+) -> Result<bool, MonitorError> {
+    crate::executor::exec::signal_checked(pid, start_time, signo)
         .map_err(|source| MonitorError::Signal { pid, source })
 }
 

@@ -55,6 +55,11 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn id(&self) -> &str;
     /// The unique name reserved for this object while it exists.
     fn name(&self) -> &str;
+    /// Reads a record file. A record type whose format changed overrides
+    /// this to upgrade what older versions wrote.
+    fn decode(bytes: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(bytes)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +298,7 @@ impl<T: Record> Store<T> {
                     source,
                 })
                 .and_then(|bytes| {
-                    serde_json::from_slice::<T>(&bytes).map_err(|source| StoreError::Corrupt {
+                    T::decode(&bytes).map_err(|source| StoreError::Corrupt {
                         kind,
                         path: path.clone(),
                         source,

@@ -1,4 +1,5 @@
-//! Pod sandbox messages: CRI proto ↔ the `sandbox` domain types.
+//! The pod sandbox RPCs of RuntimeService, and the conversions of pod
+//! messages: CRI proto ↔ the `sandbox` domain types.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,18 +7,80 @@ use std::sync::Arc;
 use k8s_cri::v1 as cri;
 use tonic::Status;
 
+use super::CriService;
 use crate::runtime::Runtime;
 use crate::sandbox::{
     DnsConfig, LinuxPodConfig, NamespaceMode, NamespaceOptions, PodConfig, PodFilter, PodMetadata,
     PodSandbox, PodSecurity, PodState, PortMapping, SandboxError, SeLinuxOptions, SecurityProfile,
 };
 
+pub(super) async fn run(
+    cri: &CriService,
+    req: cri::RunPodSandboxRequest,
+) -> Result<cri::RunPodSandboxResponse, Status> {
+    let config = pod_config(req)?;
+    let pod = detached(&cri.runtime, "RunPodSandbox", |runtime| async move {
+        runtime.run_pod(config).await
+    })
+    .await?;
+    Ok(cri::RunPodSandboxResponse {
+        pod_sandbox_id: pod.id.clone(),
+    })
+}
+
+pub(super) async fn stop(
+    cri: &CriService,
+    req: cri::StopPodSandboxRequest,
+) -> Result<cri::StopPodSandboxResponse, Status> {
+    let id = req.pod_sandbox_id;
+    detached(&cri.runtime, "StopPodSandbox", |runtime| async move {
+        runtime.sandboxes().stop(&id).await
+    })
+    .await?;
+    Ok(cri::StopPodSandboxResponse {})
+}
+
+pub(super) async fn remove(
+    cri: &CriService,
+    req: cri::RemovePodSandboxRequest,
+) -> Result<cri::RemovePodSandboxResponse, Status> {
+    let id = req.pod_sandbox_id;
+    detached(&cri.runtime, "RemovePodSandbox", |runtime| async move {
+        runtime.sandboxes().remove(&id).await
+    })
+    .await?;
+    Ok(cri::RemovePodSandboxResponse {})
+}
+
+pub(super) async fn status(
+    cri: &CriService,
+    req: cri::PodSandboxStatusRequest,
+) -> Result<cri::PodSandboxStatusResponse, Status> {
+    let pod = cri.runtime.sandboxes().get(&req.pod_sandbox_id)?;
+    Ok(pod_status(&pod, req.verbose)?)
+}
+
+pub(super) async fn list(
+    cri: &CriService,
+    req: cri::ListPodSandboxRequest,
+) -> Result<cri::ListPodSandboxResponse, Status> {
+    let filter = pod_filter(req.filter)?;
+    let items = cri
+        .runtime
+        .sandboxes()
+        .list(&filter)
+        .iter()
+        .map(|pod| pod_item(pod))
+        .collect();
+    Ok(cri::ListPodSandboxResponse { items })
+}
+
 /// Runs a pod operation as a task of its own, so it finishes even if the
 /// caller goes away (kubelet gives up on a slow CNI plugin and the RPC is
 /// dropped): a RunPodSandbox cut short would leave a half-made pod for the
 /// next start to clean, while a finished one is listed and kubelet adopts
 /// it, as CRI-O keeps a timed-out creation for the retry.
-pub async fn detached<T, E, F, Fut>(runtime: &Arc<Runtime>, rpc: &str, op: F) -> Result<T, Status>
+async fn detached<T, E, F, Fut>(runtime: &Arc<Runtime>, rpc: &str, op: F) -> Result<T, Status>
 where
     F: FnOnce(Arc<Runtime>) -> Fut,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
@@ -31,7 +94,7 @@ where
 }
 
 /// The domain config of a RunPodSandbox request.
-pub fn pod_config(request: cri::RunPodSandboxRequest) -> Result<PodConfig, SandboxError> {
+fn pod_config(request: cri::RunPodSandboxRequest) -> Result<PodConfig, SandboxError> {
     let config = request
         .config
         .ok_or_else(|| SandboxError::invalid("config", "is required"))?;
@@ -176,7 +239,7 @@ fn map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String
 }
 
 /// The PodSandboxStatus reply for `pod`.
-pub fn pod_status(
+fn pod_status(
     pod: &PodSandbox,
     verbose: bool,
 ) -> Result<cri::PodSandboxStatusResponse, SandboxError> {
@@ -228,15 +291,12 @@ pub fn pod_status(
         status: Some(status),
         info,
         containers_statuses: Vec::new(),
-        timestamp: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0),
+        timestamp: crate::clock::now_unix_nanos(),
     })
 }
 
 /// One ListPodSandbox item.
-pub fn pod_item(pod: &PodSandbox) -> cri::PodSandbox {
+fn pod_item(pod: &PodSandbox) -> cri::PodSandbox {
     cri::PodSandbox {
         id: pod.id.clone(),
         metadata: Some(metadata(pod)),
@@ -249,7 +309,7 @@ pub fn pod_item(pod: &PodSandbox) -> cri::PodSandbox {
 }
 
 /// The domain filter of a ListPodSandbox request.
-pub fn pod_filter(filter: Option<cri::PodSandboxFilter>) -> Result<PodFilter, SandboxError> {
+fn pod_filter(filter: Option<cri::PodSandboxFilter>) -> Result<PodFilter, SandboxError> {
     let Some(filter) = filter else {
         return Ok(PodFilter::default());
     };

@@ -1,0 +1,129 @@
+//! CreateContainer: reserves the name, prepares the rootfs and the bundle,
+//! records CREATED. Every failure undoes what it made.
+
+use std::path::Path;
+
+use super::config::ContainerConfig;
+use super::error::{ContainerError, io_err};
+use super::manager::{ContainerManager, ImageInfo, PodInfo};
+use super::record::{ContainerRecord, SCHEMA};
+use super::rootfs::Overlay;
+use super::state::State;
+use super::{signal, spec, user};
+use crate::cgroups;
+use crate::store::StoreError;
+use crate::task::blocking;
+
+impl ContainerManager {
+    /// Creates the container under `id` (an ID the caller generated, so it
+    /// can take the image lease for it before the record exists: a crash
+    /// in between leaves a lease without a container, which the next start
+    /// releases, never a container without its lease).
+    pub async fn create(
+        &self,
+        id: &str,
+        pod: &PodInfo,
+        config: ContainerConfig,
+        image: ImageInfo,
+    ) -> Result<(), ContainerError> {
+        if config.name.is_empty() {
+            return Err(ContainerError::EmptyName);
+        }
+        if !pod.ready {
+            return Err(ContainerError::PodNotReady(pod.id.clone()));
+        }
+        signal::parse(&image.run_config.stop_signal)?;
+        let reserved_name = format!(
+            "{}_{}_{}_{}_{}",
+            config.name, pod.name, pod.namespace, pod.uid, config.attempt
+        );
+        let reservation = self
+            .store
+            .reserve_with_id(&reserved_name, id)
+            .map_err(|e| match e {
+                StoreError::NameTaken { name, id, .. } => ContainerError::NameTaken { name, id },
+                other => other.into(),
+            })?;
+        let bundle = self.bundle_dir(id);
+        let overlay = Overlay {
+            lowerdirs: image.lowerdirs.clone(),
+            upperdir: bundle.join("upper"),
+            workdir: bundle.join("work"),
+            target: bundle.join("rootfs"),
+        };
+        let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(&pod.log_directory)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        let cgroup_path =
+            cgroups::container_cgroup_path(self.driver, &pod.context.cgroup_parent, id)?;
+
+        let prepared = {
+            let (config, image, pod, overlay, bundle, cgroup_path, exit_dir) = (
+                config.clone(),
+                image.clone(),
+                pod.clone(),
+                overlay.clone(),
+                bundle.clone(),
+                cgroup_path.clone(),
+                self.exit_dir(id),
+            );
+            blocking(move || {
+                std::fs::create_dir_all(&bundle).map_err(io_err("create", &bundle))?;
+                std::fs::create_dir_all(&exit_dir).map_err(io_err("create", &exit_dir))?;
+                overlay.mount()?;
+                let user =
+                    user::resolve(&overlay.target, &image.run_config.user, &config.security)?;
+                let spec = spec::build(
+                    &config,
+                    &image.run_config,
+                    &pod.context,
+                    &user,
+                    &overlay.target,
+                    &cgroup_path,
+                )?;
+                spec::write(&bundle, &spec)?;
+                Ok::<_, ContainerError>(())
+            })
+            .await
+        };
+        if let Err(e) = prepared {
+            let (manager, id, target) = (self.clone(), id.to_owned(), overlay.target.clone());
+            let _ = blocking(move || {
+                manager.remove_files(&id, &target);
+                Ok::<_, ContainerError>(())
+            })
+            .await;
+            return Err(e);
+        }
+
+        let record = ContainerRecord {
+            schema: SCHEMA,
+            id: id.to_owned(),
+            reserved_name,
+            pod_id: pod.id.clone(),
+            image_id: image.id.clone(),
+            image_ref: image.reference.clone(),
+            created_at: crate::clock::now_unix_nanos(),
+            state: State::Created,
+            started: None,
+            exit: None,
+            log_path,
+            cgroup_path,
+            overlay: overlay.clone(),
+            stop_signal: image.run_config.stop_signal.clone(),
+            starting: false,
+            config,
+        };
+        crate::sandbox::crash_point("create-container-before-record");
+        if let Err(e) = self.store.insert(reservation, record) {
+            self.remove_files(id, &overlay.target);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! RemoveContainer: stops the container if it runs, then releases its
+//! rootfs, cgroup, directories and name.
+
+use std::time::Duration;
+
+use super::error::ContainerError;
+use super::manager::ContainerManager;
+use super::record::ContainerRecord;
+use super::state::State;
+use super::status::Probe;
+use crate::store::StoreError;
+use crate::task::blocking;
+
+impl ContainerManager {
+    /// Returns the removed record (its image lease is the caller's to
+    /// release); `None` for an unknown ID.
+    pub async fn remove(&self, id: &str) -> Result<Option<ContainerRecord>, ContainerError> {
+        let guard = match self.store.lock(id).await {
+            Ok(g) => g,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut record = (*guard.get()).clone();
+        self.refresh(&mut record, Probe::Processes);
+        if record.state == State::Running {
+            self.kill(&record, Duration::ZERO).await?;
+        }
+        let manager = self.clone();
+        let r = record.clone();
+        blocking(move || {
+            if let Some(cg) = manager.open_cgroup(&r) {
+                cg.kill_all()?;
+                cg.destroy()?;
+            }
+            manager.remove_files(&r.id, &r.overlay.target);
+            Ok::<_, ContainerError>(())
+        })
+        .await?;
+        guard.remove()?;
+        Ok(Some(record))
+    }
+}

@@ -1,0 +1,128 @@
+//! StartContainer: only from CREATED. The container's monitor starts the
+//! process and reports back; a start that fails leaves the container
+//! EXITED with reason StartError and the cause as message.
+
+use std::path::{Path, PathBuf};
+
+use super::error::{ContainerError, io_err};
+use super::manager::ContainerManager;
+use super::record::ContainerRecord;
+use super::spec;
+use super::state::{Exit, Transition};
+use crate::cgroups::Resources;
+use crate::monitor::{self, MonitorSpec, Started};
+use crate::task::blocking;
+
+impl ContainerManager {
+    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let mut guard = self.store.lock(id).await?;
+        let mut record = (*guard.get()).clone();
+        let id = record.id.clone();
+        // Refuse early: a container that cannot start is left as it is.
+        record
+            .state
+            .startable()
+            .map_err(ContainerError::transition(&id))?;
+
+        // Mark the start in the record first: a crash while the monitor
+        // starts leaves a trace the reconcile acts on.
+        record.starting = true;
+        guard.save(record.clone())?;
+        crate::sandbox::crash_point("start-container-before-monitor");
+        let manager = self.clone();
+        let r = record.clone();
+        let result = blocking(move || manager.launch(&r)).await;
+        crate::sandbox::crash_point("start-container-after-monitor");
+        match result {
+            Ok(started) => {
+                for warning in &started.warnings {
+                    tracing::warn!(container = %id, "{warning}");
+                }
+                record
+                    .apply(Transition::Start(started))
+                    .map_err(ContainerError::transition(&id))?;
+                guard.save(record)?;
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let exit = Exit::start_error(message.clone(), crate::clock::now_unix_nanos());
+                record
+                    .apply(Transition::FailStart(exit))
+                    .map_err(ContainerError::transition(&id))?;
+                guard.save(record)?;
+                Err(ContainerError::StartFailed { id, message })
+            }
+        }
+    }
+
+    /// Mounts the rootfs if a reboot took it, makes the cgroup and starts
+    /// the monitor. Blocking.
+    fn launch(&self, record: &ContainerRecord) -> Result<Started, ContainerError> {
+        if !is_mountpoint(&record.overlay.target) {
+            record.overlay.mount()?;
+        }
+        let bundle = self.bundle_dir(&record.id);
+        let exit_file = self.exit_file(&record.id);
+        if let Some(dir) = exit_file.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        let mut cgroup_dirs = Vec::new();
+        let mut cgroup = None;
+        if let Some(manager) = &self.cgroups {
+            // The spec is what the executor runs: its limits are the
+            // cgroup's (UpdateContainerResources of a created container
+            // rewrites them there).
+            let spec = spec::load(&bundle)?;
+            let resources = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref())
+                .map(Resources::from)
+                .unwrap_or_default();
+            let cg = manager.create(&record.cgroup_path, &resources)?;
+            cgroup_dirs = cg.dirs().into_iter().map(|d| d.path).collect();
+            cgroup = Some(cg);
+        }
+        if !record.log_path.is_empty()
+            && let Some(dir) = Path::new(&record.log_path).parent()
+        {
+            std::fs::create_dir_all(dir).map_err(io_err("create log dir", dir))?;
+        }
+        let spec = MonitorSpec {
+            bundle,
+            log_path: if record.log_path.is_empty() {
+                PathBuf::from("/dev/null")
+            } else {
+                PathBuf::from(&record.log_path)
+            },
+            exit_file,
+            socket: self.socket(&record.id),
+            tty: record.config.tty,
+            stdin: record.config.stdin,
+            stdin_once: record.config.stdin_once,
+            cgroup_dirs,
+            exe: Some(self.exe().to_owned()),
+        };
+        match monitor::start(&spec) {
+            Ok(started) => Ok(started),
+            Err(e) => {
+                if let Some(cg) = cgroup {
+                    let _ = cg.kill_all();
+                    let _ = cg.destroy();
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Whether `path` is a mount point (a reboot empties the overlay mounts).
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.display().to_string();
+    text.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == wanted))
+}

@@ -1,0 +1,45 @@
+//! UpdateContainerResources: new limits for a container. A running
+//! container's cgroup changes at once; the record and the bundle's spec
+//! change whatever the state, so ContainerStatus reports what is in force
+//! and a created container starts with the new limits.
+
+use super::config::ContainerResources;
+use super::error::ContainerError;
+use super::manager::ContainerManager;
+use super::spec;
+use super::state::State;
+use super::status::Probe;
+use crate::task::blocking;
+
+impl ContainerManager {
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        update: ContainerResources,
+    ) -> Result<(), ContainerError> {
+        let mut guard = self.store.lock(id).await?;
+        let mut record = (*guard.get()).clone();
+        self.refresh(&mut record, Probe::Processes);
+        update.cgroup.validate()?;
+        let mut resources = record.config.resources.clone().unwrap_or_default();
+        resources.merge(&update);
+        record.config.resources = Some(resources);
+
+        let cgroup = (record.state == State::Running)
+            .then(|| self.open_cgroup(&record))
+            .flatten();
+        let (bundle, config) = (self.bundle_dir(&record.id), record.config.clone());
+        blocking(move || {
+            if let Some(cg) = cgroup {
+                cg.update(&update.cgroup)?;
+            }
+            let mut spec = spec::load(&bundle)?;
+            spec::set_resources(&mut spec, &config)?;
+            spec::write(&bundle, &spec)?;
+            Ok::<_, ContainerError>(())
+        })
+        .await?;
+        guard.save(record)?;
+        Ok(())
+    }
+}

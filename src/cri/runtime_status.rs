@@ -1,0 +1,92 @@
+//! The RPCs about the runtime itself: Version, Status, RuntimeConfig and
+//! UpdateRuntimeConfig.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1 as cri;
+use tonic::Status;
+
+use super::CriService;
+use crate::config::CgroupDriver;
+
+/// The CRI API version ketch implements.
+const CRI_API_VERSION: &str = "v1";
+
+pub(super) async fn version(
+    _cri: &CriService,
+    _req: cri::VersionRequest,
+) -> Result<cri::VersionResponse, Status> {
+    Ok(cri::VersionResponse {
+        // The kubelet-facing API version, as containerd and CRI-O report it.
+        version: "0.1.0".into(),
+        runtime_name: "ketch".into(),
+        runtime_version: env!("CARGO_PKG_VERSION").into(),
+        runtime_api_version: CRI_API_VERSION.into(),
+    })
+}
+
+pub(super) async fn status(
+    cri: &CriService,
+    req: cri::StatusRequest,
+) -> Result<cri::StatusResponse, Status> {
+    let conditions = cri
+        .runtime
+        .conditions()
+        .into_iter()
+        .map(|c| cri::RuntimeCondition {
+            r#type: c.kind.into(),
+            status: c.ready,
+            reason: c.reason,
+            message: c.message,
+        })
+        .collect();
+    let mut info = HashMap::new();
+    if req.verbose {
+        let config = serde_json::to_string(cri.runtime.config())
+            .map_err(|e| Status::internal(format!("cannot encode config: {e}")))?;
+        info.insert("config".to_owned(), config);
+    }
+    Ok(cri::StatusResponse {
+        status: Some(cri::RuntimeStatus { conditions }),
+        info,
+        runtime_handlers: vec![cri::RuntimeHandler {
+            name: String::new(),
+            features: Some(cri::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            }),
+        }],
+        features: Some(cri::RuntimeFeatures {
+            supplemental_groups_policy: false,
+        }),
+    })
+}
+
+pub(super) async fn runtime_config(
+    cri: &CriService,
+    _req: cri::RuntimeConfigRequest,
+) -> Result<cri::RuntimeConfigResponse, Status> {
+    let cgroup_driver = match cri.runtime.config().cgroup_driver {
+        CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+        CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+    };
+    Ok(cri::RuntimeConfigResponse {
+        linux: Some(cri::LinuxRuntimeConfiguration {
+            cgroup_driver: cgroup_driver as i32,
+        }),
+    })
+}
+
+pub(super) async fn update_runtime_config(
+    cri: &CriService,
+    req: cri::UpdateRuntimeConfigRequest,
+) -> Result<cri::UpdateRuntimeConfigResponse, Status> {
+    // The pod CIDR is all the CRI carries here today.
+    let pod_cidr = req
+        .runtime_config
+        .and_then(|c| c.network_config)
+        .map(|n| n.pod_cidr)
+        .unwrap_or_default();
+    cri.runtime.sandboxes().update_pod_cidr(&pod_cidr).await?;
+    Ok(cri::UpdateRuntimeConfigResponse {})
+}
