@@ -15,20 +15,20 @@ use crate::harness::registry::Registry;
 use crate::harness::{Daemon, DaemonOptions};
 
 /// A daemon, a registry with the standard images, busybox pulled.
-struct Env {
-    daemon: Daemon,
-    _registry: Registry,
-    images: TestImages,
-    rt: RuntimeServiceClient<Channel>,
-    img: ImageServiceClient<Channel>,
+pub(crate) struct Env {
+    pub(crate) daemon: Daemon,
+    pub(crate) registry: Registry,
+    pub(crate) images: TestImages,
+    pub(crate) rt: RuntimeServiceClient<Channel>,
+    pub(crate) img: ImageServiceClient<Channel>,
 }
 
 impl Env {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(DaemonOptions::default()).await
     }
 
-    async fn start_with(options: DaemonOptions) -> Self {
+    pub(crate) async fn start_with(options: DaemonOptions) -> Self {
         let registry = Registry::start_plain().await;
         let images = TestImages::push_all(&registry).await;
         let daemon = Daemon::start_with(options).await;
@@ -45,24 +45,24 @@ impl Env {
         .expect("pull busybox");
         Env {
             daemon,
-            _registry: registry,
+            registry,
             images,
             rt,
             img,
         }
     }
 
-    fn busybox(&self) -> String {
+    pub(crate) fn busybox(&self) -> String {
         self.images.busybox.reference.clone()
     }
 
-    fn log_dir(&self) -> std::path::PathBuf {
+    pub(crate) fn log_dir(&self) -> std::path::PathBuf {
         let dir = self.daemon.dir.path().join("logs").join(unique("pod"));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
-    async fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
+    pub(crate) async fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
         let config = pod_config(&unique(name), &self.log_dir());
         let id = self
             .rt
@@ -77,7 +77,7 @@ impl Env {
         (id, config)
     }
 
-    async fn create(
+    pub(crate) async fn create(
         &mut self,
         pod: &(String, PodSandboxConfig),
         config: ContainerConfig,
@@ -92,7 +92,7 @@ impl Env {
             .map(|r| r.into_inner().container_id)
     }
 
-    async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+    pub(crate) async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
         self.rt
             .start_container(StartContainerRequest {
                 container_id: id.to_owned(),
@@ -101,7 +101,7 @@ impl Env {
             .map(|_| ())
     }
 
-    async fn run(
+    pub(crate) async fn run(
         &mut self,
         pod: &(String, PodSandboxConfig),
         name: &str,
@@ -113,7 +113,7 @@ impl Env {
         id
     }
 
-    async fn status(&mut self, id: &str) -> ContainerStatus {
+    pub(crate) async fn status(&mut self, id: &str) -> ContainerStatus {
         self.rt
             .container_status(ContainerStatusRequest {
                 container_id: id.to_owned(),
@@ -126,7 +126,7 @@ impl Env {
             .expect("status set")
     }
 
-    async fn wait_exited(&mut self, id: &str) -> ContainerStatus {
+    pub(crate) async fn wait_exited(&mut self, id: &str) -> ContainerStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let status = self.status(id).await;
@@ -138,7 +138,7 @@ impl Env {
         }
     }
 
-    async fn exec(
+    pub(crate) async fn exec(
         &mut self,
         id: &str,
         cmd: &[&str],
@@ -154,7 +154,7 @@ impl Env {
             .map(|r| r.into_inner())
     }
 
-    async fn remove_pod(&mut self, id: &str) {
+    pub(crate) async fn remove_pod(&mut self, id: &str) {
         self.rt
             .stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: id.to_owned(),

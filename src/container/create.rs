@@ -124,6 +124,7 @@ impl ContainerManager {
             self.remove_files(id, &overlay.target);
             return Err(e.into());
         }
+        crate::sandbox::crash_point("create-container-after-record");
         Ok(())
     }
 }

@@ -1,0 +1,329 @@
+//! Container state kept right through crashes, updates and stops: the
+//! image lease taken before the record, a cut-off start that kills only
+//! what ketch started, UpdateContainerResources of a created container,
+//! real-time stop signals.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use k8s_cri::v1::*;
+
+use crate::containers::Env;
+use crate::harness::DaemonOptions;
+use crate::harness::cri::container_config;
+use crate::harness::images::ImageBuilder;
+
+fn crash_at(point: &str) -> DaemonOptions {
+    DaemonOptions {
+        env: vec![("KETCH_TEST_CRASH_POINT".into(), point.into())],
+        ..Default::default()
+    }
+}
+
+/// Restarts a daemon that a crash point killed, without the crash point.
+async fn restart(env: &mut Env) {
+    env.daemon.kill9();
+    env.daemon.set_env(Vec::new());
+    env.daemon.restart().await;
+    env.rt = env.daemon.runtime().await;
+    env.img = env.daemon.images().await;
+}
+
+fn layer_count(env: &Env) -> usize {
+    std::fs::read_dir(env.daemon.root_dir.join("layers"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A crash right after CreateContainer recorded the container: the
+/// container already holds its image lease, so removing the image keeps
+/// the layers it runs on, and it starts after the restart.
+#[tokio::test]
+async fn a_container_recorded_before_a_crash_keeps_its_layers() {
+    let mut env = Env::start_with(crash_at("create-container-after-record")).await;
+    let pod = env.run_pod("lease").await;
+    let config = container_config("leased", &env.busybox(), &["sleep", "1000"]);
+    assert!(
+        env.create(&pod, config).await.is_err(),
+        "the daemon died at the crash point"
+    );
+    restart(&mut env).await;
+    let listed = env
+        .rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0].id.clone();
+    assert_eq!(listed[0].state, ContainerState::ContainerCreated as i32);
+    let layers = layer_count(&env);
+    assert!(layers > 0);
+
+    env.img
+        .remove_image(RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: env.busybox(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("remove the image");
+    // Give a garbage collection the time to run, had it anything to take.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(layer_count(&env), layers, "the container's layers stay");
+    env.start_container(&id).await.expect("it starts");
+    let out = env.exec(&id, &["cat", "/bin/busybox"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(!out.stdout.is_empty());
+
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
+
+/// A crash after the lease was taken and before the record: nothing is
+/// left, the lease is released at the restart and the name is free.
+#[tokio::test]
+async fn a_crash_between_lease_and_record_leaves_nothing() {
+    let mut env = Env::start_with(crash_at("create-container-after-lease")).await;
+    let pod = env.run_pod("lease2").await;
+    let config = container_config("victim", &env.busybox(), &["sleep", "1000"]);
+    assert!(env.create(&pod, config.clone()).await.is_err());
+    restart(&mut env).await;
+    let listed = env
+        .rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    let leases = env.daemon.root_dir.join("leases");
+    let left: Vec<_> = std::fs::read_dir(&leases)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "orphan leases: {left:?}");
+    let id = env.create(&pod, config).await.expect("the name is free");
+    env.start_container(&id).await.expect("and it starts");
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
+
+/// The reconcile of a start cut off by a crash kills the container's
+/// monitor, and nothing else that merely mentions the bundle.
+#[tokio::test]
+async fn a_cut_off_start_spares_processes_that_mention_the_bundle() {
+    let mut env = Env::start_with(crash_at("start-container-after-monitor")).await;
+    let pod = env.run_pod("spare").await;
+    let config = container_config("victim", &env.busybox(), &["sleep", "1000"]);
+    let id = env.create(&pod, config).await.expect("create");
+    let spec = env
+        .daemon
+        .root_dir
+        .join("containers")
+        .join(&id)
+        .join("config.json");
+    // An operator watching the container's spec.
+    let mut watcher = Command::new("tail")
+        .arg("-f")
+        .arg(&spec)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn tail");
+    assert!(env.start_container(&id).await.is_err(), "the daemon died");
+    restart(&mut env).await;
+    let status = env.status(&id).await;
+    assert_eq!(status.state, ContainerState::ContainerExited as i32);
+    assert_eq!(status.reason, "StartError");
+    assert!(
+        watcher.try_wait().unwrap().is_none(),
+        "the reconcile killed a process that only mentions the bundle"
+    );
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+    // The monitor it started is gone, with its container.
+    let bundle = env.daemon.root_dir.join("containers").join(&id);
+    let left = crate::harness::daemon::pids_referencing(&bundle.display().to_string());
+    assert!(left.is_empty(), "processes of the bundle left: {left:?}");
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
+
+fn resources(memory: i64, shares: i64) -> LinuxContainerResources {
+    LinuxContainerResources {
+        memory_limit_in_bytes: memory,
+        cpu_shares: shares,
+        ..Default::default()
+    }
+}
+
+fn reported(status: &ContainerStatus) -> LinuxContainerResources {
+    status
+        .resources
+        .clone()
+        .and_then(|r| r.linux)
+        .expect("resources reported")
+}
+
+/// The memory limit the container's own cgroup holds, read inside.
+async fn cgroup_memory_limit(env: &mut Env, id: &str) -> Option<i64> {
+    let script = "cat /proc/self/cgroup";
+    let out = env.exec(id, &["sh", "-c", script], 10).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // v1: "N:memory:/path"; v2: "0::/path".
+    let (v1, path) = text
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| (true, path.to_owned()))
+        })
+        .or_else(|| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("0::").map(|p| (false, p.to_owned())))
+        })?;
+    let file = if v1 {
+        format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+    } else {
+        format!("/sys/fs/cgroup{path}/memory.max")
+    };
+    std::fs::read_to_string(&file).ok()?.trim().parse().ok()
+}
+
+/// UpdateContainerResources while CREATED changes what ContainerStatus
+/// reports and what the container starts with; while RUNNING, its cgroup.
+#[tokio::test]
+async fn resources_follow_updates_while_created_and_running() {
+    let mut env = Env::start().await;
+    let pod = env.run_pod("update").await;
+    let mut config = container_config("limited", &env.busybox(), &["sleep", "1000"]);
+    config.linux = Some(LinuxContainerConfig {
+        resources: Some(resources(64 << 20, 512)),
+        ..Default::default()
+    });
+    let id = env.create(&pod, config).await.expect("create");
+    assert_eq!(
+        reported(&env.status(&id).await).memory_limit_in_bytes,
+        64 << 20
+    );
+
+    env.rt
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(resources(96 << 20, 0)),
+            ..Default::default()
+        })
+        .await
+        .expect("update a created container");
+    let now = reported(&env.status(&id).await);
+    assert_eq!(
+        now.memory_limit_in_bytes,
+        96 << 20,
+        "the update is reported"
+    );
+    assert_eq!(now.cpu_shares, 512, "what the update left unset stays");
+
+    env.start_container(&id).await.expect("start");
+    assert_eq!(
+        cgroup_memory_limit(&mut env, &id).await,
+        Some(96 << 20),
+        "the container started with the updated limit"
+    );
+
+    env.rt
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(resources(128 << 20, 0)),
+            ..Default::default()
+        })
+        .await
+        .expect("update a running container");
+    assert_eq!(
+        reported(&env.status(&id).await).memory_limit_in_bytes,
+        128 << 20
+    );
+    assert_eq!(cgroup_memory_limit(&mut env, &id).await, Some(128 << 20));
+
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
+
+/// An image's `STOPSIGNAL SIGRTMIN+3` (systemd's) is what StopContainer
+/// sends first: the container's handler for it decides the exit code.
+#[tokio::test]
+async fn a_realtime_stop_signal_reaches_the_container() {
+    let mut env = Env::start().await;
+    let image = ImageBuilder::busybox().stop_signal("SIGRTMIN+3").build();
+    let reference = format!("{}/rtstop:latest", env.registry.host());
+    image
+        .push(&env.registry.client(), "rtstop", Some("latest"))
+        .await;
+    env.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let pod = env.run_pod("rtstop").await;
+    // SIGRTMIN+3 is signal 37 (glibc reserves two real-time signals).
+    let script = "trap 'exit 42' 37; echo ready; while true; do sleep 0.1; done";
+    let config = container_config("systemd-like", &reference, &["sh", "-c", script]);
+    let id = env.create(&pod, config).await.expect("create");
+    env.start_container(&id).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 20,
+        })
+        .await
+        .expect("stop");
+    let status = env.wait_exited(&id).await;
+    assert_eq!(
+        status.exit_code, 42,
+        "the trap ran: SIGRTMIN+3 was sent, not SIGTERM then SIGKILL"
+    );
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
+
+/// An image whose STOPSIGNAL names no signal is refused at creation,
+/// naming it, instead of being stopped with SIGTERM without a word.
+#[tokio::test]
+async fn an_unknown_stop_signal_is_refused_at_create() {
+    let mut env = Env::start().await;
+    let image = ImageBuilder::busybox().stop_signal("SIGBOGUS").build();
+    let reference = format!("{}/badstop:latest", env.registry.host());
+    image
+        .push(&env.registry.client(), "badstop", Some("latest"))
+        .await;
+    env.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let pod = env.run_pod("badstop").await;
+    let config = container_config("c", &reference, &["sleep", "1"]);
+    let err = env.create(&pod, config).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("SIGBOGUS"), "{}", err.message());
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
