@@ -11,7 +11,8 @@ use nix::unistd::{ForkResult, sethostname, setsid};
 
 use super::process::{self, Finalize};
 use super::step::{self, StepError};
-use super::{Plan, StartRequest, enter_cgroups, rootfs, sys};
+use super::{Plan, StartRequest, enter_cgroups, rootfs};
+use crate::sys;
 
 /// Process A. Returns after reporting B's pid; B never returns here.
 pub(super) fn intermediate(
@@ -34,7 +35,10 @@ pub(super) fn intermediate(
     }
     drop(fds);
     unshare(plan.unshare).map_err(|e| StepError::errno("unshare namespaces", e))?;
-    match sys::fork().map_err(|e| StepError::errno("fork the container process", e))? {
+    // SAFETY: A is a forked child of the single-threaded monitor, and a
+    // child has only the thread that forked it.
+    let forked = unsafe { sys::fork() };
+    match forked.map_err(|e| StepError::errno("fork the container process", e))? {
         ForkResult::Child => {
             drop(pid_pipe);
             let Err(e) = container(plan, req);
@@ -100,10 +104,5 @@ fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, Step
 }
 
 fn set_domainname(name: &str) -> Result<(), StepError> {
-    // nix has no setdomainname wrapper.
-    // SAFETY: the pointer and length describe `name`'s bytes for the call.
-    let rc = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
-    nix::errno::Errno::result(rc)
-        .map(drop)
-        .map_err(|e| StepError::errno(format!("setdomainname {name:?}"), e))
+    sys::set_domainname(name).map_err(|e| StepError::errno(format!("setdomainname {name:?}"), e))
 }

@@ -9,7 +9,7 @@
 //!
 //! [`Builtin::start`] runs inside the container's monitor, a single-threaded
 //! process (so `fork` is safe there: the child may allocate and run any
-//! code, see [`sys::fork`]). It forks twice:
+//! code, see [`crate::sys::fork`]). It forks twice:
 //!
 //! ```text
 //! monitor ─fork→ A: join the cgroups (write 0 to cgroup.procs), setns into
@@ -47,7 +47,6 @@ mod init;
 pub mod process;
 pub mod rootfs;
 pub mod step;
-pub mod sys;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -58,6 +57,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, pipe2};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
+use crate::sys;
 use step::StepError;
 
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +230,10 @@ impl Executor for Builtin {
         let sys = |context| move |source| ExecutorError::Sys { context, source };
         let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
         let (pid_r, pid_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
-        match sys::fork().map_err(sys("fork"))? {
+        // SAFETY: `start` runs in the container's monitor, which is
+        // single-threaded (see the module docs).
+        let forked = unsafe { sys::fork() };
+        match forked.map_err(sys("fork"))? {
             ForkResult::Child => {
                 drop(report_r);
                 drop(pid_r);
