@@ -23,8 +23,8 @@ pub(super) fn intermediate(
 ) -> Result<(), StepError> {
     enter_cgroups(req.cgroup_dirs)?;
     // Open every namespace first: the paths are the host's.
-    let mut fds = Vec::with_capacity(plan.join.len());
-    for (flag, path) in &plan.join {
+    let mut fds = Vec::with_capacity(plan.namespaces.join.len());
+    for (flag, path) in &plan.namespaces.join {
         let fd = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| StepError::errno(format!("open namespace {}", path.display()), e))?;
         fds.push((*flag, fd, path));
@@ -34,7 +34,7 @@ pub(super) fn intermediate(
             .map_err(|e| StepError::errno(format!("join namespace {}", path.display()), e))?;
     }
     drop(fds);
-    unshare(plan.unshare).map_err(|e| StepError::errno("unshare namespaces", e))?;
+    unshare(plan.namespaces.unshare).map_err(|e| StepError::errno("unshare namespaces", e))?;
     // SAFETY: A is a forked child of the single-threaded monitor, and a
     // child has only the thread that forked it.
     let forked = unsafe { sys::fork() };
@@ -70,7 +70,7 @@ fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, Step
     } else {
         None
     };
-    if plan.new_uts {
+    if plan.namespaces.new_uts() {
         if let Some(name) = plan.spec.hostname() {
             sethostname(name).map_err(|e| StepError::errno(format!("sethostname {name:?}"), e))?;
         }
@@ -78,23 +78,9 @@ fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, Step
             set_domainname(name)?;
         }
     }
-    rootfs::prepare(&plan.rootfs)?;
-    let summary = rootfs::mount_all(
-        &plan.rootfs,
-        plan.spec.mounts().as_deref().unwrap_or_default(),
-    )?;
-    let linux = plan.spec.linux().as_ref();
-    rootfs::populate_dev(
-        &plan.rootfs,
-        &summary,
-        linux
-            .and_then(|l| l.devices().as_deref())
-            .unwrap_or_default(),
-        console.as_deref(),
-    )?;
-    rootfs::pivot(&plan.rootfs)?;
+    rootfs::execute(&plan.rootfs, &plan.mounts.before_pivot, console.as_deref())?;
     process::create_cwd(plan.process)?;
-    rootfs::finish(plan.spec)?;
+    rootfs::execute(&plan.rootfs, &plan.mounts.after_pivot, None)?;
     process::finalize_and_exec(
         plan.process,
         Finalize {
