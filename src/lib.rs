@@ -24,3 +24,5 @@ pub mod store;
 pub mod streaming;
 pub mod sys;
 pub mod task;
+#[cfg(test)]
+mod testing;

@@ -6,8 +6,8 @@
 //! run on a v1 (or hybrid) host; the v2 tests root a manager at a fresh
 //! directory of the cgroup2 mount (`/sys/fs/cgroup` on a v2 host,
 //! `/sys/fs/cgroup/unified` on a hybrid one), so they never change the
-//! host's root cgroup. A test that needs something the host lacks says so
-//! on stderr and returns.
+//! host's root cgroup. A test that needs something the host lacks (root
+//! included) says so on stderr and returns.
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -77,6 +77,9 @@ struct Fixture {
 impl Fixture {
     /// The host's manager, when the host is cgroup v1 (or hybrid).
     fn v1(tag: &str) -> Option<Self> {
+        if !crate::testing::root_or_skip("creates cgroups") {
+            return None;
+        }
         let manager = CgroupManager::detect().expect("detect cgroups");
         if manager.version() != CgroupVersion::V1 {
             eprintln!("skipping v1 test {tag}: this host is cgroup v2 only");
@@ -92,6 +95,9 @@ impl Fixture {
 
     /// A v2 manager rooted at a fresh dir of the host's cgroup2 mount.
     fn v2(tag: &str) -> Option<Self> {
+        if !crate::testing::root_or_skip("creates cgroups") {
+            return None;
+        }
         let mount = if is_cgroup2(Path::new(CGROUP_ROOT)) {
             PathBuf::from(CGROUP_ROOT)
         } else {
