@@ -284,7 +284,7 @@ pub fn reset_signals() -> nix::Result<()> {
 }
 
 /// pidfd-free check that `pid` is still the process we started: compares
-/// the start time (clock ticks since boot, /proc/<pid>/stat field 22).
+/// the start time (clock ticks since boot, `/proc/<pid>/stat` field 22).
 pub fn start_time(pid: Pid) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields

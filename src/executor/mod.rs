@@ -23,6 +23,11 @@
 //!                   capabilities, no_new_privs, umask, execve (`process`)
 //! ```
 //!
+//! Everything is decided before the first fork, in the monitor, as plain
+//! data (`Plan`): the namespaces to join and to make
+//! ([`namespaces::NamespacePlan`]) and every mount step
+//! ([`mount_plan::MountPlan`]); A and B only carry it out.
+//!
 //! A second fork is needed because a new (or joined) pid namespace applies
 //! only to children of the process that unshares or joins it. B is
 //! reparented to the monitor, which is a child subreaper: the monitor waits

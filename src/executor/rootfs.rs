@@ -1,6 +1,7 @@
-//! Executes a [`MountPlan`] inside the container's new mount namespace:
-//! the plan (`mount_plan`) says what is mounted, in which order, with which
-//! flags; this module resolves the paths and makes the calls.
+//! Executes a [`MountPlan`](super::mount_plan::MountPlan) inside the
+//! container's new mount namespace: the plan says what is mounted, in which
+//! order, with which flags; this module resolves the paths and makes the
+//! calls.
 //!
 //! Paths inside the rootfs are resolved with symlinks followed as if the
 //! rootfs were `/` ([`secure_join`]), so an image's symlink cannot point a
@@ -195,6 +196,7 @@ fn create_file(path: &Path) -> Result<(), StepError> {
     }
     Ok(())
 }
+
 fn mkdir_all(path: &Path) -> Result<(), StepError> {
     std::fs::DirBuilder::new()
         .recursive(true)
