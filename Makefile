@@ -44,6 +44,8 @@ install: release
 test: deps-test
 	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
 
+# Runs as any user: a test that needs root says "skipped: needs root (...)"
+# on stderr (see it with `-- --nocapture`) and passes without running.
 unit:
 	$(CARGO) test --locked --lib --bins
 

@@ -42,6 +42,6 @@ if [ "${1:-run}" != run ] && ! python3 -c 'import websocket' >/dev/null 2>&1; th
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo not found: ketch needs a Rust toolchain (1.85 or newer, edition 2024) on PATH" >&2
+  echo "cargo not found: ketch needs a Rust toolchain (1.88 or newer, edition 2024) on PATH" >&2
   exit 1
 fi

@@ -22,4 +22,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod store;
 pub mod streaming;
+pub mod sys;
 pub mod task;
+#[cfg(test)]
+mod testing;

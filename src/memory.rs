@@ -17,6 +17,8 @@
 
 use std::time::Duration;
 
+use crate::sys::malloc;
+
 /// How often the trimmer looks.
 const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 /// Freed memory malloc may keep before it is trimmed.
@@ -28,7 +30,7 @@ const ARENAS_PER_CORE: usize = 2;
 pub fn limit_arenas() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let arenas = i32::try_from(cores * ARENAS_PER_CORE).unwrap_or(i32::MAX);
-    sys::set_arena_max(arenas);
+    malloc::set_arena_max(arenas);
 }
 
 /// Spawns the trimmer on the current tokio runtime; it runs until the
@@ -48,48 +50,17 @@ pub fn spawn_trimmer() {
 /// Trims when malloc holds more than [`TRIM_THRESHOLD`] of freed memory.
 /// Returns whether it trimmed.
 pub fn trim_if_worth_it() -> bool {
-    let free = sys::free_bytes();
+    let free = malloc::free_bytes();
     if !worth_trimming(free) {
         return false;
     }
-    sys::trim();
+    malloc::trim();
     tracing::trace!(free_bytes = free, "returned freed heap pages to the system");
     true
 }
 
 fn worth_trimming(free_bytes: Option<usize>) -> bool {
     free_bytes.is_some_and(|free| free > TRIM_THRESHOLD)
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-mod sys {
-    pub fn set_arena_max(arenas: i32) {
-        // SAFETY: mallopt only sets a malloc parameter; any value is
-        // accepted or refused with 0.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
-    }
-
-    /// Bytes malloc holds in free chunks, over all arenas.
-    pub fn free_bytes() -> Option<usize> {
-        // SAFETY: mallinfo2 takes no arguments and returns a plain struct
-        // of counters (glibc 2.33 and later).
-        Some(unsafe { libc::mallinfo2() }.fordblks)
-    }
-
-    pub fn trim() {
-        // SAFETY: malloc_trim only returns free memory to the system; it
-        // is safe to call at any time from any thread.
-        unsafe { libc::malloc_trim(0) };
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-mod sys {
-    pub fn set_arena_max(_arenas: i32) {}
-    pub fn free_bytes() -> Option<usize> {
-        None
-    }
-    pub fn trim() {}
 }
 
 #[cfg(test)]
@@ -113,7 +84,7 @@ mod tests {
         for block in blocks.iter_mut().step_by(2) {
             *block = None;
         }
-        assert!(sys::free_bytes().is_some_and(|free| free >= 10 * 1024 * 1024));
+        assert!(malloc::free_bytes().is_some_and(|free| free >= 10 * 1024 * 1024));
         assert!(trim_if_worth_it());
         drop(blocks);
     }

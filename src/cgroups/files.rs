@@ -128,31 +128,6 @@ pub(crate) fn kill_pids(pids: &[Pid]) {
     }
 }
 
-/// Creates `base/<components of path>` one level at a time, calling
-/// `prepare(parent, dir)` for every level (existing or new) so the caller
-/// can set up what a child needs from its parent. New dirs are appended to
-/// `created`, outermost first, for the caller's cleanup.
-pub(crate) fn create_dirs(
-    base: &Path,
-    path: &str,
-    created: &mut Vec<PathBuf>,
-    mut prepare: impl FnMut(&Path, &Path) -> Result<()>,
-) -> Result<PathBuf> {
-    let mut dir = base.to_path_buf();
-    for component in path.split('/').filter(|c| !c.is_empty()) {
-        let parent = dir.clone();
-        dir.push(component);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => created.push(dir.clone()),
-            // Another create shares this parent (the pod's cgroup, /ketch).
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(CgroupError::io("create cgroup dir", &dir, e)),
-        }
-        prepare(&parent, &dir)?;
-    }
-    Ok(dir)
-}
-
 /// Removes dirs this call created, innermost first; used on failure paths,
 /// so errors are logged rather than returned.
 pub(crate) fn remove_created(created: &[PathBuf]) {

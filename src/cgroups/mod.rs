@@ -67,6 +67,9 @@
 //! arithmetic, runc's v1→v2 conversions and write ordering, OOM and
 //! kill-everything semantics, a manager rooted at a delegated v2 subtree.
 //! Owning these few hundred lines keeps every write and its order visible.
+//! A create or an update is first a plan (`plan`: the directories per
+//! hierarchy and the writes in order, built from [`Resources`] alone), then
+//! applied; the plans are unit-tested without root.
 //!
 //! Device access rules ([`DeviceRule`]) are enforced on v1 only; v2 needs
 //! an eBPF device program, which ketch does not load yet.
@@ -75,6 +78,7 @@ mod error;
 mod files;
 pub mod parse;
 mod path;
+mod plan;
 mod resources;
 mod stats;
 mod v1;

@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use super::error::{CgroupError, Result};
 use super::files;
 use super::parse::{CgroupMount, MountKind, parse_flat_keyed};
+use super::plan::{self, CgroupPlan, LevelSetup, Write};
 use super::resources::Resources;
 use super::stats::{self, CpuStats, Stats};
 
@@ -97,46 +98,59 @@ impl V1 {
     }
 
     pub fn create(&self, path: &str, resources: &Resources) -> Result<()> {
-        let mut created = Vec::new();
-        let result = self
-            .hierarchies
-            .iter()
-            .try_for_each(|h| {
-                let cpuset = h.controllers.iter().any(|c| c == "cpuset");
-                files::create_dirs(&h.mount_point, path, &mut created, |parent, dir| {
-                    if cpuset {
-                        inherit_cpuset(parent, dir)
-                    } else {
-                        Ok(())
-                    }
-                })
-                .map(drop)
-            })
-            .and_then(|()| self.apply(path, resources));
-        if result.is_err() {
-            files::remove_created(&created);
-        }
-        result
+        plan::create(&self.plan(path, resources)?)
     }
 
     pub fn apply(&self, path: &str, r: &Resources) -> Result<()> {
+        plan::apply(&self.writes(path, r)?)
+    }
+
+    /// The cgroup's directories in every hierarchy, then its settings.
+    pub(crate) fn plan(&self, path: &str, resources: &Resources) -> Result<CgroupPlan> {
+        let dirs = self
+            .hierarchies
+            .iter()
+            .flat_map(|h| {
+                let cpuset = h.controllers.iter().any(|c| c == "cpuset");
+                let setup = if cpuset {
+                    LevelSetup::InheritCpuset
+                } else {
+                    LevelSetup::Nothing
+                };
+                plan::levels(&h.mount_point, path, setup)
+            })
+            .collect();
+        Ok(CgroupPlan {
+            dirs,
+            writes: self.writes(path, resources)?,
+        })
+    }
+
+    /// The writes that apply `r`, each in the hierarchy of its controller.
+    /// A setting whose controller has no hierarchy fails the whole plan.
+    pub(crate) fn writes(&self, path: &str, r: &Resources) -> Result<Vec<Write>> {
         if !r.unified.is_empty() {
             return Err(CgroupError::invalid(
                 "unified",
                 "this host uses cgroup v1; cgroup v2 settings cannot be applied",
             ));
         }
+        let mut writes = Vec::new();
         if r.cpu_shares.is_some() || r.cpu_period.is_some() || r.cpu_quota.is_some() {
             let dir = self.require("cpu", path, "cpu.shares")?;
             if let Some(shares) = r.cpu_shares {
-                files::write_setting(&dir, "cpu.shares", &shares.to_string())?;
+                writes.push(Write::setting(&dir, "cpu.shares", shares.to_string()));
             }
             // The period first: the kernel checks a quota against it.
             if let Some(period) = r.cpu_period {
-                files::write_setting(&dir, "cpu.cfs_period_us", &period.to_string())?;
+                writes.push(Write::setting(
+                    &dir,
+                    "cpu.cfs_period_us",
+                    period.to_string(),
+                ));
             }
             if let Some(quota) = r.cpu_quota {
-                files::write_setting(&dir, "cpu.cfs_quota_us", &quota.to_string())?;
+                writes.push(Write::setting(&dir, "cpu.cfs_quota_us", quota.to_string()));
             }
         }
         for (file, value) in [
@@ -145,21 +159,25 @@ impl V1 {
         ] {
             if let Some(v) = value {
                 let dir = self.require("cpuset", path, file)?;
-                files::write_setting(&dir, file, v)?;
+                writes.push(Write::setting(&dir, file, v.as_str()));
             }
         }
         if r.memory_limit.is_some() || r.memory_swap.is_some() {
             let dir = self.require("memory", path, "memory.limit_in_bytes")?;
-            set_memory(&dir, r.memory_limit, r.memory_swap)?;
+            writes.push(Write::MemoryV1 {
+                dir,
+                limit: r.memory_limit,
+                swap: r.memory_swap,
+            });
         }
         if let Some(limit) = r.pids_limit {
             let dir = self.require("pids", path, "pids.max")?;
-            files::write_setting(&dir, "pids.max", &pids_value(limit))?;
+            writes.push(Write::setting(&dir, "pids.max", pids_value(limit)));
         }
         for h in &r.hugepage_limits {
             let file = format!("hugetlb.{}.limit_in_bytes", h.page_size);
             let dir = self.require("hugetlb", path, &file)?;
-            files::write_setting(&dir, &file, &h.limit.to_string())?;
+            writes.push(Write::setting(&dir, file, h.limit.to_string()));
         }
         if !r.devices.is_empty() {
             let dir = self.require("devices", path, "devices.allow")?;
@@ -170,10 +188,10 @@ impl V1 {
                 } else {
                     "devices.deny"
                 };
-                files::write_setting(&dir, file, &rule.v1_line())?;
+                writes.push(Write::setting(&dir, file, rule.v1_line()));
             }
         }
-        Ok(())
+        Ok(writes)
     }
 
     pub fn add_process(&self, path: &str, pid: Pid) -> Result<()> {
@@ -313,49 +331,13 @@ impl V1 {
 /// A new v1 cpuset starts with no CPUs and no memory nodes (unless the
 /// parent has `cgroup.clone_children`), and adding a task to it fails with
 /// ENOSPC; copy the parent's sets down, as runc does.
-fn inherit_cpuset(parent: &Path, dir: &Path) -> Result<()> {
+pub(super) fn inherit_cpuset(parent: &Path, dir: &Path) -> Result<()> {
     for file in ["cpuset.cpus", "cpuset.mems"] {
         let own = files::read(&dir.join(file))?;
         if own.trim().is_empty() {
             let inherited = files::read(&parent.join(file))?;
             files::write(&dir.join(file), inherited.trim())?;
         }
-    }
-    Ok(())
-}
-
-/// Memory and memory+swap limits, in the order the kernel accepts: it
-/// refuses a memory limit above memsw and a memsw below the memory limit,
-/// so when raising, memsw goes first (the logic of runc's fs/memory.go).
-fn set_memory(dir: &Path, limit: Option<i64>, swap: Option<i64>) -> Result<()> {
-    // Unlimited memory with no word on swap means both unlimited.
-    let mut swap = match (limit, swap) {
-        (Some(-1), None) => Some(-1),
-        (_, s) => s,
-    };
-    if swap.is_some() && !dir.join("memory.memsw.limit_in_bytes").exists() {
-        // Swap accounting is off (kernel without it, or swapaccount=0):
-        // there is no swap limit to set. Kubelet sends swap = limit by
-        // default, so this is normal, not an error.
-        tracing::debug!(dir = %dir.display(), "no swap accounting; memory+swap limit not set");
-        swap = None;
-    }
-    let write_limit = |v: i64| files::write_setting(dir, "memory.limit_in_bytes", &v.to_string());
-    let write_swap =
-        |v: i64| files::write_setting(dir, "memory.memsw.limit_in_bytes", &v.to_string());
-    if let (Some(l), Some(s)) = (limit, swap) {
-        let current_file = dir.join("memory.limit_in_bytes");
-        let current = files::parse_u64(&current_file, &files::read(&current_file)?)?;
-        if s == -1 || u64::try_from(s).is_ok_and(|s| current < s) {
-            write_swap(s)?;
-            return write_limit(l);
-        }
-    }
-    if let Some(l) = limit {
-        write_limit(l)?;
-    }
-    if let Some(s) = swap {
-        write_swap(s)?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use super::error::{CgroupError, Result};
 use super::files;
 use super::parse::parse_flat_keyed;
+use super::plan::{self, CgroupPlan, LevelSetup, Write};
 use super::resources::{Resources, shares_to_weight, swap_v2_value};
 use super::stats::{self, Stats};
 use super::v1::pids_value;
@@ -49,16 +50,7 @@ impl V2 {
     }
 
     pub fn create(&self, path: &str, resources: &Resources) -> Result<()> {
-        let mut created = Vec::new();
-        let result = files::create_dirs(&self.root, path, &mut created, |parent, _| {
-            enable_controllers(parent);
-            Ok(())
-        })
-        .and_then(|_| self.apply(path, resources));
-        if result.is_err() {
-            files::remove_created(&created);
-        }
-        result
+        plan::create(&self.plan(path, resources)?)
     }
 
     pub fn apply(&self, path: &str, r: &Resources) -> Result<()> {
@@ -68,27 +60,53 @@ impl V2 {
                 path: dir.display().to_string(),
             });
         }
+        plan::apply(&self.writes(path, r)?)
+    }
+
+    /// The cgroup's directory, each level with the wanted controllers
+    /// enabled in its parent, then its settings.
+    pub(crate) fn plan(&self, path: &str, resources: &Resources) -> Result<CgroupPlan> {
+        Ok(CgroupPlan {
+            dirs: plan::levels(&self.root, path, LevelSetup::EnableControllers),
+            writes: self.writes(path, resources)?,
+        })
+    }
+
+    /// The writes that apply `r`, in v2 terms (converted as runc does).
+    pub(crate) fn writes(&self, path: &str, r: &Resources) -> Result<Vec<Write>> {
+        let dir = self.dir(path);
+        let mut writes = Vec::new();
         if let Some(shares) = r.cpu_shares {
-            files::write_setting(&dir, "cpu.weight", &shares_to_weight(shares).to_string())?;
+            writes.push(Write::setting(
+                &dir,
+                "cpu.weight",
+                shares_to_weight(shares).to_string(),
+            ));
         }
         if let Some(max) = cpu_max(r.cpu_quota, r.cpu_period) {
-            files::write_setting(&dir, "cpu.max", &max)?;
+            writes.push(Write::setting(&dir, "cpu.max", max));
         }
         for (file, value) in [
             ("cpuset.cpus", &r.cpuset_cpus),
             ("cpuset.mems", &r.cpuset_mems),
         ] {
             if let Some(v) = value {
-                files::write_setting(&dir, file, v)?;
+                writes.push(Write::setting(&dir, file, v.as_str()));
             }
         }
         if let Some(swap) = swap_v2_value(r.memory_swap, r.memory_limit)? {
-            match files::write_setting(&dir, "memory.swap.max", &swap) {
-                // No swap controller (swap off or not accounted): "no swap"
-                // and "unlimited swap" are both what the host gives anyway.
-                Err(CgroupError::ControllerUnavailable { .. }) if swap == "max" || swap == "0" => {}
-                other => other?,
-            }
+            // No swap controller (swap off or not accounted): "no swap" and
+            // "unlimited swap" are both what the host gives anyway.
+            let file = "memory.swap.max".to_owned();
+            writes.push(if swap == "max" || swap == "0" {
+                Write::SettingIfAvailable {
+                    dir: dir.clone(),
+                    file,
+                    value: swap,
+                }
+            } else {
+                Write::setting(&dir, file, swap)
+            });
         }
         if let Some(limit) = r.memory_limit {
             let value = if limit == -1 {
@@ -96,14 +114,14 @@ impl V2 {
             } else {
                 limit.to_string()
             };
-            files::write_setting(&dir, "memory.max", &value)?;
+            writes.push(Write::setting(&dir, "memory.max", value));
         }
         if let Some(limit) = r.pids_limit {
-            files::write_setting(&dir, "pids.max", &pids_value(limit))?;
+            writes.push(Write::setting(&dir, "pids.max", pids_value(limit)));
         }
         for h in &r.hugepage_limits {
             let file = format!("hugetlb.{}.max", h.page_size);
-            files::write_setting(&dir, &file, &h.limit.to_string())?;
+            writes.push(Write::setting(&dir, file, h.limit.to_string()));
         }
         if !r.devices.is_empty() {
             tracing::warn!(
@@ -113,9 +131,9 @@ impl V2 {
         }
         // Last, so a raw value wins over the typed one for the same file.
         for (key, value) in &r.unified {
-            files::write_setting(&dir, key, value)?;
+            writes.push(Write::setting(&dir, key.as_str(), value.as_str()));
         }
-        Ok(())
+        Ok(writes)
     }
 
     pub fn add_process(&self, path: &str, pid: Pid) -> Result<()> {
@@ -260,7 +278,7 @@ fn controllers_to_enable(available: &str, enabled: &str) -> Vec<String> {
 /// Best effort: a parent with processes of its own cannot enable
 /// controllers (the no-internal-process rule), and then a limit that needs
 /// one fails later with a clear `ControllerUnavailable`.
-fn enable_controllers(dir: &Path) {
+pub(super) fn enable_controllers(dir: &Path) {
     let read = |f: &str| files::read(&dir.join(f)).unwrap_or_default();
     let missing =
         controllers_to_enable(&read("cgroup.controllers"), &read("cgroup.subtree_control"));

@@ -178,6 +178,9 @@ mod tests {
 
     #[test]
     fn overlay_mounts_and_unmounts() {
+        if !crate::testing::root_or_skip("mounts an overlay") {
+            return;
+        }
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let o = Overlay {
             lowerdirs: layers(&dir.path().join("layers"), 3, 8),
@@ -201,6 +204,9 @@ mod tests {
 
     #[test]
     fn many_layers_use_relative_lowerdirs() {
+        if !crate::testing::root_or_skip("mounts an overlay") {
+            return;
+        }
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         // 60 layers with 64-char names overflow a page as absolute paths.
         let o = Overlay {

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
@@ -52,13 +52,13 @@ use tokio_util::task::TaskTracker;
 use super::state::State;
 use super::{ContainerError, ContainerManager, ContainerRecord};
 use crate::executor::exec::{self, ExecError, ExecTarget};
-use crate::executor::sys;
 use crate::monitor::proto;
 use crate::store::StoreError;
 use crate::streaming::{
     AttachRequest, BackendError, ExecRequest, ForwardedConn, InputStream, OutputStream,
     StreamBackend, StreamIo, TerminalSize, connect_in_netns,
 };
+use crate::sys;
 
 /// Bytes moved per read.
 const CHUNK: usize = 32 * 1024;
@@ -374,10 +374,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), BackendError> {
 
 /// Sets `O_NONBLOCK`, as the runtime's pipe types need.
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), BackendError> {
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| io_err("fcntl F_GETFL")(e.into()))?;
-    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| io_err("fcntl F_SETFL")(e.into()))?;
-    Ok(())
+    sys::set_nonblocking(fd.as_fd()).map_err(|e| io_err("fcntl O_NONBLOCK")(e.into()))
 }
 
 /// The daemon's read end of an output pipe, driven by the runtime.

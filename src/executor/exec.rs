@@ -27,7 +27,6 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -41,9 +40,10 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 use oci_spec::runtime::Process;
 
+use super::enter_cgroups;
 use super::process::{Finalize, finalize_and_exec};
 use super::step::{self, StepError};
-use super::{enter_cgroups, sys};
+use crate::sys;
 
 /// The most ExecSync output kept, stdout and stderr together, marker
 /// included: the CRI reply must fit kubelet's 16 MiB message limit.
@@ -139,7 +139,7 @@ pub fn spawn(
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
-    pass_fds(
+    sys::pass_fds(
         &mut cmd,
         [
             (spec_r.as_raw_fd(), SPEC_FD),
@@ -167,34 +167,6 @@ pub fn spawn(
             let _ = helper.wait();
             Err(e)
         }
-    }
-}
-
-/// Places descriptors at fixed numbers in the child. The closure runs
-/// between fork and exec in a possibly multi-threaded process, so it makes
-/// only async-signal-safe calls (fcntl, dup2).
-pub(crate) fn pass_fds<const N: usize>(cmd: &mut Command, fds: [(RawFd, RawFd); N]) {
-    // SAFETY: the closure calls only fcntl and dup2, both async-signal-safe,
-    // and touches no memory but its captured array.
-    unsafe {
-        cmd.pre_exec(move || {
-            // First move every source above the targets, so a source that
-            // happens to sit at another's target number is not overwritten.
-            let mut moved = [0; N];
-            for (i, (from, _)) in fds.iter().enumerate() {
-                let fd = libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, 64);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                moved[i] = fd;
-            }
-            for (i, (_, to)) in fds.iter().enumerate() {
-                if libc::dup2(moved[i], *to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
     }
 }
 
@@ -502,7 +474,10 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
 
     let (report_r, report_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| StepError::errno("create a pipe", e))?;
-    match sys::fork().map_err(|e| StepError::errno("fork", e))? {
+    // SAFETY: the `ketch-shim exec` helper is plain blocking code that
+    // starts no thread: this process is single-threaded.
+    let forked = unsafe { sys::fork() };
+    match forked.map_err(|e| StepError::errno("fork", e))? {
         ForkResult::Child => {
             drop(report_r);
             let result = (|| {

@@ -11,7 +11,8 @@ use nix::unistd::{ForkResult, sethostname, setsid};
 
 use super::process::{self, Finalize};
 use super::step::{self, StepError};
-use super::{Plan, StartRequest, enter_cgroups, rootfs, sys};
+use super::{Plan, StartRequest, enter_cgroups, rootfs};
+use crate::sys;
 
 /// Process A. Returns after reporting B's pid; B never returns here.
 pub(super) fn intermediate(
@@ -22,8 +23,8 @@ pub(super) fn intermediate(
 ) -> Result<(), StepError> {
     enter_cgroups(req.cgroup_dirs)?;
     // Open every namespace first: the paths are the host's.
-    let mut fds = Vec::with_capacity(plan.join.len());
-    for (flag, path) in &plan.join {
+    let mut fds = Vec::with_capacity(plan.namespaces.join.len());
+    for (flag, path) in &plan.namespaces.join {
         let fd = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| StepError::errno(format!("open namespace {}", path.display()), e))?;
         fds.push((*flag, fd, path));
@@ -33,8 +34,11 @@ pub(super) fn intermediate(
             .map_err(|e| StepError::errno(format!("join namespace {}", path.display()), e))?;
     }
     drop(fds);
-    unshare(plan.unshare).map_err(|e| StepError::errno("unshare namespaces", e))?;
-    match sys::fork().map_err(|e| StepError::errno("fork the container process", e))? {
+    unshare(plan.namespaces.unshare).map_err(|e| StepError::errno("unshare namespaces", e))?;
+    // SAFETY: A is a forked child of the single-threaded monitor, and a
+    // child has only the thread that forked it.
+    let forked = unsafe { sys::fork() };
+    match forked.map_err(|e| StepError::errno("fork the container process", e))? {
         ForkResult::Child => {
             drop(pid_pipe);
             let Err(e) = container(plan, req);
@@ -66,7 +70,7 @@ fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, Step
     } else {
         None
     };
-    if plan.new_uts {
+    if plan.namespaces.new_uts() {
         if let Some(name) = plan.spec.hostname() {
             sethostname(name).map_err(|e| StepError::errno(format!("sethostname {name:?}"), e))?;
         }
@@ -74,23 +78,9 @@ fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, Step
             set_domainname(name)?;
         }
     }
-    rootfs::prepare(&plan.rootfs)?;
-    let summary = rootfs::mount_all(
-        &plan.rootfs,
-        plan.spec.mounts().as_deref().unwrap_or_default(),
-    )?;
-    let linux = plan.spec.linux().as_ref();
-    rootfs::populate_dev(
-        &plan.rootfs,
-        &summary,
-        linux
-            .and_then(|l| l.devices().as_deref())
-            .unwrap_or_default(),
-        console.as_deref(),
-    )?;
-    rootfs::pivot(&plan.rootfs)?;
+    rootfs::execute(&plan.rootfs, &plan.mounts.before_pivot, console.as_deref())?;
     process::create_cwd(plan.process)?;
-    rootfs::finish(plan.spec)?;
+    rootfs::execute(&plan.rootfs, &plan.mounts.after_pivot, None)?;
     process::finalize_and_exec(
         plan.process,
         Finalize {
@@ -100,10 +90,5 @@ fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, Step
 }
 
 fn set_domainname(name: &str) -> Result<(), StepError> {
-    // nix has no setdomainname wrapper.
-    // SAFETY: the pointer and length describe `name`'s bytes for the call.
-    let rc = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
-    nix::errno::Errno::result(rc)
-        .map(drop)
-        .map_err(|e| StepError::errno(format!("setdomainname {name:?}"), e))
+    sys::set_domainname(name).map_err(|e| StepError::errno(format!("setdomainname {name:?}"), e))
 }

@@ -9,7 +9,7 @@
 //!
 //! [`Builtin::start`] runs inside the container's monitor, a single-threaded
 //! process (so `fork` is safe there: the child may allocate and run any
-//! code, see [`sys::fork`]). It forks twice:
+//! code, see [`crate::sys::fork`]). It forks twice:
 //!
 //! ```text
 //! monitor ─fork→ A: join the cgroups (write 0 to cgroup.procs), setns into
@@ -22,6 +22,11 @@
 //!                   (`rootfs`), hostname, rlimits, oom_score_adj, cwd, user,
 //!                   capabilities, no_new_privs, umask, execve (`process`)
 //! ```
+//!
+//! Everything is decided before the first fork, in the monitor, as plain
+//! data (`Plan`): the namespaces to join and to make
+//! ([`namespaces::NamespacePlan`]) and every mount step
+//! ([`mount_plan::MountPlan`]); A and B only carry it out.
 //!
 //! A second fork is needed because a new (or joined) pid namespace applies
 //! only to children of the process that unshares or joins it. B is
@@ -44,20 +49,23 @@
 
 pub mod exec;
 mod init;
+pub mod mount_plan;
+pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod step;
-pub mod sys;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
-use nix::sched::CloneFlags;
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, pipe2};
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{Process, Spec};
 
+use crate::sys;
+use mount_plan::MountPlan;
+use namespaces::NamespacePlan;
 use step::StepError;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,14 +131,14 @@ pub fn load_spec(bundle: &Path) -> Result<Spec, ExecutorError> {
     Spec::load(&path).map_err(|source| ExecutorError::LoadSpec { path, source })
 }
 
-/// A spec checked and turned into the steps the two children take.
+/// A spec checked and turned into the steps the two children take: every
+/// decision is made here, in the monitor, before the first fork.
 pub(crate) struct Plan<'a> {
     pub spec: &'a Spec,
     pub process: &'a Process,
     pub rootfs: PathBuf,
-    pub join: Vec<(CloneFlags, PathBuf)>,
-    pub unshare: CloneFlags,
-    pub new_uts: bool,
+    pub namespaces: NamespacePlan,
+    pub mounts: MountPlan,
     pub oom_score_adj: Option<i32>,
     pub warnings: Vec<String>,
 }
@@ -154,47 +162,11 @@ impl<'a> Plan<'a> {
             ExecutorError::InvalidSpec(format!("root.path {}: {e}", rootfs.display()))
         })?;
         let linux = spec.linux().as_ref().ok_or_else(|| invalid("no linux"))?;
-
-        let mut join = Vec::new();
-        let mut unshare = CloneFlags::empty();
-        let mut new_uts = false;
-        let mut has_mount = false;
-        for ns in linux.namespaces().as_deref().unwrap_or_default() {
-            let flag = match ns.typ() {
-                LinuxNamespaceType::Mount => {
-                    has_mount = true;
-                    CloneFlags::CLONE_NEWNS
-                }
-                LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
-                LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-                LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
-                LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
-                LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-                other => {
-                    return Err(ExecutorError::InvalidSpec(format!(
-                        "{other:?} namespaces are not supported"
-                    )));
-                }
-            };
-            match ns.path() {
-                Some(path) if !path.as_os_str().is_empty() => {
-                    if flag == CloneFlags::CLONE_NEWNS {
-                        return Err(invalid("joining a mount namespace is not supported"));
-                    }
-                    join.push((flag, path.clone()));
-                }
-                _ => {
-                    unshare |= flag;
-                    new_uts |= flag == CloneFlags::CLONE_NEWUTS;
-                }
-            }
-        }
-        if !has_mount {
-            // Mounting in the host's namespace is never what anyone wants.
-            return Err(invalid("a mount namespace is required"));
-        }
-        // setns order: the pid namespace last, it only takes effect at fork.
-        join.sort_by_key(|(flag, _)| *flag == CloneFlags::CLONE_NEWPID);
+        let namespaces = NamespacePlan::new(linux)?;
+        // A spec the container's process would refuse at its mount steps
+        // is refused with the same words before anything is made.
+        let mounts =
+            MountPlan::new(&rootfs, spec).map_err(|e| ExecutorError::Start(e.to_string()))?;
 
         let mut warnings = Vec::new();
         // An absent value means 0: inheriting the runtime's own (often
@@ -215,9 +187,8 @@ impl<'a> Plan<'a> {
             spec,
             process,
             rootfs,
-            join,
-            unshare,
-            new_uts,
+            namespaces,
+            mounts,
             oom_score_adj,
             warnings,
         })
@@ -230,7 +201,10 @@ impl Executor for Builtin {
         let sys = |context| move |source| ExecutorError::Sys { context, source };
         let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
         let (pid_r, pid_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
-        match sys::fork().map_err(sys("fork"))? {
+        // SAFETY: `start` runs in the container's monitor, which is
+        // single-threaded (see the module docs).
+        let forked = unsafe { sys::fork() };
+        match forked.map_err(sys("fork"))? {
             ForkResult::Child => {
                 drop(report_r);
                 drop(pid_r);

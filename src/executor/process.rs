@@ -22,7 +22,7 @@ use nix::unistd::{AccessFlags, Gid, Uid, access, chdir, execve, setgroups, setre
 use oci_spec::runtime::{Capability, PosixRlimitType, Process};
 
 use super::step::StepError;
-use super::sys;
+use crate::sys;
 
 /// Used to find the program when the environment has no PATH.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

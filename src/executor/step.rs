@@ -65,7 +65,7 @@ pub fn errno_text(errno: Errno) -> String {
 
 /// Writes a report; a failure to report cannot itself be reported.
 pub fn report(pipe: &OwnedFd, err: &StepError) {
-    crate::executor::sys::write_all(std::os::fd::AsFd::as_fd(pipe), err.to_string().as_bytes());
+    crate::sys::write_all(std::os::fd::AsFd::as_fd(pipe), err.to_string().as_bytes());
 }
 
 /// Reads a child's report to end of file. `Ok(None)`: the child exec'd.

@@ -546,22 +546,7 @@ fn remove_tree_at(parent: &OwnedFd, name: &[u8]) -> nix::Result<()> {
 /// `fsetxattr(2)`; nix has no xattr calls.
 fn set_xattr_fd(fd: &impl AsFd, name: &str, value: &[u8]) -> std::io::Result<()> {
     let name = CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: the fd is open for the duration of the call; name is a valid C
-    // string and value a valid buffer of the given length.
-    let rc = unsafe {
-        libc::fsetxattr(
-            fd.as_fd().as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sys::fsetxattr(fd.as_fd(), &name, value)
 }
 
 /// `lsetxattr(2)` on `name` in `parent`, through the parent's fd in /proc,
@@ -572,22 +557,7 @@ fn set_xattr_at(parent: &OwnedFd, name: &[u8], xname: &str, value: &[u8]) -> std
     path.extend_from_slice(name);
     let path = CString::new(path).map_err(std::io::Error::other)?;
     let xname = CString::new(xname).map_err(std::io::Error::other)?;
-    // SAFETY: both strings are valid C strings and value a valid buffer of
-    // the given length for the duration of the call.
-    let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            xname.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sys::lsetxattr(&path, &xname, value)
 }
 
 /// Reads an xattr of `path` without following it (tests and callers that
@@ -597,17 +567,14 @@ pub fn get_xattr(path: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
     let p = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let n = CString::new(name).map_err(std::io::Error::other)?;
     let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings; buf is a writable buffer of the given length.
-    let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENODATA) => Ok(None),
-            _ => Err(e),
-        };
+    match crate::sys::lgetxattr(&p, &n, &mut buf) {
+        Ok(len) => {
+            buf.truncate(len);
+            Ok(Some(buf))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+        Err(e) => Err(e),
     }
-    buf.truncate(rc as usize);
-    Ok(Some(buf))
 }
 
 #[cfg(test)]

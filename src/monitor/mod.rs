@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 pub use run::main;
 
-use crate::executor::sys;
+use crate::sys;
 
 /// Takes the start report pipe that [`start`] (or `pause::spawn`) handed
 /// over as the process's stdout, and puts /dev/null in its place.

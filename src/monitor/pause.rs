@@ -25,7 +25,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 
 use super::{MonitorError, SELF_EXE};
-use crate::executor::sys;
+use crate::sys;
 
 /// The pod's pinned namespaces to join; `None` keeps the host's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -133,7 +133,10 @@ fn spawn_here(args: &PauseArgs, report: &OwnedFd) -> Result<Pid, String> {
         }
     }
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare the pid namespace: {e}"))?;
-    match sys::fork().map_err(|e| format!("fork: {e}"))? {
+    // SAFETY: `ketch-shim pause` is plain blocking code that starts no
+    // thread: this process is single-threaded.
+    let forked = unsafe { sys::fork() };
+    match forked.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             // The pipe is the daemon's to close: only the parent reports.
             let _ = nix::unistd::close(report.as_raw_fd());

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -22,7 +22,8 @@ use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 use super::log::{CriLog, Stream};
 use super::proto;
 use super::{ExitStatus, MonitorArgs, StartReport, take_report_pipe};
-use crate::executor::{self, Executor, StartRequest, sys};
+use crate::executor::{self, Executor, StartRequest};
+use crate::sys;
 
 /// A client whose unsent output grows past this is too slow and is
 /// dropped: the container must never wait on a reader.
@@ -45,7 +46,9 @@ pub fn main(args: &MonitorArgs) -> ExitCode {
         send_report(&report, &StartReport::error(format!("setsid: {e}")));
         return ExitCode::FAILURE;
     }
-    match sys::fork() {
+    // SAFETY: the monitor is single-threaded blocking code (no async
+    // runtime, no thread started before this point).
+    match unsafe { sys::fork() } {
         Err(e) => {
             send_report(&report, &StartReport::error(format!("fork: {e}")));
             ExitCode::FAILURE
@@ -639,11 +642,7 @@ fn flush_client(c: &mut Client) -> Result<(), ()> {
 }
 
 fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), String> {
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| format!("fcntl: {e}"))?;
-    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(fd, FcntlArg::F_SETFL(flags))
-        .map(drop)
-        .map_err(|e| format!("fcntl: {e}"))
+    sys::set_nonblocking(fd).map_err(|e| format!("fcntl: {e}"))
 }
 
 fn open_log(path: &Path) -> Result<File, String> {

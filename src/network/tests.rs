@@ -311,6 +311,9 @@ fn portmap_plugin() -> Value {
 
 #[tokio::test]
 async fn setup_connect_teardown() {
+    if !crate::testing::root_or_skip("makes network namespaces and runs CNI plugins") {
+        return;
+    }
     let net = TestNet::new();
     net.write_conflist(&[
         portmap_plugin(),
@@ -399,6 +402,9 @@ async fn setup_connect_teardown() {
 // IPv4-only pod and fails (containernetworking/plugins#819).
 #[tokio::test]
 async fn check_passes_then_sees_a_broken_pod() {
+    if !crate::testing::root_or_skip("makes network namespaces and runs CNI plugins") {
+        return;
+    }
     let net = TestNet::new();
     net.write_conflist(&[]);
     let netns = Netns::new();
@@ -424,6 +430,9 @@ async fn check_passes_then_sees_a_broken_pod() {
 
 #[tokio::test]
 async fn failing_plugin_fails_setup_and_leaves_nothing() {
+    if !crate::testing::root_or_skip("makes network namespaces and runs CNI plugins") {
+        return;
+    }
     let net = TestNet::new();
     net.write_plugin(
         "ketch-test-refuse",
@@ -469,6 +478,9 @@ async fn failing_plugin_fails_setup_and_leaves_nothing() {
 
 #[tokio::test]
 async fn hanging_plugin_is_killed_at_the_timeout() {
+    if !crate::testing::root_or_skip("makes network namespaces and runs CNI plugins") {
+        return;
+    }
     let net = TestNet::new();
     let pids = net.dir.path().join("pids");
     std::fs::create_dir(&pids).unwrap();
@@ -546,6 +558,9 @@ async fn hanging_plugin_is_killed_at_the_timeout() {
 
 #[tokio::test]
 async fn abandoned_setup_is_undone() {
+    if !crate::testing::root_or_skip("makes network namespaces and runs CNI plugins") {
+        return;
+    }
     let net = TestNet::new();
     let marks = net.dir.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
@@ -591,6 +606,9 @@ async fn abandoned_setup_is_undone() {
 
 #[tokio::test]
 async fn teardown_after_the_netns_is_gone() {
+    if !crate::testing::root_or_skip("makes network namespaces and runs CNI plugins") {
+        return;
+    }
     let net = TestNet::new();
     net.write_conflist(&[portmap_plugin()]);
     let netns = Netns::new();
@@ -624,6 +642,9 @@ async fn teardown_after_the_netns_is_gone() {
 
 #[tokio::test]
 async fn cached_result_works_across_a_restart_and_a_config_change() {
+    if !crate::testing::root_or_skip("makes network namespaces and runs CNI plugins") {
+        return;
+    }
     let net = TestNet::new();
     net.write_conflist(&[portmap_plugin()]);
     let netns = Netns::new();
@@ -668,6 +689,9 @@ async fn cached_result_works_across_a_restart_and_a_config_change() {
 
 #[tokio::test]
 async fn missing_plugin_is_named_and_nothing_runs() {
+    if !crate::testing::root_or_skip("makes network namespaces and runs CNI plugins") {
+        return;
+    }
     let net = TestNet::new();
     net.write_conflist(&[json!({"type": "ketch-no-such-plugin"})]);
     let netns = Netns::new();
@@ -694,6 +718,9 @@ async fn missing_plugin_is_named_and_nothing_runs() {
 
 #[tokio::test]
 async fn bad_requests_are_refused_before_any_plugin() {
+    if !crate::testing::root_or_skip("makes network namespaces and runs CNI plugins") {
+        return;
+    }
     let net = TestNet::new();
     net.write_conflist(&[]);
     let cni = net.cni(30);

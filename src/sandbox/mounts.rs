@@ -161,6 +161,9 @@ mod tests {
 
     #[test]
     fn unmounts_stacked_and_nested_mounts() {
+        if !crate::testing::root_or_skip("mounts tmpfs") {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
         let sub = base.join("m");

@@ -12,7 +12,7 @@
 //! The thread is a fresh `std::thread`, never one of tokio's blocking pool:
 //! a pooled thread would carry the pod's namespaces into the next job.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -118,7 +118,6 @@ fn pin(kind: &str, target: &Path) -> Result<(), OsError> {
 
 /// Brings `lo` up in the calling thread's network namespace: an
 /// `SIOCSIFFLAGS` ioctl on a socket made in that namespace (netdevice(7)).
-/// nix has no wrapper for the interface ioctls, hence the small unsafe.
 fn loopback_up() -> std::io::Result<()> {
     let sock = socket(
         AddressFamily::Inet,
@@ -126,24 +125,7 @@ fn loopback_up() -> std::io::Result<()> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    // SAFETY: ifreq is plain old data (a name array and a union of plain
-    // fields); all-zero bytes are a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: the fd is open for the whole call and `req` is a valid,
-    // NUL-terminated ifreq the kernel reads and fills within its size.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS filled the `ifru_flags` member of the union.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: as above; the kernel only reads `req`.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::set_interface_up(sock.as_fd(), c"lo")
 }
 
 /// Unmounts and unlinks every pin in `ns`; missing ones are fine.
@@ -172,6 +154,9 @@ mod tests {
 
     #[test]
     fn pins_new_namespaces_with_hostname_and_lo_up_then_unpins() {
+        if !crate::testing::root_or_skip("makes and pins namespaces") {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let ns_dir = dir.path().canonicalize().unwrap().join("ns");
         std::fs::create_dir(&ns_dir).unwrap();

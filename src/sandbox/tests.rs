@@ -83,6 +83,9 @@ impl PodContainers for Recorder {
 
 #[tokio::test]
 async fn container_hooks_run_on_stop_and_remove_and_a_failure_keeps_the_pod() {
+    if !crate::testing::root_or_skip("makes and pins pod namespaces") {
+        return;
+    }
     let d = dirs();
     let m = manager(&d);
     let hooks = Arc::new(Recorder::default());
@@ -112,6 +115,9 @@ async fn container_hooks_run_on_stop_and_remove_and_a_failure_keeps_the_pod() {
 
 #[tokio::test]
 async fn lock_ready_holds_stop_off_and_refuses_stopped_pods() {
+    if !crate::testing::root_or_skip("makes and pins pod namespaces") {
+        return;
+    }
     let d = dirs();
     let m = Arc::new(manager(&d));
     let pod = m.run(config("locked")).await.unwrap();
@@ -138,6 +144,9 @@ async fn lock_ready_holds_stop_off_and_refuses_stopped_pods() {
 
 #[tokio::test]
 async fn node_files_are_copied_without_dns_config() {
+    if !crate::testing::root_or_skip("makes and pins pod namespaces") {
+        return;
+    }
     let d = dirs();
     let m = manager(&d);
     let pod = m.run(config("copies")).await.unwrap();
@@ -179,6 +188,9 @@ async fn unsupported_requests_are_refused_before_anything_is_made() {
 
 #[tokio::test]
 async fn recover_cleans_half_made_pods_and_stray_dirs_and_keeps_the_rest() {
+    if !crate::testing::root_or_skip("makes and pins pod namespaces") {
+        return;
+    }
     let d = dirs();
     let first = manager(&d);
     let whole = first.run(config("whole")).await.unwrap();

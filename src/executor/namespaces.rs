@@ -1,0 +1,181 @@
+//! Which namespaces a container's process joins and which it makes, as
+//! plain data from the spec's `linux.namespaces` (process A takes these
+//! steps, see the module docs of `executor`).
+//!
+//! - A namespace with a path is joined with setns(2); one without is made
+//!   by a single unshare(2) after every join.
+//! - setns order: a user namespace would go first (it changes what the
+//!   others may be joined with), the pid namespace last: it takes effect
+//!   only for children forked after it (setns(2), pid_namespaces(7)).
+//! - A mount namespace is required and always made anew (mounting in the
+//!   host's is never what anyone wants; joining one is not supported).
+//!   User namespaces and the time namespace are refused.
+//!
+//! A second fork (B, the container's PID 1 or a member of the joined pid
+//! namespace) follows in every case: a new or joined pid namespace applies
+//! only to children, and A must exit after reporting B's pid, so B is
+//! reparented to the monitor, a child subreaper.
+
+use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{Linux, LinuxNamespaceType};
+
+use super::ExecutorError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespacePlan {
+    /// Namespaces joined by path, in setns order.
+    pub join: Vec<(CloneFlags, PathBuf)>,
+    /// Namespaces made anew by one unshare(2), after the joins.
+    pub unshare: CloneFlags,
+}
+
+impl NamespacePlan {
+    pub fn new(linux: &Linux) -> Result<Self, ExecutorError> {
+        let invalid = |m: &str| ExecutorError::InvalidSpec(m.to_owned());
+        let mut join = Vec::new();
+        let mut unshare = CloneFlags::empty();
+        let mut has_mount = false;
+        for ns in linux.namespaces().as_deref().unwrap_or_default() {
+            let flag = match ns.typ() {
+                LinuxNamespaceType::Mount => {
+                    has_mount = true;
+                    CloneFlags::CLONE_NEWNS
+                }
+                LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+                LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+                LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+                LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+                LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+                other => {
+                    return Err(ExecutorError::InvalidSpec(format!(
+                        "{other:?} namespaces are not supported"
+                    )));
+                }
+            };
+            match ns.path() {
+                Some(path) if !path.as_os_str().is_empty() => {
+                    if flag == CloneFlags::CLONE_NEWNS {
+                        return Err(invalid("joining a mount namespace is not supported"));
+                    }
+                    join.push((flag, path.clone()));
+                }
+                _ => unshare |= flag,
+            }
+        }
+        if !has_mount {
+            return Err(invalid("a mount namespace is required"));
+        }
+        // Stable: the spec's order among the others.
+        join.sort_by_key(|(flag, _)| setns_rank(*flag));
+        Ok(Self { join, unshare })
+    }
+
+    /// A new UTS namespace: the spec's hostname and domainname are set in
+    /// it (in a joined or the host's one they are not ours to change).
+    pub fn new_uts(&self) -> bool {
+        self.unshare.contains(CloneFlags::CLONE_NEWUTS)
+    }
+}
+
+/// setns order: user first, pid last, the others in between.
+fn setns_rank(flag: CloneFlags) -> u8 {
+    if flag == CloneFlags::CLONE_NEWUSER {
+        0
+    } else if flag == CloneFlags::CLONE_NEWPID {
+        2
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder};
+
+    fn linux(namespaces: &[(LinuxNamespaceType, Option<&str>)]) -> Linux {
+        let namespaces = namespaces
+            .iter()
+            .map(|(typ, path)| {
+                let mut b = LinuxNamespaceBuilder::default().typ(*typ);
+                if let Some(path) = path {
+                    b = b.path(*path);
+                }
+                b.build().unwrap()
+            })
+            .collect::<Vec<_>>();
+        LinuxBuilder::default()
+            .namespaces(namespaces)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_pod_container_joins_the_pods_namespaces_pid_last() {
+        use LinuxNamespaceType::*;
+        let plan = NamespacePlan::new(&linux(&[
+            (Pid, Some("/proc/42/ns/pid")),
+            (Ipc, Some("/run/ketch/pods/p/ns/ipc")),
+            (Uts, Some("/run/ketch/pods/p/ns/uts")),
+            (Network, Some("/run/ketch/pods/p/ns/net")),
+            (Mount, None),
+            (Cgroup, None),
+        ]))
+        .unwrap();
+        assert_eq!(
+            plan.join,
+            vec![
+                (CloneFlags::CLONE_NEWIPC, "/run/ketch/pods/p/ns/ipc".into()),
+                (CloneFlags::CLONE_NEWUTS, "/run/ketch/pods/p/ns/uts".into()),
+                (CloneFlags::CLONE_NEWNET, "/run/ketch/pods/p/ns/net".into()),
+                (CloneFlags::CLONE_NEWPID, "/proc/42/ns/pid".into()),
+            ]
+        );
+        assert_eq!(
+            plan.unshare,
+            CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP
+        );
+        assert!(!plan.new_uts());
+    }
+
+    #[test]
+    fn namespaces_without_a_path_are_made_in_one_unshare() {
+        use LinuxNamespaceType::*;
+        let plan =
+            NamespacePlan::new(&linux(&[(Mount, None), (Pid, None), (Uts, Some(""))])).unwrap();
+        assert!(plan.join.is_empty());
+        assert_eq!(
+            plan.unshare,
+            CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS
+        );
+        assert!(plan.new_uts());
+    }
+
+    #[test]
+    fn the_user_namespace_would_be_joined_first() {
+        assert!(setns_rank(CloneFlags::CLONE_NEWUSER) < setns_rank(CloneFlags::CLONE_NEWNET));
+        assert!(setns_rank(CloneFlags::CLONE_NEWNET) < setns_rank(CloneFlags::CLONE_NEWPID));
+    }
+
+    #[test]
+    fn unsupported_shapes_are_refused() {
+        use LinuxNamespaceType::*;
+        let err = |ns: &[(LinuxNamespaceType, Option<&str>)]| {
+            NamespacePlan::new(&linux(ns)).unwrap_err().to_string()
+        };
+        assert_eq!(
+            err(&[(Pid, None)]),
+            "invalid OCI spec: a mount namespace is required"
+        );
+        assert_eq!(
+            err(&[(Mount, Some("/proc/1/ns/mnt"))]),
+            "invalid OCI spec: joining a mount namespace is not supported"
+        );
+        assert_eq!(
+            err(&[(Mount, None), (User, None)]),
+            "invalid OCI spec: User namespaces are not supported"
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! The raw syscalls: every call that needs `unsafe` (libc, or a nix
+//! function marked unsafe) lives here, each in a small function that says
+//! why it is sound. The rest of the crate calls these and holds no
+//! `unsafe` of its own (but for taking ownership of inherited descriptor
+//! numbers, which is no syscall).
+//!
+//! Linked by `ketch-shim` as well as the daemon: it depends on `libc`,
+//! `nix` and `std` only.
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::unistd::{ForkResult, Pid};
+
+/// fork(2).
+///
+/// The callers are the monitor and the short-lived `ketch-shim pause` and
+/// `ketch-shim exec` helpers: plain blocking code re-executed from our
+/// binary, single-threaded, so the child may run any code, allocation
+/// included. The multi-threaded daemon never calls it: it re-executes the
+/// binary instead.
+///
+/// # Safety
+///
+/// The calling process must be single-threaded. In a multi-threaded
+/// process the child holds only the forking thread, and a lock another
+/// thread held (malloc's, for one) stays locked forever; only
+/// async-signal-safe calls would then be sound in the child
+/// (signal-safety(7)).
+pub unsafe fn fork() -> nix::Result<ForkResult> {
+    // SAFETY: the caller guarantees this process is single-threaded (see
+    // `# Safety`), which is nix's own precondition.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Ends the current process at once, without running atexit handlers or
+/// flushing stdio buffers that belong to the parent (a forked child must
+/// not flush its parent's buffers twice).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// dup2(2) on raw descriptor numbers: places `from` at `to` (without
+/// close-on-exec), for the stdio of a process about to exec.
+pub fn dup_onto(from: BorrowedFd<'_>, to: RawFd) -> nix::Result<()> {
+    if from.as_raw_fd() == to {
+        // dup2 onto itself keeps CLOEXEC: clear it explicitly.
+        return set_cloexec(to, false);
+    }
+    // SAFETY: dup2 only manipulates the descriptor table; `from` is a valid
+    // borrowed descriptor and `to` is a plain number we mean to overwrite.
+    Errno::result(unsafe { libc::dup2(from.as_raw_fd(), to) }).map(drop)
+}
+
+/// Sets or clears FD_CLOEXEC on a descriptor number.
+pub fn set_cloexec(fd: RawFd, on: bool) -> nix::Result<()> {
+    // SAFETY: fcntl(F_GETFD/F_SETFD) on a descriptor number is harmless if
+    // the number is not open (EBADF).
+    let flags = Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) }).map(drop)
+}
+
+/// Marks every descriptor from `first` on close-on-exec, so the container
+/// inherits exactly its stdio (close_range(2), Linux 5.11).
+pub fn cloexec_from(first: u32) -> nix::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    })
+    .map(drop)
+}
+
+/// Makes `fd` (a terminal) the controlling terminal of this session.
+pub fn set_controlling_tty(fd: RawFd) -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument, no pointers.
+    Errno::result(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+/// Sets a terminal's window size.
+pub fn set_winsize(fd: RawFd, cols: u16, rows: u16) -> nix::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct we own for the call.
+    Errno::result(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }).map(drop)
+}
+
+/// Sets `O_NONBLOCK` on a descriptor (fcntl(2) `F_GETFL`/`F_SETFL`).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    let flags = fcntl(fd, FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map(drop)
+}
+
+/// setdomainname(2): nix has no wrapper.
+pub fn set_domainname(name: &str) -> nix::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes for the call;
+    // the kernel copies them and keeps no reference.
+    Errno::result(unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) }).map(drop)
+}
+
+/// Places descriptors at fixed numbers in a child about to exec: each
+/// `(from, to)` pair becomes `to` (without close-on-exec) in the child.
+///
+/// The closure runs between fork and exec in a possibly multi-threaded
+/// process, so it makes only async-signal-safe calls (fcntl, dup2).
+pub fn pass_fds<const N: usize>(cmd: &mut Command, fds: [(RawFd, RawFd); N]) {
+    // SAFETY: the closure calls only fcntl and dup2, both async-signal-safe
+    // (signal-safety(7)), and touches no memory but its captured array.
+    unsafe {
+        cmd.pre_exec(move || {
+            // First move every source above the targets, so a source that
+            // happens to sit at another's target number is not overwritten.
+            let mut moved = [0; N];
+            for (i, (from, _)) in fds.iter().enumerate() {
+                let fd = libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, 64);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                moved[i] = fd;
+            }
+            for (i, (_, to)) in fds.iter().enumerate() {
+                if libc::dup2(moved[i], *to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sets `IFF_UP` on the network interface `name` of the namespace `sock`
+/// was made in: `SIOCGIFFLAGS`, then `SIOCSIFFLAGS` (netdevice(7)); nix has
+/// no wrapper for the interface ioctls.
+pub fn set_interface_up(sock: BorrowedFd<'_>, name: &CStr) -> std::io::Result<()> {
+    let name = name.to_bytes_with_nul();
+    // SAFETY: ifreq is plain old data (a name array and a union of plain
+    // fields); all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() > req.ifr_name.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: the fd is open for the whole call and `req` is a valid,
+    // NUL-terminated ifreq the kernel reads and fills within its size.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the `ifru_flags` member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; the kernel only reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// fsetxattr(2): nix has no xattr calls.
+pub fn fsetxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> std::io::Result<()> {
+    // SAFETY: the fd is open for the duration of the call; name is a valid C
+    // string and value a valid buffer of the given length.
+    let rc = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// lsetxattr(2): sets an xattr on `path` itself, not on what a symlink
+/// there points to.
+pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> std::io::Result<()> {
+    // SAFETY: both strings are valid C strings and value a valid buffer of
+    // the given length for the duration of the call.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// lgetxattr(2): reads an xattr of `path` itself into `buf`; returns its
+/// length.
+pub fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: valid C strings; buf is a writable buffer of the given length.
+    let rc = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    usize::try_from(rc).map_err(|_| std::io::Error::last_os_error())
+}
+
+/// glibc's malloc tuning (mallopt(3), mallinfo2(3), malloc_trim(3)); on
+/// other C libraries these do nothing.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub mod malloc {
+    /// Caps the number of malloc arenas (`M_ARENA_MAX`).
+    pub fn set_arena_max(arenas: i32) {
+        // SAFETY: mallopt only sets a malloc parameter; any value is
+        // accepted or refused with 0.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+    }
+
+    /// Bytes malloc holds in free chunks, over all arenas.
+    pub fn free_bytes() -> Option<usize> {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct
+        // of counters (glibc 2.33 and later).
+        Some(unsafe { libc::mallinfo2() }.fordblks)
+    }
+
+    /// Hands the pages of free chunks back to the system.
+    pub fn trim() {
+        // SAFETY: malloc_trim only returns free memory to the system; it
+        // is safe to call at any time from any thread.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
+/// glibc's malloc tuning: nothing to tune on this C library.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub mod malloc {
+    pub fn set_arena_max(_arenas: i32) {}
+    pub fn free_bytes() -> Option<usize> {
+        None
+    }
+    pub fn trim() {}
+}
+
+/// Unblocks every signal and resets every handler to its default: a
+/// process inherits both across fork and execve, and the container must
+/// not start with the monitor's blocked SIGCHLD or Rust's ignored SIGPIPE.
+pub fn reset_signals() -> nix::Result<()> {
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) }?;
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+/// pidfd-free check that `pid` is still the process we started: compares
+/// the start time (clock ticks since boot, `/proc/<pid>/stat` field 22).
+pub fn start_time(pid: Pid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields
+    // are counted after its closing parenthesis.
+    let after = &stat[stat.rfind(')')? + 1..];
+    // after[0] is field 3 (state); field 22 is 19 further.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Writes all of `data`, retrying short writes and EINTR; gives up
+/// silently on any other error (used for reports that have no one to
+/// report their own failure to).
+pub fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(0) => break,
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+}
