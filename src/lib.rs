@@ -16,6 +16,7 @@ pub mod image;
 pub mod logging;
 pub mod memory;
 pub mod monitor;
+pub mod names;
 pub mod network;
 pub mod pod_pid;
 pub mod runtime;
