@@ -3,6 +3,7 @@
 //! The binary's subcommands live in `cli`; `daemon` wires the gRPC server;
 //! `cri` is the thin protocol layer over the domain modules below it.
 
+pub mod authority;
 pub mod cgroups;
 pub mod cli;
 pub mod clock;
