@@ -3,6 +3,7 @@
 //! `cargo test --test e2e`.
 
 mod containers;
+mod faults;
 mod foundation;
 mod harness;
 mod images;
