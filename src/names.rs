@@ -9,7 +9,9 @@
 //! every such value is checked here before anything is made. The rules
 //! are pure functions, so they are tested without root; the one helper
 //! that touches the file system, [`create_dir_nofollow`], creates a log
-//! directory without following a symlink planted in its way.
+//! directory without following a symlink planted in its way. Beside them
+//! sits [`mount_propagation`], the rule that keeps an unprivileged
+//! container's mounts from propagating to the host.
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
@@ -58,6 +60,8 @@ pub enum Problem {
     Escapes(String),
     #[error("{value:?} is a system directory ketch must not write into ({system})")]
     SystemDirectory { value: String, system: &'static str },
+    #[error("Bidirectional propagation is only for privileged containers")]
+    BidirectionalUnprivileged,
 }
 
 impl NameError {
@@ -165,6 +169,21 @@ pub fn log_path(dir: &Path, relative: &str) -> Result<PathBuf, NameError> {
     let mut path = dir.to_path_buf();
     path.extend(inside);
     Ok(path)
+}
+
+/// Checks a mount's propagation: Bidirectional (`rshared`) lets the
+/// container's mounts appear on the host, so only a privileged container
+/// may ask for it (as kubelet and containerd require). `field` names the
+/// mount, e.g. `mounts[0].propagation`.
+pub fn mount_propagation(
+    field: &str,
+    bidirectional: bool,
+    privileged: bool,
+) -> Result<(), NameError> {
+    if bidirectional && !privileged {
+        return Err(NameError::new(field, Problem::BidirectionalUnprivileged));
+    }
+    Ok(())
 }
 
 fn has_control_character(value: &str) -> bool {
@@ -346,6 +365,21 @@ mod tests {
             Problem::ControlCharacter("a\nb.log".into())
         );
         assert_eq!(log_path(dir, "..").unwrap_err().field, "log_path");
+    }
+
+    #[test]
+    fn bidirectional_propagation_needs_a_privileged_container() {
+        assert_eq!(
+            mount_propagation("mounts[0].propagation", false, false),
+            Ok(())
+        );
+        assert_eq!(
+            mount_propagation("mounts[0].propagation", true, true),
+            Ok(())
+        );
+        let e = mount_propagation("mounts[1].propagation", true, false).unwrap_err();
+        assert_eq!(e.field, "mounts[1].propagation");
+        assert_eq!(e.problem, Problem::BidirectionalUnprivileged);
     }
 
     #[test]
