@@ -5,8 +5,9 @@
 //! The `creating` record is written before anything else is made, so that
 //! a crash at any later point leaves a trace [`super::recover`] finds and
 //! cleans; the holder of a shared PID namespace is recorded in it before
-//! READY (see [`super::pid_holder`]). Any error undoes everything made so far ([`SandboxManager::undo`])
-//! and the dropped name reservation frees the name.
+//! READY (see [`super::pid_holder`]). Any error undoes everything made so
+//! far ([`SandboxManager::undo`]) and the dropped name reservation frees
+//! the name.
 
 use std::sync::Arc;
 
@@ -143,9 +144,10 @@ impl SandboxManager {
     }
 
     /// Takes down whatever a failed or interrupted RunPodSandbox made:
-    /// PID namespace holder, network, mounts, directory, record. Failures are logged, not
-    /// returned: the caller already has the error that matters, and the
-    /// `creating` record stays for the next start to clean if this fails.
+    /// PID namespace holder, network, mounts, directory, record. Failures
+    /// are logged, not returned: the caller already has the error that
+    /// matters, and the `creating` record stays for the next start to
+    /// clean if this fails.
     ///
     /// The network is torn down first, while the netns is still pinned,
     /// when `network_owed` (always for a record found at start: its setup
