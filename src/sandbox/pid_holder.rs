@@ -7,14 +7,16 @@
 //!
 //! - RunPodSandbox starts the holder once the namespaces are pinned and
 //!   records it in the still `creating` record, and only then goes on to
-//!   commit READY. A crash before the record leaves a `creating` pod whose
-//!   undo finds the holder by its namespaces ([`pod_pid::find_by_namespaces`]).
+//!   commit READY. A crash before the record leaves a `creating` pod
+//!   whose undo finds the holder by its namespaces
+//!   ([`pod_pid::find_by_namespaces`]).
 //! - StopPodSandbox commits NOTREADY before it kills the holder, so a
 //!   crash after the kill cannot leave a READY pod without one.
 //! - A holder that dies on its own (killed by hand, OOM) makes the pod
 //!   NOTREADY at once in Status, List and for new containers
-//!   ([`SandboxManager::observed`]), and in the record at the next start
-//!   (the reconcile); kubelet then stops it and makes a new one.
+//!   ([`SandboxManager::get`], `list`, `lock_ready`), and in the record
+//!   at the next start (the reconcile); kubelet then stops it and makes a
+//!   new one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
