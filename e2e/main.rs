@@ -4,6 +4,7 @@
 
 mod container_state;
 mod containers;
+mod faults;
 mod foundation;
 mod harness;
 mod images;

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::authority::AnyAuthority;
 use crate::config::Config;
 use crate::container::stream::ContainerStreams;
 use crate::cri::CriService;
@@ -85,11 +87,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         version = env!("CARGO_PKG_VERSION"),
         "ketch serving CRI v1"
     );
+    // Any `:authority` a client sends is accepted: see `AnyAuthority`.
+    let incoming = UnixListenerStream::new(listener).map(|s| s.map(AnyAuthority::new));
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .add_service(runtime_service)
         .add_service(image_service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_serving.wait_for(|stop| *stop).await;
         });
     // Graceful shutdown waits for every connection to close; a client that

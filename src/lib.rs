@@ -3,6 +3,7 @@
 //! The binary's subcommands live in `cli`; `daemon` wires the gRPC server;
 //! `cri` is the thin protocol layer over the domain modules below it.
 
+pub mod authority;
 pub mod cgroups;
 pub mod cli;
 pub mod clock;
@@ -16,6 +17,7 @@ pub mod image;
 pub mod logging;
 pub mod memory;
 pub mod monitor;
+pub mod names;
 pub mod network;
 pub mod pod_pid;
 pub mod runtime;

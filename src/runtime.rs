@@ -11,7 +11,6 @@ use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
 use crate::container::stream::{PodNetwork, PodNetworks};
 use crate::container::{ContainerError, ContainerManager, ContainerRecord, ImageInfo, PodInfo};
 use crate::image::{ImageError, ImageStore};
-use crate::monitor::pause::PodNamespaces as PauseNamespaces;
 use crate::network;
 use crate::pod_pid::{self, PodPidError};
 use crate::sandbox::{
@@ -55,8 +54,6 @@ pub struct Runtime {
     sandboxes: SandboxManager,
     containers: ContainerManager,
     images: ImageStore,
-    /// The ketch binary that monitors, exec helpers and pauses run.
-    exe: PathBuf,
 }
 
 /// Lets StopPodSandbox and RemovePodSandbox stop and remove the pod's
@@ -64,8 +61,6 @@ pub struct Runtime {
 struct PodContainerHooks {
     containers: ContainerManager,
     images: ImageStore,
-    /// `<state_dir>/pods`: where a pod's PID namespace holder is recorded.
-    pods_dir: PathBuf,
 }
 
 #[async_trait::async_trait]
@@ -74,7 +69,6 @@ impl PodContainers for PodContainerHooks {
         for id in self.containers.pod_containers(pod_id) {
             self.containers.stop(&id, Duration::ZERO).await?;
         }
-        pod_pid::stop(&self.pods_dir.join(pod_id));
         Ok(())
     }
 
@@ -84,7 +78,6 @@ impl PodContainers for PodContainerHooks {
                 self.images.release(&record.id).await?;
             }
         }
-        pod_pid::stop(&self.pods_dir.join(pod_id));
         Ok(())
     }
 }
@@ -105,7 +98,9 @@ fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
     let linux = &pod.config.linux;
     let pid = match pod.pid_mode() {
         NamespaceMode::Node => PidNamespace::Host,
-        NamespaceMode::Pod => PidNamespace::Pod(pod_pid::namespace_of(&pod.id, &pod.dir)?),
+        NamespaceMode::Pod => {
+            PidNamespace::Pod(pod_pid::namespace_of(&pod.id, pod.pid_holder.as_ref())?)
+        }
         NamespaceMode::Container | NamespaceMode::Target => PidNamespace::Private,
     };
     Ok(PodInfo {
@@ -174,11 +169,11 @@ impl Runtime {
         )
         .await?;
         let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?
-            .with_network(network::Cni::new(&config.cni));
+            .with_network(network::Cni::new(&config.cni))
+            .with_pid_holder(exe.clone());
         sandboxes.set_container_hooks(Arc::new(PodContainerHooks {
             containers: containers.clone(),
             images: images.clone(),
-            pods_dir: sandboxes.pods_dir().to_owned(),
         }))?;
         sandboxes.recover().await?;
         let runtime = Self {
@@ -186,7 +181,6 @@ impl Runtime {
             sandboxes,
             containers,
             images,
-            exe,
         };
         runtime.release_orphan_leases().await;
         Ok(runtime)
@@ -220,33 +214,10 @@ impl Runtime {
     }
 
     /// RunPodSandbox: the pod, and for a pod that shares one PID namespace
-    /// among its containers, the process that holds it.
+    /// among its containers, the process that holds it (started by the
+    /// sandbox module before the pod is READY; see `sandbox::pid_holder`).
     pub async fn run_pod(&self, config: PodConfig) -> Result<Arc<PodSandbox>, RuntimeError> {
-        let pod = self.sandboxes.run(config).await?;
-        if pod.pid_mode() != NamespaceMode::Pod {
-            return Ok(pod);
-        }
-        let (exe, dir) = (self.exe.clone(), pod.dir.clone());
-        let ns = PauseNamespaces {
-            net: pod.namespaces.net.clone(),
-            ipc: pod.namespaces.ipc.clone(),
-            uts: pod.namespaces.uts.clone(),
-        };
-        let started = tokio::task::spawn_blocking(move || pod_pid::start(&exe, &dir, ns))
-            .await
-            .map_err(|e| {
-                RuntimeError::PodPid(PodPidError::Start(crate::monitor::MonitorError::Start(
-                    e.to_string(),
-                )))
-            })
-            .and_then(|r| r.map_err(RuntimeError::from));
-        if let Err(e) = started {
-            // Nothing of the pod may stay behind.
-            let _ = self.sandboxes.stop(&pod.id).await;
-            let _ = self.sandboxes.remove(&pod.id).await;
-            return Err(e);
-        }
-        Ok(pod)
+        Ok(self.sandboxes.run(config).await?)
     }
 
     /// CreateContainer: the pod must be ready (and stays so meanwhile), the

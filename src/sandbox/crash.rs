@@ -8,8 +8,12 @@
 //! is one cached lookup.
 //!
 //! Points: `run-pod-after-record`, `run-pod-after-namespaces`,
+//! `run-pod-after-pid-holder` (holder running, not yet recorded),
+//! `run-pod-after-pid-holder-record`,
 //! `run-pod-after-cni-add` (CNI ADD done, its result not yet persisted),
-//! `run-pod-after-network`, `run-pod-before-ready`.
+//! `run-pod-after-network`, `run-pod-before-ready`;
+//! `stop-pod-after-not-ready` (NOTREADY committed, holder still running),
+//! `stop-pod-after-pid-holder` (holder killed, network not yet down).
 
 use std::sync::OnceLock;
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::names::NameError;
 use crate::network::NetworkError;
 use crate::store::StoreError;
 
@@ -82,6 +83,13 @@ pub enum SandboxError {
     Task { id: String, message: String },
     #[error("the container hooks of the pod sandbox manager are already set")]
     HooksAlreadySet,
+}
+
+/// A refused name or log directory is bad input, naming its field.
+impl From<NameError> for SandboxError {
+    fn from(e: NameError) -> Self {
+        SandboxError::invalid(e.field, e.problem.to_string())
+    }
 }
 
 impl SandboxError {

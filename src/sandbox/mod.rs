@@ -31,11 +31,13 @@
 //! [`Cni`] (the module's own tests), pods get loopback only.
 //!
 //! ## Hooks
-//! Containers plug in through [`hooks::PodContainers`]. A pod asking for a
-//! shared PID namespace (`NamespaceMode::Pod`) has the mode recorded
-//! ([`PodSandbox::pid_mode`]); the process holding that namespace is
-//! started at the `HOOK(pod PID namespace)` mark in [`run`] and stopped at
-//! the same mark in [`stop`].
+//! Containers plug in through [`hooks::PodContainers`].
+//!
+//! ## Shared PID namespace
+//! A pod asking for one (`NamespaceMode::Pod` for pid) gets a process
+//! holding it ([`pid_holder`]), started in [`run`] before the pod is READY
+//! and killed in [`stop`] after it is NOTREADY; a pod whose holder died
+//! is NOTREADY.
 
 mod crash;
 pub mod error;
@@ -44,6 +46,7 @@ pub mod hooks;
 pub mod mounts;
 pub mod namespaces;
 pub mod network;
+pub mod pid_holder;
 pub mod record;
 pub mod recover;
 pub mod remove;
@@ -83,6 +86,8 @@ pub struct SandboxManager {
     containers: OnceLock<Arc<dyn PodContainers>>,
     /// The node's pod network; `None`: loopback only.
     network: Option<Cni>,
+    /// The binary pods' PID namespace holders run; `None`: no holders.
+    pause_exe: Option<PathBuf>,
 }
 
 impl SandboxManager {
@@ -105,6 +110,7 @@ impl SandboxManager {
             host_files: HostFiles::default(),
             containers: OnceLock::new(),
             network: None,
+            pause_exe: None,
         })
     }
 
@@ -174,9 +180,10 @@ impl SandboxManager {
         &self.pods_dir
     }
 
-    /// The pod of `id_or_prefix`, as last committed; never waits.
+    /// The pod of `id_or_prefix`, as last committed (NOTREADY if its PID
+    /// namespace holder died since); never waits.
     pub fn get(&self, id_or_prefix: &str) -> Result<Arc<PodSandbox>, SandboxError> {
-        Ok(self.store.get(id_or_prefix)?)
+        Ok(self.observed(self.store.get(id_or_prefix)?))
     }
 
     /// Every pod `filter` matches, oldest first; never waits.
@@ -185,6 +192,7 @@ impl SandboxManager {
             .store
             .list()
             .into_iter()
+            .map(|p| self.observed(p))
             .filter(|p| filter.matches(p))
             .collect();
         pods.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -194,11 +202,11 @@ impl SandboxManager {
     /// Locks a ready pod for an operation that needs it to stay ready
     /// (creating or starting a container in it): Stop and Remove of the
     /// pod wait until the returned guard is dropped. `NotReady` if the pod
-    /// is stopped.
+    /// is stopped or its PID namespace holder died.
     pub async fn lock_ready(&self, id_or_prefix: &str) -> Result<ReadyPod, SandboxError> {
         let guard = self.store.lock(id_or_prefix).await?;
         let pod = guard.get();
-        if !pod.is_ready() {
+        if !pod.is_ready() || !self.holder_alive(&pod) {
             return Err(SandboxError::NotReady { id: pod.id.clone() });
         }
         Ok(ReadyPod { guard })

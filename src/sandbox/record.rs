@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::network::PodNetworkStatus;
+use crate::pod_pid::PodInit;
 use crate::store::Record;
 
 /// Names of the pod's own files under its directory.
@@ -196,6 +197,12 @@ pub struct PodSandbox {
     /// Set once the network is up, cleared once it is torn down: while
     /// set, Stop and Remove owe a teardown.
     pub network: Option<PodNetworkStatus>,
+    /// The process holding the pod's shared PID namespace (pid mode
+    /// `Pod`): recorded before the pod is committed READY, cleared once
+    /// StopPodSandbox has killed it. A READY pod whose holder is dead is
+    /// reported NOTREADY (see `SandboxManager::get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_holder: Option<PodInit>,
 }
 
 impl Record for PodSandbox {
@@ -276,6 +283,7 @@ impl PodSandbox {
                 "resolvConf": self.resolv_conf_path().display().to_string(),
             },
             "network": self.network,
+            "pidHolder": self.pid_holder,
             "config": self.config,
         })
     }

@@ -4,6 +4,9 @@
 //!   dir, or someone unmounted them) becomes NOTREADY; whatever is left of
 //!   it is released. Its network status stays, so StopPodSandbox still
 //!   runs the teardown with the cached result.
+//! - A READY pod that shares one PID namespace and whose holder is not
+//!   recorded or dead becomes NOTREADY (see [`super::pid_holder`]); its
+//!   pins stay for StopPodSandbox to tear the network down in.
 //! - A `creating` record is a RunPodSandbox a crash interrupted: its
 //!   network is torn down (CNI DEL, with the ADD's result when it was
 //!   persisted, else with the current config) while its netns is still
@@ -73,6 +76,7 @@ impl SandboxManager {
     }
 
     async fn readopt(&self, mut pod: PodSandbox, report: &mut Recovery) {
+        let mut changed = self.recover_pid_holder(&mut pod).await;
         if pod.state == PodState::Ready && !still_whole(&pod) {
             tracing::warn!(pod = %pod.id, "pod's namespaces or shm are gone (reboot?): now NOTREADY");
             pod.state = PodState::NotReady;
@@ -80,9 +84,10 @@ impl SandboxManager {
             if let Err(e) = blocking(&pod.id, move || release_kernel_resources(&leftover)).await {
                 tracing::warn!(pod = %pod.id, error = %e, "cannot release what is left of the pod");
             }
-            if let Err(e) = self.store.persist(&pod) {
-                tracing::warn!(pod = %pod.id, error = %e, "cannot record the pod as NOTREADY; kept in memory");
-            }
+            changed = true;
+        }
+        if changed && let Err(e) = self.store.persist(&pod) {
+            tracing::warn!(pod = %pod.id, error = %e, "cannot record the pod's recovered state; kept in memory");
         }
         let adopted = self
             .store

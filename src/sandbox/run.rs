@@ -1,11 +1,13 @@
 //! RunPodSandbox: validate, reserve the name, write a `creating` record,
-//! make the pod (dir, pinned namespaces, shm, network, files), then commit
-//! it READY.
+//! make the pod (dir, pinned namespaces, shm, PID namespace holder,
+//! network, files), then commit it READY.
 //!
 //! The `creating` record is written before anything else is made, so that
 //! a crash at any later point leaves a trace [`super::recover`] finds and
-//! cleans. Any error undoes everything made so far ([`SandboxManager::undo`])
-//! and the dropped name reservation frees the name.
+//! cleans; the holder of a shared PID namespace is recorded in it before
+//! READY (see [`super::pid_holder`]). Any error undoes everything made so
+//! far ([`SandboxManager::undo`]) and the dropped name reservation frees
+//! the name.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use super::files::{self, make_dir};
 use super::namespaces::{self, PinRequest};
 use super::record::{HOST_SHM, NS_DIR, NamespaceMode, PodConfig, PodSandbox, PodState, SHM_DIR};
 use super::{SandboxManager, blocking, network, now_ns, remove_pod_dir};
+use crate::names;
 
 impl SandboxManager {
     /// Makes a pod and returns it READY.
@@ -48,6 +51,7 @@ impl SandboxManager {
             shm,
             dir,
             network: None,
+            pid_holder: None,
             config,
         };
 
@@ -98,13 +102,14 @@ impl SandboxManager {
         .await?;
         crash_point("run-pod-after-namespaces");
 
-        // HOOK(pod PID namespace): for `NamespaceMode::Pod`, the process
-        // holding the pod's PID namespace (`monitor::pause::spawn`, given
-        // `pod.namespaces` as its net/ipc/uts paths) starts here; record
-        // its pid and start time in the PodSandbox for the containers to
-        // join `/proc/<pid>/ns/pid`, and stop it in `stop_locked`.
-        if pod.pid_mode() == NamespaceMode::Pod {
-            tracing::debug!(pod = %pod.id, "shared PID namespace requested: recorded");
+        // The holder of a shared PID namespace, on disk before the pod can
+        // be READY; a crash before the record is cleaned by `undo`, which
+        // finds the holder by the namespaces it joined.
+        self.start_pid_holder(pod).await?;
+        if pod.pid_holder.is_some() {
+            crash_point("run-pod-after-pid-holder");
+            self.store.persist(pod)?;
+            crash_point("run-pod-after-pid-holder-record");
         }
 
         // THE place the pod's network is set up (CNI ADD).
@@ -139,15 +144,17 @@ impl SandboxManager {
     }
 
     /// Takes down whatever a failed or interrupted RunPodSandbox made:
-    /// network, mounts, directory, record. Failures are logged, not
-    /// returned: the caller already has the error that matters, and the
-    /// `creating` record stays for the next start to clean if this fails.
+    /// PID namespace holder, network, mounts, directory, record. Failures
+    /// are logged, not returned: the caller already has the error that
+    /// matters, and the `creating` record stays for the next start to
+    /// clean if this fails.
     ///
     /// The network is torn down first, while the netns is still pinned,
     /// when `network_owed` (always for a record found at start: its setup
     /// may have been cut short); with the persisted ADD result if there is
     /// one, else with the current config.
     pub(super) async fn undo(&self, pod: &PodSandbox, network_owed: bool) {
+        self.kill_pid_holders(pod).await;
         if network_owed && let Err(e) = self.teardown_network(pod).await {
             tracing::warn!(pod = %pod.id, error = %e, "network teardown of a half-made pod failed");
         }
@@ -177,7 +184,10 @@ fn validate(config: &PodConfig) -> Result<(), SandboxError> {
         if value.is_empty() {
             return Err(SandboxError::invalid(field, "is required"));
         }
+        // kubelet makes `<namespace>_<name>_<uid>` a directory name.
+        names::path_component(field, value)?;
     }
+    names::log_directory(&config.log_directory)?;
     if !config.runtime_handler.is_empty() {
         return Err(SandboxError::invalid(
             "runtime_handler",

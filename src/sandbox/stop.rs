@@ -1,7 +1,14 @@
-//! StopPodSandbox: stop the containers, tear the network down, release
-//! the namespaces and shm; keep the record (NOTREADY) and the files.
-//! Idempotent, also for IDs that do not exist.
+//! StopPodSandbox: stop the containers, commit NOTREADY, kill the PID
+//! namespace holder, tear the network down, release the namespaces and
+//! shm; keep the record and the files. Idempotent, also for IDs that do
+//! not exist.
+//!
+//! NOTREADY is committed before anything the pod needs to be ready is
+//! taken away, so a crash in the middle leaves a pod that says it is not
+//! ready (and still owes the teardown its record names), never a READY pod
+//! without its holder or its namespaces.
 
+use super::crash::crash_point;
 use super::error::SandboxError;
 use super::record::{PodSandbox, PodState};
 use super::{SandboxManager, blocking, release_kernel_resources};
@@ -40,8 +47,17 @@ impl SandboxManager {
                 })?;
         }
 
-        // HOOK(pod PID namespace): the process holding a shared PID
-        // namespace is stopped here, after the containers.
+        if pod.is_ready() {
+            let mut stopping = (*pod).clone();
+            stopping.state = PodState::NotReady;
+            guard.save(stopping)?;
+            crash_point("stop-pod-after-not-ready");
+        }
+
+        // After the containers: killing it kills whatever is left in the
+        // namespace.
+        self.kill_pid_holders(&pod).await;
+        crash_point("stop-pod-after-pid-holder");
 
         // THE place the pod's network is torn down (CNI DEL), as long as
         // the record says it is up.
@@ -56,13 +72,16 @@ impl SandboxManager {
             blocking(&pod.id, move || release_kernel_resources(&owned)).await
         };
 
-        let mut next = (*pod).clone();
-        next.state = PodState::NotReady;
+        let saved = guard.get();
+        let mut next = (*saved).clone();
+        next.pid_holder = None;
         if teardown.is_ok() {
             next.network = None;
         }
-        if next != *pod {
+        if next != *saved {
             guard.save(next)?;
+        }
+        if *guard.get() != *pod {
             tracing::info!(pod = %pod.id, "pod sandbox stopped");
         }
         teardown?;

@@ -204,6 +204,7 @@ async fn recover_cleans_half_made_pods_and_stray_dirs_and_keeps_the_rest() {
     // A RunPodSandbox interrupted after it pinned namespaces.
     let half_dir = d.state.join("pods").join("a".repeat(64));
     let half = PodSandbox {
+        pid_holder: None,
         id: "a".repeat(64),
         name: config("half").reservation_name(),
         config: config("half"),
@@ -265,4 +266,30 @@ async fn recover_cleans_half_made_pods_and_stray_dirs_and_keeps_the_rest() {
         m.remove(id).await.unwrap();
     }
     assert!(mounts::mount_points_under(&d.state).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn names_that_would_escape_a_path_are_refused_naming_the_field() {
+    let d = dirs();
+    let m = manager(&d);
+    type Spoil = fn(&mut PodConfig);
+    let cases: [(&str, Spoil); 6] = [
+        ("metadata.name", |c| c.metadata.name = "..".into()),
+        ("metadata.name", |c| c.metadata.name = "a/../../b".into()),
+        ("metadata.name", |c| c.metadata.name = "a\0b".into()),
+        ("metadata.namespace", |c| {
+            c.metadata.namespace = "../..".into()
+        }),
+        ("metadata.uid", |c| c.metadata.uid = "../../../etc".into()),
+        ("log_directory", |c| c.log_directory = "/etc".into()),
+    ];
+    for (field, spoil) in cases {
+        let mut cfg = config("refused");
+        spoil(&mut cfg);
+        match m.run(cfg).await {
+            Err(SandboxError::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    assert!(m.list(&PodFilter::default()).is_empty(), "nothing made");
 }

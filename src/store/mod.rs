@@ -62,11 +62,23 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 }
 
+/// The plural of a kind of record: "pod sandboxes", "containers".
+fn plural(kind: &str) -> String {
+    if kind.ends_with('x') || kind.ends_with('s') || kind.ends_with("sh") || kind.ends_with("ch") {
+        format!("{kind}es")
+    } else {
+        format!("{kind}s")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{kind} {id:?} not found")]
     NotFound { kind: &'static str, id: String },
-    #[error("{kind} ID prefix {prefix:?} is ambiguous: it matches {count} {kind}s")]
+    #[error(
+        "{kind} ID prefix {prefix:?} is ambiguous: it matches {count} {}",
+        plural(kind)
+    )]
     Ambiguous {
         kind: &'static str,
         prefix: String,
@@ -668,6 +680,15 @@ mod tests {
             }
             other => panic!("expected ambiguous, got {other:?}"),
         }
+        let pods = StoreError::Ambiguous {
+            kind: "pod sandbox",
+            prefix: "ab".into(),
+            count: 3,
+        };
+        assert!(
+            pods.to_string().ends_with("it matches 3 pod sandboxes"),
+            "{pods}"
+        );
         match store.resolve("abd") {
             Err(e @ StoreError::NotFound { .. }) => assert!(e.to_string().contains("abd")),
             other => panic!("expected not found, got {other:?}"),
