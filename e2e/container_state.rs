@@ -327,3 +327,55 @@ async fn an_unknown_stop_signal_is_refused_at_create() {
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
 }
+
+/// A container of a pod whose PID namespace holder died cannot start:
+/// the pod is not ready, and StartContainer says so instead of failing
+/// deep in the fork.
+#[tokio::test]
+async fn a_container_does_not_start_in_a_pod_whose_pause_died() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let mut env = Env::start().await;
+    let mut config =
+        crate::harness::cri::pod_config(&crate::harness::cri::unique("pausedied"), &env.log_dir());
+    let linux = config.linux.get_or_insert_with(Default::default);
+    let security = linux.security_context.get_or_insert_with(Default::default);
+    security
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .pid = NamespaceMode::Pod as i32;
+    let pod_id = env
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = (pod_id.clone(), config);
+    let id = env
+        .create(
+            &pod,
+            container_config("late", &env.busybox(), &["sleep", "1000"]),
+        )
+        .await
+        .expect("create");
+    let pause = crate::faults::pause_of(&env.daemon, &pod_id).expect("the pod's pause");
+    kill(Pid::from_raw(pause), Signal::SIGKILL).unwrap();
+    crate::faults::wait_dead(pause).await;
+
+    let err = env.start_container(&id).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&pod_id), "{}", err.message());
+    assert!(err.message().contains("not ready"), "{}", err.message());
+    assert_eq!(
+        env.status(&id).await.state,
+        ContainerState::ContainerCreated as i32,
+        "the container was not touched"
+    );
+    env.remove_pod(&pod_id).await;
+    env.daemon.assert_clean();
+}

@@ -108,7 +108,7 @@ fn pauses(daemon: &Daemon) -> Vec<i32> {
 }
 
 /// The pause of pod `id`.
-fn pause_of(daemon: &Daemon, id: &str) -> Option<i32> {
+pub(crate) fn pause_of(daemon: &Daemon, id: &str) -> Option<i32> {
     let pins = pods_dir(daemon).join(id);
     pids_referencing(&pins.to_string_lossy())
         .into_iter()
@@ -124,7 +124,7 @@ fn mounts_under(path: &Path) -> Vec<String> {
 }
 
 /// Waits until `pid` is gone or a zombie; a pause's reaper is not ours.
-async fn wait_dead(pid: i32) {
+pub(crate) async fn wait_dead(pid: i32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -267,6 +267,15 @@ impl Runtime {
         Ok(id)
     }
 
+    /// StartContainer: only in a ready pod (one whose PID namespace holder
+    /// died is not), which stays ready meanwhile.
+    pub async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let record = self.containers.status(id)?;
+        let _ready = self.sandboxes.lock_ready(&record.pod_id).await?;
+        self.containers.start(&record.id).await?;
+        Ok(())
+    }
+
     /// RemoveContainer: idempotent; releases the image lease.
     pub async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
         if let Some(record) = self.containers.remove(id).await? {

@@ -38,6 +38,13 @@ pub unsafe fn fork() -> nix::Result<ForkResult> {
     unsafe { nix::unistd::fork() }
 }
 
+/// kill(2) with a signal number, real-time signals included (nix's
+/// `Signal` has no `SIGRTMIN+n`).
+pub fn kill(pid: Pid, signo: i32) -> nix::Result<()> {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    Errno::result(unsafe { libc::kill(pid.as_raw(), signo) }).map(drop)
+}
+
 /// Ends the current process at once, without running atexit handlers or
 /// flushing stdio buffers that belong to the parent (a forked child must
 /// not flush its parent's buffers twice).

@@ -3,16 +3,16 @@
 
 use std::path::Path;
 
-use super::config::ContainerConfig;
+use super::config::{ContainerConfig, Propagation};
 use super::error::{ContainerError, io_err};
 use super::manager::{ContainerManager, ImageInfo, PodInfo};
 use super::record::{ContainerRecord, SCHEMA};
 use super::rootfs::Overlay;
 use super::state::State;
 use super::{signal, spec, user};
-use crate::cgroups;
 use crate::store::StoreError;
 use crate::task::blocking;
+use crate::{cgroups, names};
 
 impl ContainerManager {
     /// Creates the container under `id` (an ID the caller generated, so it
@@ -28,6 +28,16 @@ impl ContainerManager {
     ) -> Result<(), ContainerError> {
         if config.name.is_empty() {
             return Err(ContainerError::EmptyName);
+        }
+        // The name becomes part of paths (the log file kubelet names after
+        // it, the reserved name): nothing that leads elsewhere.
+        names::path_component("metadata.name", &config.name)?;
+        for (i, mount) in config.mounts.iter().enumerate() {
+            names::mount_propagation(
+                &format!("mounts[{i}].propagation"),
+                mount.propagation == Propagation::Bidirectional,
+                config.security.privileged,
+            )?;
         }
         if !pod.ready {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
@@ -54,8 +64,7 @@ impl ContainerManager {
         let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()
         } else {
-            Path::new(&pod.log_directory)
-                .join(&config.log_path)
+            names::log_path(Path::new(&pod.log_directory), &config.log_path)?
                 .display()
                 .to_string()
         };

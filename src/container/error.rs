@@ -10,6 +10,7 @@ use super::state::TransitionError;
 use super::user::UserError;
 use crate::cgroups::CgroupError;
 use crate::monitor::MonitorError;
+use crate::names::{CreateDirError, NameError};
 use crate::store::StoreError;
 use crate::task::TaskFailed;
 
@@ -51,6 +52,10 @@ pub enum ContainerError {
     Monitor(#[from] MonitorError),
     #[error(transparent)]
     Signal(#[from] SignalError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    LogDir(#[from] CreateDirError),
     #[error("{context} {path}: {source}")]
     Io {
         context: &'static str,

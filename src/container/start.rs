@@ -87,7 +87,10 @@ impl ContainerManager {
         if !record.log_path.is_empty()
             && let Some(dir) = Path::new(&record.log_path).parent()
         {
-            std::fs::create_dir_all(dir).map_err(io_err("create log dir", dir))?;
+            // Without following symlinks: a link planted in a log
+            // directory a container can write must not send the log
+            // elsewhere.
+            crate::names::create_dir_nofollow(dir, 0o755)?;
         }
         let spec = MonitorSpec {
             bundle,

@@ -39,7 +39,7 @@ pub(super) async fn start(
     req: cri::StartContainerRequest,
 ) -> Result<cri::StartContainerResponse, Status> {
     require("container_id", &req.container_id)?;
-    cri.runtime.containers().start(&req.container_id).await?;
+    cri.runtime.start_container(&req.container_id).await?;
     Ok(cri::StartContainerResponse {})
 }
 

@@ -56,16 +56,22 @@ impl From<ContainerError> for Status {
         let message = e.to_string();
         match e {
             Store(s) => s.into(),
-            EmptyName | Spec(_) | User(_) | Signal(_) => Status::invalid_argument(message),
+            EmptyName | Spec(_) | User(_) | Signal(_) | Name(_) => {
+                Status::invalid_argument(message)
+            }
             PodNotReady(_) | WrongState { .. } | Transition { .. } => {
                 Status::failed_precondition(message)
             }
             NameTaken { .. } => Status::already_exists(message),
             ExecTimeout(_) => Status::deadline_exceeded(message),
             StartFailed { .. } | Exec { .. } => Status::unknown(message),
-            Rootfs(_) | Cgroup(_) | Monitor(_) | Io { .. } | Unkillable { .. } | Task(_) => {
-                Status::internal(message)
-            }
+            Rootfs(_)
+            | Cgroup(_)
+            | Monitor(_)
+            | Io { .. }
+            | Unkillable { .. }
+            | Task(_)
+            | LogDir(_) => Status::internal(message),
         }
     }
 }
