@@ -138,10 +138,7 @@ async fn run_status_list_stop_remove() {
     let name = unique("lifecycle");
     let mut cfg = config(&daemon, &name);
     cfg.annotations.insert("note".into(), "kept".into());
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
+    let before = ketch::clock::now_unix_nanos();
     let id = run(&mut client, cfg.clone()).await;
     assert_eq!(id.len(), 64);
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));

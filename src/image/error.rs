@@ -108,6 +108,14 @@ pub enum ImageError {
     Internal(String),
 }
 
+impl From<crate::task::TaskFailed> for ImageError {
+    /// A worker that died is ketch's own trouble, like the other internal
+    /// errors.
+    fn from(e: crate::task::TaskFailed) -> Self {
+        ImageError::Internal(e.to_string())
+    }
+}
+
 impl ImageError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ImageError::Io {

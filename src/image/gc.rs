@@ -22,7 +22,8 @@ use nix::fcntl::{Flock, FlockArg};
 use super::digest::Digest;
 use super::error::ImageError;
 use super::fsutil::{self, temp_name};
-use super::{Inner, blocking};
+use super::Inner;
+use crate::task::blocking;
 
 /// How long a busy collection waits before trying again.
 const RETRY: Duration = Duration::from_secs(3);
@@ -62,7 +63,7 @@ impl Inner {
             Flock::lock(file, FlockArg::LockShared)
                 .map_err(|(_, e)| ImageError::nix("lock", &inner.gc_lock, e))
         })
-        .await??;
+        .await?;
         Ok(WriterGuard {
             lock: Some(lock),
             inner: self.clone(),

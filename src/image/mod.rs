@@ -97,6 +97,7 @@ pub use registry::{Credentials, RegistryAuth};
 pub use unpack::get_xattr;
 
 use crate::config::Config;
+use crate::task::blocking;
 use leases::Leases;
 use records::Records;
 use registry::RegistryClient;
@@ -198,7 +199,7 @@ impl ImageStore {
                 pos.map(|p| images.remove(p))
             })
         })
-        .await??;
+        .await?;
         drop(writer);
         if removed.is_some() {
             self.inner.request_gc();
@@ -249,7 +250,7 @@ impl ImageStore {
         };
         let inner = self.inner.clone();
         let l = lease.clone();
-        blocking(move || inner.leases.put(&l)).await??;
+        blocking(move || inner.leases.put(&l)).await?;
         Ok(lease)
     }
 
@@ -258,7 +259,7 @@ impl ImageStore {
     pub async fn release(&self, container_id: &str) -> Result<(), ImageError> {
         let inner = self.inner.clone();
         let id = container_id.to_owned();
-        if blocking(move || inner.leases.remove(&id)).await?? {
+        if blocking(move || inner.leases.remove(&id)).await? {
             self.inner.request_gc();
         }
         Ok(())
@@ -282,7 +283,7 @@ impl ImageStore {
     /// the filesystem holding them.
     pub async fn fs_usage(&self) -> Result<FsUsage, ImageError> {
         let inner = self.inner.clone();
-        blocking(move || inner.fs_usage()).await?
+        blocking(move || inner.fs_usage()).await
     }
 
     /// Imports an OCI image layout directory, or a tar of one, or a
@@ -299,22 +300,13 @@ impl ImageStore {
     /// and the import command). Returns whether it ran.
     pub async fn collect_garbage(&self) -> Result<bool, ImageError> {
         let inner = self.inner.clone();
-        blocking(move || inner.collect()).await?
+        blocking(move || inner.collect()).await
     }
 
     /// The root dir of the store.
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
-}
-
-/// Runs blocking work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ImageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ImageError::Internal(format!("worker thread failed: {e}")))
 }
 
 #[cfg(test)]

@@ -289,7 +289,7 @@ impl RegistryClient {
         }
         let client = builder.build().map_err(|e| ImageError::Network {
             registry: host.to_owned(),
-            message: format!("cannot build HTTP client: {}", error_chain(&e)),
+            message: format!("cannot build HTTP client: {}", crate::errors::chain(&e)),
         })?;
         clients.insert(tls.clone(), client.clone());
         Ok(client)
@@ -599,7 +599,7 @@ impl Session {
         }
         .map_err(|e| ImageError::Network {
             registry: ep.host.clone(),
-            message: format!("token server {realm}: {}", error_chain(&e)),
+            message: format!("token server {realm}: {}", crate::errors::chain(&e)),
         })?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -686,7 +686,7 @@ async fn send(
     }
     req.send().await.map_err(|e| ImageError::Network {
         registry: host.to_owned(),
-        message: format!("GET {url}: {}", error_chain(&e)),
+        message: format!("GET {url}: {}", crate::errors::chain(&e)),
     })
 }
 
@@ -764,7 +764,7 @@ pub async fn read_limited(
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| ImageError::Network {
         registry: registry.to_owned(),
-        message: format!("reading {what} {name}: {}", error_chain(&e)),
+        message: format!("reading {what} {name}: {}", crate::errors::chain(&e)),
     })? {
         if body.len() as u64 + chunk.len() as u64 > limit {
             return Err(too_large());
@@ -772,22 +772,6 @@ pub async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// An error and its sources, joined: reqwest's own message alone ("error
-/// sending request") hides the cause (refused, TLS, DNS).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// One `WWW-Authenticate` challenge.

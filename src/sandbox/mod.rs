@@ -70,6 +70,7 @@ pub use recover::Recovery;
 
 use crate::network::{Cni, NetworkError};
 use crate::store::{Guard, Store};
+use crate::task::TaskFailed;
 
 /// What the records of pods are called in messages.
 pub const KIND: &str = "pod sandbox";
@@ -223,11 +224,13 @@ where
     F: FnOnce() -> Result<T, OsError> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
+    // The worker's death is caught here rather than through a `From`, so
+    // that both failures name the pod.
+    match crate::task::blocking(move || Ok::<_, TaskFailed>(work())).await {
         Ok(result) => result.map_err(SandboxError::os(id)),
-        Err(e) => Err(SandboxError::Task {
+        Err(TaskFailed(message)) => Err(SandboxError::Task {
             id: id.to_owned(),
-            message: e.to_string(),
+            message,
         }),
     }
 }
@@ -243,12 +246,4 @@ fn release_kernel_resources(pod: &PodSandbox) -> Result<(), OsError> {
 fn remove_pod_dir(dir: &Path) -> Result<(), OsError> {
     mounts::unmount_all_under(dir)?;
     mounts::remove_dir_all(dir)
-}
-
-/// Nanoseconds since the epoch.
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
