@@ -68,7 +68,7 @@ pub use record::{
 };
 pub use recover::Recovery;
 
-use crate::network::{Cni, NetworkError};
+use crate::network::Cni;
 use crate::store::{Guard, Store};
 use crate::task::TaskFailed;
 
@@ -135,9 +135,8 @@ impl SandboxManager {
             return Ok(None);
         }
         let pod_cidr = pod_cidr.to_owned();
-        let written = tokio::task::spawn_blocking(move || cni.update_pod_cidr(&pod_cidr))
+        let written = crate::task::blocking(move || cni.update_pod_cidr(&pod_cidr))
             .await
-            .unwrap_or_else(|e| Err(NetworkError::Runtime(format!("pod CIDR update task: {e}"))))
             .map_err(SandboxError::PodCidr)?;
         let cidrs = self
             .network
