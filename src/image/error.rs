@@ -108,6 +108,16 @@ pub enum ImageError {
     Internal(String),
 }
 
+impl From<crate::store::AtomicWriteError> for ImageError {
+    fn from(e: crate::store::AtomicWriteError) -> Self {
+        ImageError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl From<crate::task::TaskFailed> for ImageError {
     /// A worker that died is ketch's own trouble, like the other internal
     /// errors.
