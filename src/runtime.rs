@@ -14,7 +14,6 @@ use crate::container::manager::{
 use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
 use crate::container::stream::{PodNetwork, PodNetworks};
 use crate::image::{ImageError, ImageStore};
-use crate::monitor::pause::PodNamespaces as PauseNamespaces;
 use crate::network;
 use crate::pod_pid::{self, PodPidError};
 use crate::sandbox::{
@@ -228,11 +227,7 @@ impl Runtime {
             return Ok(pod);
         }
         let (exe, dir) = (self.exe.clone(), pod.dir.clone());
-        let ns = PauseNamespaces {
-            net: pod.namespaces.net.clone(),
-            ipc: pod.namespaces.ipc.clone(),
-            uts: pod.namespaces.uts.clone(),
-        };
+        let ns = pod.namespaces.clone();
         let started = tokio::task::spawn_blocking(move || pod_pid::start(&exe, &dir, ns))
             .await
             .map_err(|e| {
