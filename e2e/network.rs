@@ -14,7 +14,6 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -23,6 +22,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::harness::crash::crash_at;
 use crate::harness::cri::{pod_config, unique};
 use crate::harness::daemon::{E2E_BASE, mountpoints};
 use crate::harness::net::{SYSTEM_PLUGINS, TestNetwork, run as sh};
@@ -819,46 +819,6 @@ async fn the_network_survives_a_restart_and_del_after_it_releases_the_ip() {
     }
     assert_no_pods(&daemon);
     daemon.assert_clean();
-}
-
-/// Runs `daemon` once more by hand with a crash point set; RunPodSandbox
-/// of `cfg` must kill it there.
-async fn crash_at(daemon: &mut Daemon, point: &str, cfg: PodSandboxConfig) {
-    daemon.stop().await;
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&daemon.log_path)
-        .unwrap();
-    let mut child = daemon
-        .command()
-        .env("KETCH_TEST_CRASH_POINT", point)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::UnixStream::connect(&daemon.socket)
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "crashing daemon did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut client = daemon.runtime().await;
-    assert!(
-        try_run(&mut client, cfg).await.is_err(),
-        "{point}: the daemon should have died"
-    );
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "{point}: killed at the crash point"
-    );
 }
 
 #[tokio::test]

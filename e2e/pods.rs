@@ -5,8 +5,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -14,6 +13,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::harness::Daemon;
+use crate::harness::crash::crash_at;
 use crate::harness::cri::{pod_config, unique};
 use crate::harness::daemon::mountpoints;
 
@@ -738,49 +738,6 @@ async fn a_bad_record_does_not_stop_the_daemon() {
     assert_pod_gone(&daemon, &id);
     std::fs::remove_file(record(&daemon, &bogus)).unwrap();
     daemon.assert_clean();
-}
-
-/// Runs the daemon of `daemon` once more, by hand, with a crash point set;
-/// RunPodSandbox must kill it at that point.
-async fn crash_at(daemon: &mut Daemon, point: &str, cfg: PodSandboxConfig) {
-    daemon.stop().await;
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&daemon.log_path)
-        .unwrap();
-    let mut child = daemon
-        .command()
-        .env("KETCH_TEST_CRASH_POINT", point)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::UnixStream::connect(&daemon.socket)
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "crashing daemon did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut client = daemon.runtime().await;
-    let result = client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        })
-        .await;
-    assert!(result.is_err(), "{point}: the daemon should have died");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "{point}: killed at the crash point"
-    );
 }
 
 #[tokio::test]

@@ -19,10 +19,10 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
+use super::Inner;
 use super::digest::Digest;
 use super::error::ImageError;
 use super::fsutil::{self, temp_name};
-use super::Inner;
 use crate::task::blocking;
 
 /// How long a busy collection waits before trying again.

@@ -29,9 +29,9 @@ use super::manifest::{
     host_platform, layer_media_type, parse_config, parse_manifest,
 };
 use super::pull::platform_string;
-use crate::clock::now_unix_nanos;
 use super::records::{self, Image, Layer};
 use super::reference::Reference;
+use crate::clock::now_unix_nanos;
 
 /// `ketch image import PATH`: imports into the store of `config` and
 /// prints a progress line to stderr (rewritten in place on a terminal) and

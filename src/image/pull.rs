@@ -18,6 +18,7 @@ use bytes::{Buf, Bytes};
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tokio::task::JoinSet;
 
+use super::Inner;
 use super::digest::{Digest, chain_ids};
 use super::error::ImageError;
 use super::layers::{LayerSpec, apply_layer};
@@ -27,7 +28,6 @@ use super::manifest::{
 };
 use super::records::{self, Image, Layer};
 use super::reference::Reference;
-use super::Inner;
 use super::registry::{RegistryAuth, Session};
 use crate::clock::now_unix_nanos;
 use crate::errors::chain;
@@ -223,8 +223,8 @@ impl Inner {
             created_at: now_unix_nanos(),
         };
         let inner = self.clone();
-        let stored = blocking(move || inner.records.update(|images| records::merge(images, image)))
-            .await?;
+        let stored =
+            blocking(move || inner.records.update(|images| records::merge(images, image))).await?;
         tracing::info!(reference = %name, id = %stored.id, "pulled image");
         Ok(stored)
     }
@@ -240,8 +240,7 @@ impl Inner {
         if self.content.exists(digest) {
             let inner = self.clone();
             let d = digest.clone();
-            return blocking(move || inner.content.read(&d, MAX_CONFIG_SIZE, "image config"))
-                .await;
+            return blocking(move || inner.content.read(&d, MAX_CONFIG_SIZE, "image config")).await;
         }
         let bytes = session
             .blob_bytes(digest, MAX_CONFIG_SIZE, "image config")
@@ -341,9 +340,7 @@ impl Inner {
             }
         }
         drop(tx);
-        let result = unpack
-            .await
-            .map_err(|e| TaskFailed(e.to_string()))?;
+        let result = unpack.await.map_err(|e| TaskFailed(e.to_string()))?;
         if let Some(e) = feed_error {
             return Err(e);
         }

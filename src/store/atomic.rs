@@ -202,7 +202,10 @@ mod tests {
         let a = temp_name("record.json");
         let b = temp_name("record.json");
         assert_ne!(a, b);
-        assert!(a.starts_with(TEMP_PREFIX) && a.ends_with(TEMP_SUFFIX), "{a}");
+        assert!(
+            a.starts_with(TEMP_PREFIX) && a.ends_with(TEMP_SUFFIX),
+            "{a}"
+        );
         std::fs::write(dir.path().join(&a), b"half").unwrap();
         std::fs::write(dir.path().join(&b), b"half").unwrap();
         assert_eq!(remove_stale_temp_files(dir.path()).unwrap(), 2);
