@@ -7,43 +7,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::harness::Daemon;
 use crate::harness::crash::crash_at;
-use crate::harness::cri::{pod_config, unique};
-use crate::harness::daemon::mountpoints;
-
-type Client = RuntimeServiceClient<Channel>;
-
-fn config(daemon: &Daemon, name: &str) -> PodSandboxConfig {
-    pod_config(name, &daemon.dir.path().join("logs").join(name))
-}
-
-async fn run(client: &mut Client, config: PodSandboxConfig) -> String {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn status(client: &mut Client, id: &str) -> Result<PodSandboxStatusResponse, tonic::Status> {
-    client
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .map(|r| r.into_inner())
-}
+use crate::harness::cri::unique;
+use crate::harness::pods::{Client, config, list, mounts_under, remove, run, status, stop};
 
 /// The verbose `info` of a pod, parsed.
 async fn pod_info(client: &mut Client, id: &str) -> serde_json::Value {
@@ -55,47 +25,12 @@ fn state(status: &PodSandboxStatusResponse) -> PodSandboxState {
     PodSandboxState::try_from(status.status.as_ref().unwrap().state).unwrap()
 }
 
-async fn list(client: &mut Client, filter: Option<PodSandboxFilter>) -> Vec<PodSandbox> {
-    client
-        .list_pod_sandbox(ListPodSandboxRequest { filter })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items
-}
-
-async fn stop(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.to_owned(),
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn remove(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.to_owned(),
-        })
-        .await
-        .map(|_| ())
-}
-
 fn pod_dir(daemon: &Daemon, id: &str) -> PathBuf {
     daemon.state_dir.join("pods").join(id)
 }
 
 fn record(daemon: &Daemon, id: &str) -> PathBuf {
     daemon.root_dir.join("pods").join(format!("{id}.json"))
-}
-
-fn mounts_under(path: &Path) -> Vec<String> {
-    let prefix = path.to_string_lossy().into_owned();
-    mountpoints()
-        .into_iter()
-        .filter(|m| m.starts_with(&prefix))
-        .collect()
 }
 
 /// Nothing of the pod is left: no mount, no directory, no record.

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod env;
 pub mod images;
 pub mod net;
+pub mod pods;
 pub mod registry;
 pub mod stream_client;
 
