@@ -361,16 +361,7 @@ async fn bad_input_gets_clear_errors() {
 async fn image_config_user_workdir_env_entrypoint() {
     let mut env = Env::start().await;
     let configured = env.images.configured.reference.clone();
-    env.img
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: configured.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    env.pull(&configured).await;
     let pod = env.run_pod("conf").await;
     let id = env
         .create(&pod, container_config("conf", &configured, &[]))
@@ -723,16 +714,7 @@ async fn web_server_pod_answers_at_its_ip() {
 
     let mut env = Env::start().await;
     let web = env.images.web.reference.clone();
-    env.img
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: web.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    env.pull(&web).await;
     let pod = env.run_pod("web").await;
     let id = env
         .create(&pod, container_config("web", &web, &[]))

@@ -21,25 +21,13 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::harness::crash::crash_at;
-use crate::harness::cri::unique;
+use crate::harness::cri::{namespace_options, unique};
 use crate::harness::daemon::E2E_BASE;
 use crate::harness::net::{SYSTEM_PLUGINS, TestNetwork, run as sh};
 use crate::harness::pods::{
     Client, config, list, mounts_under, remove, run, status, stop, try_run,
 };
 use crate::harness::{Daemon, DaemonOptions};
-
-fn namespace_options(cfg: &mut PodSandboxConfig) -> &mut NamespaceOption {
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-}
 
 /// The pod's IPs: the primary, then the others.
 async fn pod_ips(client: &mut Client, id: &str) -> Vec<String> {

@@ -12,7 +12,7 @@ use tonic::Code;
 
 use crate::harness::Daemon;
 use crate::harness::crash::crash_at;
-use crate::harness::cri::unique;
+use crate::harness::cri::{namespace_options, unique};
 use crate::harness::pods::{Client, config, list, mounts_under, remove, run, status, stop};
 
 /// The verbose `info` of a pod, parsed.
@@ -394,16 +394,7 @@ async fn host_network_and_host_ipc_use_the_nodes() {
     let mut client = daemon.runtime().await;
     let mut cfg = config(&daemon, &unique("hostnet"));
     cfg.hostname = "ignored-for-host-network".into();
-    let opts = cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
+    let opts = namespace_options(&mut cfg);
     opts.network = NamespaceMode::Node as i32;
     opts.ipc = NamespaceMode::Node as i32;
     opts.pid = NamespaceMode::Node as i32;
@@ -445,16 +436,7 @@ async fn host_network_and_host_ipc_use_the_nodes() {
 
     // IPC from the node, network of its own.
     let mut cfg = config(&daemon, &unique("hostipc"));
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .ipc = NamespaceMode::Node as i32;
+    namespace_options(&mut cfg).ipc = NamespaceMode::Node as i32;
     let id2 = run(&mut client, cfg).await;
     let info2 = pod_info(&mut client, &id2).await;
     assert!(ns_path(&info2, "ipc").is_none());

@@ -11,7 +11,7 @@ use k8s_cri::v1::*;
 use tokio_tungstenite::tungstenite::Message;
 use tonic::Code;
 
-use crate::harness::cri::{container_config, pod_config, unique};
+use crate::harness::cri::{container_config, namespace_options, pod_config, unique};
 use crate::harness::env::Env;
 use crate::harness::images::{WEB_INDEX_HTML, WEB_PORT};
 use crate::harness::stream_client::{
@@ -516,17 +516,7 @@ async fn port_forward_reaches_httpd_in_the_pod() {
 async fn port_forward_in_a_host_network_pod_reaches_the_node_loopback() {
     let mut env = env_with_web().await;
     let mut config = pod_config(&unique("hostnet"), &env.log_dir());
-    config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .network = NamespaceMode::Node as i32;
+    namespace_options(&mut config).network = NamespaceMode::Node as i32;
     let pod = env.run_pod_with(config).await;
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
