@@ -2,7 +2,7 @@
 //! `.tmp-*` names garbage collection sweeps are `store::atomic`'s, here
 //! with [`ImageError`] for the image store's callers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::error::ImageError;
 
@@ -61,4 +61,21 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>, ImageError> {
         }
     }
     Ok(names)
+}
+
+/// The `.tmp-*` entries of `dir`: what interrupted writers left there.
+pub fn temp_paths(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    Ok(list_names(dir)?
+        .into_iter()
+        .filter(|n| n.starts_with(TEMP_PREFIX))
+        .map(|n| dir.join(n))
+        .collect())
+}
+
+/// The digests `dir` holds as entries named by their sha256 hex.
+pub fn digests_in(dir: &Path) -> Result<Vec<super::Digest>, ImageError> {
+    Ok(list_names(dir)?
+        .into_iter()
+        .filter_map(|hex| super::Digest::parse(&format!("sha256:{hex}")).ok())
+        .collect())
 }

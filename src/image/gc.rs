@@ -158,12 +158,7 @@ impl Inner {
         let mut doomed = self.content.temp_paths()?;
         doomed.extend(self.layers.temp_paths()?);
         doomed.extend(self.leases.temp_paths()?);
-        doomed.extend(
-            fsutil::list_names(&self.root.join("images"))?
-                .into_iter()
-                .filter(|n| n.starts_with(fsutil::TEMP_PREFIX))
-                .map(|n| self.root.join("images").join(n)),
-        );
+        doomed.extend(fsutil::temp_paths(&self.root.join("images"))?);
         let mut removed_blobs = 0;
         for digest in self.content.list()? {
             if !blobs.contains(&digest) {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use super::content::{BlobWriter, ContentStore};
 use super::digest::{Digest, Hasher, HashingReader};
 use super::error::ImageError;
-use super::fsutil::{self, TEMP_PREFIX, sync_dir, temp_name};
+use super::fsutil::{self, sync_dir, temp_name};
 use super::unpack::{UnpackStats, unpack};
 
 #[derive(Debug, Clone)]
@@ -47,19 +47,12 @@ impl LayerStore {
 
     /// Chain IDs of every stored layer.
     pub fn list(&self) -> Result<Vec<Digest>, ImageError> {
-        Ok(fsutil::list_names(&self.dir)?
-            .into_iter()
-            .filter_map(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
-            .collect())
+        fsutil::digests_in(&self.dir)
     }
 
     /// Paths of leftover half-made layers.
     pub fn temp_paths(&self) -> Result<Vec<PathBuf>, ImageError> {
-        Ok(fsutil::list_names(&self.dir)?
-            .into_iter()
-            .filter(|n| n.starts_with(TEMP_PREFIX))
-            .map(|n| self.dir.join(n))
-            .collect())
+        fsutil::temp_paths(&self.dir)
     }
 }
 
