@@ -78,6 +78,21 @@ pub enum ImageError {
         available: String,
     },
 
+    /// A layer refused before it could fill the disk: too large once
+    /// unpacked, too compressed (a decompression bomb), or eating into the
+    /// free space the root dir must keep (see `limits`).
+    #[error("layer {digest} refused: {reason}")]
+    LayerRefused { digest: String, reason: String },
+
+    /// The disk or the quota is full (ENOSPC, EDQUOT).
+    #[error("no space left for {what} in {} ({free} free): {cause}", path.display())]
+    NoSpace {
+        what: String,
+        path: PathBuf,
+        free: String,
+        cause: String,
+    },
+
     /// A layer could not be unpacked.
     #[error("layer {digest}: {source}")]
     Unpack {

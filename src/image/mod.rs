@@ -71,6 +71,7 @@ mod gc;
 mod import;
 mod layers;
 mod leases;
+mod limits;
 mod manifest;
 mod pull;
 mod records;
@@ -90,6 +91,7 @@ pub use fsinfo::FsUsage;
 pub use import::{ImportProgress, import_command};
 pub use layers::LayerStore;
 pub use leases::Lease;
+pub use limits::UnpackLimits;
 pub use manifest::{Platform, RunConfig, host_platform};
 pub use records::{Image, Layer};
 pub use reference::Reference;
@@ -137,7 +139,8 @@ impl ImageStore {
         let inner = Arc::new(Inner {
             registry: Arc::new(RegistryClient::new(config.clone())),
             content: ContentStore::open(root.join("content"))?,
-            layers: LayerStore::open(root.join("layers"))?,
+            layers: LayerStore::open(root.join("layers"))?
+                .with_limits(UnpackLimits::from_config(&config.image)),
             leases: Leases::open(root.join("leases"))?,
             records,
             gc_lock: images_dir.join("gc.lock"),
@@ -160,7 +163,19 @@ impl ImageStore {
         reference: &str,
         auth: Option<RegistryAuth>,
     ) -> Result<Image, ImageError> {
-        self.inner.pull(reference, auth).await
+        let pulled = self.inner.pull(reference, auth).await;
+        pulled.map_err(|e| {
+            let e = e.no_space(&format!("image {reference}"), &self.inner.root);
+            if matches!(
+                e,
+                ImageError::NoSpace { .. } | ImageError::LayerRefused { .. }
+            ) {
+                // The complete layers and blobs of an image that cannot be
+                // had only take room.
+                self.inner.request_gc();
+            }
+            e
+        })
     }
 
     /// The image `key` names: a full ID (`sha256:<hex>` or the 64 hex
@@ -293,7 +308,9 @@ impl ImageStore {
         path: &Path,
         progress: &dyn Fn(&ImportProgress),
     ) -> Result<Vec<Image>, ImageError> {
-        self.inner.import(path, progress)
+        self.inner
+            .import(path, progress)
+            .map_err(|e| e.no_space(&format!("import of {}", path.display()), &self.inner.root))
     }
 
     /// Runs a garbage collection now if none is running or blocked (tests

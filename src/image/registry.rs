@@ -321,7 +321,8 @@ impl Session {
         reference: &str,
         limit: u64,
     ) -> Result<FetchedManifest, ImageError> {
-        let what = format!("manifest {}:{reference}", self.repository);
+        let name = format!("{}:{reference}", self.repository);
+        let what = format!("manifest {name}");
         let resp = self
             .get(
                 &format!("manifests/{reference}"),
@@ -334,7 +335,7 @@ impl Session {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = read_limited(resp, limit, "manifest", &what, &self.registry).await?;
+        let bytes = read_limited(resp, limit, "manifest", &name, &self.registry).await?;
         Ok(FetchedManifest {
             bytes,
             content_type,
