@@ -3,6 +3,7 @@
 //! `cargo test --test e2e`.
 
 mod containers;
+mod faults_images;
 mod foundation;
 mod harness;
 mod images;

@@ -163,19 +163,11 @@ impl ImageStore {
         reference: &str,
         auth: Option<RegistryAuth>,
     ) -> Result<Image, ImageError> {
-        let pulled = self.inner.pull(reference, auth).await;
-        pulled.map_err(|e| {
-            let e = e.no_space(&format!("image {reference}"), &self.inner.root);
-            if matches!(
-                e,
-                ImageError::NoSpace { .. } | ImageError::LayerRefused { .. }
-            ) {
-                // The complete layers and blobs of an image that cannot be
-                // had only take room.
-                self.inner.request_gc();
-            }
-            e
-        })
+        // A full disk can fail any step: whichever did, say so.
+        self.inner
+            .pull(reference, auth)
+            .await
+            .map_err(|e| e.no_space(&format!("image {reference}"), &self.inner.root))
     }
 
     /// The image `key` names: a full ID (`sha256:<hex>` or the 64 hex
