@@ -148,7 +148,9 @@ pub fn apply_layer(
             reason,
         });
     }
-    let unpacked = unpacked.map_err(|e| e.no_space(&format!("layer {name}"), &layers.dir));
+    let what = format!("layer {name}");
+    let no_space = |e: ImageError| e.no_space(&what, &layers.dir);
+    let unpacked = unpacked.map_err(no_space);
     if let Err(e @ ImageError::NoSpace { .. }) = unpacked {
         return Err(e);
     }
@@ -158,7 +160,7 @@ pub fn apply_layer(
     let drained = io::copy(&mut tee, &mut io::sink());
     let (stats, diff_id) = match (unpacked, drained) {
         (Ok(done), Ok(_)) => done,
-        (Ok(_), Err(e)) => return Err(read_err(e).no_space(&format!("layer {name}"), &layers.dir)),
+        (Ok(_), Err(e)) => return Err(no_space(read_err(e))),
         (Err(e), _) => {
             if let Some((digest, size)) = &spec.blob
                 && (tee.hasher.len() != *size
@@ -208,7 +210,7 @@ pub fn apply_layer(
         tmp.commit(&layers.path(&spec.chain_id))?;
         sync_dir(&layers.dir)
     };
-    commit().map_err(|e| e.no_space(&format!("layer {name}"), &layers.dir))?;
+    commit().map_err(no_space)?;
     Ok(stats)
 }
 
