@@ -5,7 +5,7 @@
 //! others (`ketch image import`): writers hold it shared from before they
 //! look at what exists until their record or lease is written; a collection
 //! takes it exclusive without waiting. Under the exclusive lock the roots are
-//! read and the garbage renamed to `.tmp-gc-*` names (cheap); the slow
+//! read and the garbage renamed to `.tmp-gc.*` names (cheap); the slow
 //! deletion runs after the lock is released. A collection that finds the
 //! lock busy stays pending and runs when this process's last writer is
 //! done, or on a retry a few seconds later.
