@@ -364,10 +364,8 @@ async fn image_config_user_workdir_env_entrypoint() {
     env.pull(&configured).await;
     let pod = env.run_pod("conf").await;
     let id = env
-        .create(&pod, container_config("conf", &configured, &[]))
-        .await
-        .unwrap();
-    env.start_container(&id).await.unwrap();
+        .run_container(&pod, container_config("conf", &configured, &[]))
+        .await;
     let status = env.wait_exited(&id).await;
     assert_eq!(status.exit_code, 0, "{status:?}");
     let lines = log_lines(&status.log_path);
@@ -716,11 +714,8 @@ async fn web_server_pod_answers_at_its_ip() {
     let web = env.images.web.reference.clone();
     env.pull(&web).await;
     let pod = env.run_pod("web").await;
-    let id = env
-        .create(&pod, container_config("web", &web, &[]))
-        .await
-        .unwrap();
-    env.start_container(&id).await.unwrap();
+    env.run_container(&pod, container_config("web", &web, &[]))
+        .await;
     let ip = env
         .rt
         .pod_sandbox_status(PodSandboxStatusRequest {
