@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use k8s_cri::v1::*;
 
-use crate::containers::Env;
 use crate::harness::DaemonOptions;
 use crate::harness::cri::container_config;
+use crate::harness::env::Env;
 use crate::harness::images::ImageBuilder;
 
 fn crash_at(point: &str) -> DaemonOptions {

@@ -3,170 +3,24 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::Code;
-use tonic::transport::Channel;
 
+use crate::harness::DaemonOptions;
 use crate::harness::cri::{container_config, pod_config, unique};
-use crate::harness::images::{CONFIGURED_OUTPUT, TestImages};
-use crate::harness::registry::Registry;
-use crate::harness::{Daemon, DaemonOptions};
-
-/// A daemon, a registry with the standard images, busybox pulled.
-pub(crate) struct Env {
-    pub(crate) daemon: Daemon,
-    pub(crate) registry: Registry,
-    pub(crate) images: TestImages,
-    pub(crate) rt: RuntimeServiceClient<Channel>,
-    pub(crate) img: ImageServiceClient<Channel>,
-}
+use crate::harness::env::Env;
+use crate::harness::images::CONFIGURED_OUTPUT;
 
 impl Env {
-    pub(crate) async fn start() -> Self {
-        Self::start_with(DaemonOptions::default()).await
-    }
-
-    pub(crate) async fn start_with(options: DaemonOptions) -> Self {
-        let registry = Registry::start_plain().await;
-        let images = TestImages::push_all(&registry).await;
-        let daemon = Daemon::start_with(options).await;
-        let rt = daemon.runtime().await;
-        let mut img = daemon.images().await;
-        img.pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: images.busybox.reference.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull busybox");
-        Env {
-            daemon,
-            registry,
-            images,
-            rt,
-            img,
-        }
-    }
-
-    pub(crate) fn busybox(&self) -> String {
-        self.images.busybox.reference.clone()
-    }
-
-    pub(crate) fn log_dir(&self) -> std::path::PathBuf {
-        let dir = self.daemon.dir.path().join("logs").join(unique("pod"));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    pub(crate) async fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
-        let config = pod_config(&unique(name), &self.log_dir());
-        let id = self
-            .rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("run pod")
-            .into_inner()
-            .pod_sandbox_id;
-        (id, config)
-    }
-
-    pub(crate) async fn create(
-        &mut self,
-        pod: &(String, PodSandboxConfig),
-        config: ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        self.rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.0.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.1.clone()),
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
-    }
-
-    pub(crate) async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
-        self.rt
-            .start_container(StartContainerRequest {
-                container_id: id.to_owned(),
-            })
-            .await
-            .map(|_| ())
-    }
-
-    pub(crate) async fn run(
+    /// A busybox container running `command`, started.
+    async fn run(
         &mut self,
         pod: &(String, PodSandboxConfig),
         name: &str,
         command: &[&str],
     ) -> String {
         let config = container_config(name, &self.busybox(), command);
-        let id = self.create(pod, config).await.expect("create container");
-        self.start_container(&id).await.expect("start container");
-        id
-    }
-
-    pub(crate) async fn status(&mut self, id: &str) -> ContainerStatus {
-        self.rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.to_owned(),
-                verbose: false,
-            })
-            .await
-            .expect("container status")
-            .into_inner()
-            .status
-            .expect("status set")
-    }
-
-    pub(crate) async fn wait_exited(&mut self, id: &str) -> ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = self.status(id).await;
-            if status.state == ContainerState::ContainerExited as i32 {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "container {id} did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub(crate) async fn exec(
-        &mut self,
-        id: &str,
-        cmd: &[&str],
-        timeout: i64,
-    ) -> Result<ExecSyncResponse, tonic::Status> {
-        self.rt
-            .exec_sync(ExecSyncRequest {
-                container_id: id.to_owned(),
-                cmd: cmd.iter().map(|s| s.to_string()).collect(),
-                timeout,
-            })
-            .await
-            .map(|r| r.into_inner())
-    }
-
-    pub(crate) async fn remove_pod(&mut self, id: &str) {
-        self.rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.to_owned(),
-            })
-            .await
-            .expect("stop pod");
-        self.rt
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: id.to_owned(),
-            })
-            .await
-            .expect("remove pod");
+        self.run_container(pod, config).await
     }
 }
 
@@ -490,22 +344,11 @@ async fn bad_input_gets_clear_errors() {
 async fn image_config_user_workdir_env_entrypoint() {
     let mut env = Env::start().await;
     let configured = env.images.configured.reference.clone();
-    env.img
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: configured.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    env.pull(&configured).await;
     let pod = env.run_pod("conf").await;
     let id = env
-        .create(&pod, container_config("conf", &configured, &[]))
-        .await
-        .unwrap();
-    env.start_container(&id).await.unwrap();
+        .run_container(&pod, container_config("conf", &configured, &[]))
+        .await;
     let status = env.wait_exited(&id).await;
     assert_eq!(status.exit_code, 0, "{status:?}");
     let lines = log_lines(&status.log_path);
@@ -852,22 +695,10 @@ async fn web_server_pod_answers_at_its_ip() {
 
     let mut env = Env::start().await;
     let web = env.images.web.reference.clone();
-    env.img
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: web.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    env.pull(&web).await;
     let pod = env.run_pod("web").await;
-    let id = env
-        .create(&pod, container_config("web", &web, &[]))
-        .await
-        .unwrap();
-    env.start_container(&id).await.unwrap();
+    env.run_container(&pod, container_config("web", &web, &[]))
+        .await;
     let ip = env
         .rt
         .pod_sandbox_status(PodSandboxStatusRequest {

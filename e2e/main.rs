@@ -5,6 +5,7 @@
 mod container_state;
 mod containers;
 mod faults;
+mod faults_images;
 mod foundation;
 mod harness;
 mod images;

@@ -14,66 +14,24 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use serde_json::{Value, json};
 use tonic::Code;
-use tonic::transport::Channel;
 
-use crate::harness::cri::{pod_config, unique};
-use crate::harness::daemon::{E2E_BASE, mountpoints};
+use crate::harness::crash::crash_at;
+use crate::harness::cri::{namespace_options, unique};
+use crate::harness::daemon::E2E_BASE;
 use crate::harness::net::{SYSTEM_PLUGINS, TestNetwork, run as sh};
+use crate::harness::pods::{
+    Client, config, list, mounts_under, remove, run, status, stop, try_run,
+};
 use crate::harness::{Daemon, DaemonOptions};
-
-type Client = RuntimeServiceClient<Channel>;
-
-fn config(daemon: &Daemon, name: &str) -> PodSandboxConfig {
-    pod_config(name, &daemon.dir.path().join("logs").join(name))
-}
-
-fn namespace_options(cfg: &mut PodSandboxConfig) -> &mut NamespaceOption {
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-}
-
-async fn try_run(client: &mut Client, cfg: PodSandboxConfig) -> Result<String, tonic::Status> {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
-}
-
-async fn run_pod(client: &mut Client, cfg: PodSandboxConfig) -> String {
-    try_run(client, cfg).await.expect("RunPodSandbox")
-}
-
-async fn status(client: &mut Client, id: &str) -> PodSandboxStatusResponse {
-    client
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-}
 
 /// The pod's IPs: the primary, then the others.
 async fn pod_ips(client: &mut Client, id: &str) -> Vec<String> {
-    let st = status(client, id).await;
+    let st = status(client, id).await.expect("PodSandboxStatus");
     let net = st.status.unwrap().network.unwrap();
     std::iter::once(net.ip)
         .filter(|ip| !ip.is_empty())
@@ -91,38 +49,11 @@ fn info(st: &PodSandboxStatusResponse) -> Value {
 
 /// The pinned netns of a ready pod, from the verbose status.
 async fn netns_pin(client: &mut Client, id: &str) -> String {
-    let st = status(client, id).await;
+    let st = status(client, id).await.expect("PodSandboxStatus");
     info(&st)["namespaces"]["network"]
         .as_str()
         .expect("network namespace pinned")
         .to_owned()
-}
-
-async fn stop(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.to_owned(),
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn remove(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.to_owned(),
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn list(client: &mut Client) -> Vec<PodSandbox> {
-    client
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items
 }
 
 fn network(daemon: &Daemon) -> &TestNetwork {
@@ -130,14 +61,6 @@ fn network(daemon: &Daemon) -> &TestNetwork {
         .network
         .as_ref()
         .expect("the daemon has a test network")
-}
-
-fn mounts_under(path: &Path) -> Vec<String> {
-    let prefix = path.to_string_lossy().into_owned();
-    mountpoints()
-        .into_iter()
-        .filter(|m| m.starts_with(&prefix))
-        .collect()
 }
 
 /// No pod of `daemon` is left: no record, no directory, no mount.
@@ -298,7 +221,7 @@ async fn a_pod_gets_an_ip_on_eth0_and_its_files_name_it() {
         searches: vec!["default.svc.cluster.local".into()],
         options: vec!["ndots:5".into()],
     });
-    let id = run_pod(&mut client, cfg).await;
+    let id = run(&mut client, cfg).await;
 
     let ips = pod_ips(&mut client, &id).await;
     assert_eq!(ips.len(), 1, "{ips:?}");
@@ -332,7 +255,7 @@ async fn a_pod_gets_an_ip_on_eth0_and_its_files_name_it() {
     );
 
     // The verbose status has what DEL will need.
-    let st = status(&mut client, &id).await;
+    let st = status(&mut client, &id).await.expect("PodSandboxStatus");
     let cached = &info(&st)["network"]["result"];
     assert_eq!(cached["networkName"], net.name.as_str(), "{cached}");
     assert_eq!(cached["ifname"], "eth0");
@@ -357,8 +280,8 @@ async fn pods_reach_each_other_and_the_host_reaches_them() {
     let daemon = Daemon::start().await;
     let net = network(&daemon);
     let mut client = daemon.runtime().await;
-    let a = run_pod(&mut client, config(&daemon, &unique("a"))).await;
-    let b = run_pod(&mut client, config(&daemon, &unique("b"))).await;
+    let a = run(&mut client, config(&daemon, &unique("a"))).await;
+    let b = run(&mut client, config(&daemon, &unique("b"))).await;
     let (ip_a, ip_b) = (
         pod_ips(&mut client, &a).await.remove(0),
         pod_ips(&mut client, &b).await.remove(0),
@@ -407,7 +330,7 @@ async fn a_host_port_answers_on_the_host() {
         // Declared only (kubelet lists every container port): not mapped.
         tcp_mapping(9090, 0),
     ];
-    let id = run_pod(&mut client, cfg).await;
+    let id = run(&mut client, cfg).await;
     let pin = netns_pin(&mut client, &id).await;
     let rules = net.iptables_rules();
     assert!(
@@ -460,8 +383,8 @@ async fn a_host_network_pod_gets_no_netns_and_no_cni() {
     let mut cfg = config(&daemon, &unique("hostnet"));
     namespace_options(&mut cfg).network = NamespaceMode::Node as i32;
     cfg.port_mappings = vec![tcp_mapping(8080, host_port())];
-    let id = run_pod(&mut client, cfg).await;
-    let st = status(&mut client, &id).await;
+    let id = run(&mut client, cfg).await;
+    let st = status(&mut client, &id).await.expect("PodSandboxStatus");
     assert!(is_ready(&st));
     assert_eq!(st.status.as_ref().unwrap().network.as_ref().unwrap().ip, "");
     let i = info(&st);
@@ -523,13 +446,13 @@ async fn a_failing_plugin_fails_run_pod_sandbox_and_leaves_nothing() {
         "{}",
         err.message()
     );
-    assert!(list(&mut client).await.is_empty());
+    assert!(list(&mut client, None).await.is_empty());
     assert_no_pods(&daemon);
     assert_network_released(net);
 
     // The name is free: with a working network the same pod runs.
     net.write_default();
-    let id = run_pod(&mut client, cfg).await;
+    let id = run(&mut client, cfg).await;
     assert!(net.contains(&pod_ips(&mut client, &id).await[0]));
     remove(&mut client, &id).await.unwrap();
     assert_no_pods(&daemon);
@@ -586,12 +509,12 @@ async fn a_hanging_plugin_is_killed_and_leaves_nothing() {
         !Path::new("/proc").join(plugin_pid.trim()).exists(),
         "the plugin was not reaped"
     );
-    assert!(list(&mut client).await.is_empty());
+    assert!(list(&mut client, None).await.is_empty());
     assert_no_pods(&daemon);
     assert_network_released(net);
 
     net.write_default();
-    let id = run_pod(&mut client, cfg).await;
+    let id = run(&mut client, cfg).await;
     remove(&mut client, &id).await.unwrap();
     assert_no_pods(&daemon);
     assert_network_released(net);
@@ -626,7 +549,7 @@ async fn a_run_pod_sandbox_the_caller_gives_up_on_still_completes() {
     // The pod is made all the same, and listed ready for the retry.
     let deadline = Instant::now() + Duration::from_secs(20);
     let id = loop {
-        let pods = list(&mut client).await;
+        let pods = list(&mut client, None).await;
         if let Some(p) = pods
             .iter()
             .find(|p| p.state == PodSandboxState::SandboxReady as i32)
@@ -697,7 +620,7 @@ async fn plugins_get_the_pod_and_a_failing_del_never_keeps_a_pod() {
         .insert("kubernetes.io/ingress-bandwidth".into(), "10M".into());
     cfg.linux.as_mut().unwrap().cgroup_parent = "/kubepods/besteffort".into();
     let meta = cfg.metadata.clone().unwrap();
-    let id = run_pod(&mut client, cfg).await;
+    let id = run(&mut client, cfg).await;
     let pin = netns_pin(&mut client, &id).await;
     let ip = pod_ips(&mut client, &id).await.remove(0);
 
@@ -740,7 +663,9 @@ async fn plugins_get_the_pod_and_a_failing_del_never_keeps_a_pod() {
         "{}",
         err.message()
     );
-    assert!(!is_ready(&status(&mut client, &id).await));
+    assert!(!is_ready(
+        &status(&mut client, &id).await.expect("PodSandboxStatus")
+    ));
     let dir = daemon.state_dir.join("pods").join(&id);
     assert!(mounts_under(&dir).is_empty(), "{:?}", mounts_under(&dir));
     assert!(!Path::new(&pin).exists(), "netns pin left");
@@ -757,7 +682,7 @@ async fn plugins_get_the_pod_and_a_failing_del_never_keeps_a_pod() {
     std::fs::remove_file(marks.join("del.json")).unwrap();
     remove(&mut client, &id).await.unwrap();
     assert!(marks.join("del.json").exists(), "Remove retried DEL");
-    assert!(list(&mut client).await.is_empty());
+    assert!(list(&mut client, None).await.is_empty());
     assert_no_pods(&daemon);
     assert_network_released(net);
     daemon.assert_clean();
@@ -770,9 +695,9 @@ async fn the_network_survives_a_restart_and_del_after_it_releases_the_ip() {
     let port = host_port();
     let mut cfg = config(&daemon, &unique("survivor"));
     cfg.port_mappings = vec![tcp_mapping(8080, port)];
-    let id = run_pod(&mut client, cfg).await;
+    let id = run(&mut client, cfg).await;
     // A second pod whose netns a "reboot" takes away.
-    let gone = run_pod(&mut client, config(&daemon, &unique("rebooted"))).await;
+    let gone = run(&mut client, config(&daemon, &unique("rebooted"))).await;
     let ip = pod_ips(&mut client, &id).await.remove(0);
     let gone_ip = pod_ips(&mut client, &gone).await.remove(0);
     let pin = netns_pin(&mut client, &id).await;
@@ -789,7 +714,9 @@ async fn the_network_survives_a_restart_and_del_after_it_releases_the_ip() {
     let net = network(&daemon);
     let mut client = daemon.runtime().await;
 
-    assert!(is_ready(&status(&mut client, &id).await));
+    assert!(is_ready(
+        &status(&mut client, &id).await.expect("PodSandboxStatus")
+    ));
     assert_eq!(pod_ips(&mut client, &id).await, vec![ip.clone()]);
     let server = serve_in_netns(&pin, 8080, 2);
     let hello = format!("hello from {pin}");
@@ -805,7 +732,9 @@ async fn the_network_survives_a_restart_and_del_after_it_releases_the_ip() {
 
     // The pod whose netns vanished: NOT READY, its IP still held until
     // Stop runs DEL with the cached result.
-    assert!(!is_ready(&status(&mut client, &gone).await));
+    assert!(!is_ready(
+        &status(&mut client, &gone).await.expect("PodSandboxStatus")
+    ));
     let held: Vec<String> = net.allocated().iter().map(|a| a.to_string()).collect();
     assert!(held.contains(&gone_ip), "{held:?}");
     stop(&mut client, &gone).await.unwrap();
@@ -819,46 +748,6 @@ async fn the_network_survives_a_restart_and_del_after_it_releases_the_ip() {
     }
     assert_no_pods(&daemon);
     daemon.assert_clean();
-}
-
-/// Runs `daemon` once more by hand with a crash point set; RunPodSandbox
-/// of `cfg` must kill it there.
-async fn crash_at(daemon: &mut Daemon, point: &str, cfg: PodSandboxConfig) {
-    daemon.stop().await;
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&daemon.log_path)
-        .unwrap();
-    let mut child = daemon
-        .command()
-        .env("KETCH_TEST_CRASH_POINT", point)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::UnixStream::connect(&daemon.socket)
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "crashing daemon did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut client = daemon.runtime().await;
-    assert!(
-        try_run(&mut client, cfg).await.is_err(),
-        "{point}: the daemon should have died"
-    );
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "{point}: killed at the crash point"
-    );
 }
 
 #[tokio::test]
@@ -882,7 +771,7 @@ async fn a_crash_after_cni_add_is_torn_down_at_restart() {
         daemon.restart().await;
         let net = network(&daemon);
         let mut client = daemon.runtime().await;
-        assert!(list(&mut client).await.is_empty(), "{point}");
+        assert!(list(&mut client, None).await.is_empty(), "{point}");
         assert_no_pods(&daemon);
         assert_network_released(net);
         assert!(
@@ -892,7 +781,7 @@ async fn a_crash_after_cni_add_is_torn_down_at_restart() {
             "{point}"
         );
         // The name is free again.
-        let id = run_pod(&mut client, cfg).await;
+        let id = run(&mut client, cfg).await;
         remove(&mut client, &id).await.unwrap();
         assert_no_pods(&daemon);
         assert_network_released(net);
@@ -934,7 +823,7 @@ async fn network_ready_follows_the_config_and_pods_need_it() {
     assert_no_pods(&daemon);
     let mut host = config(&daemon, &unique("hostnet"));
     namespace_options(&mut host).network = NamespaceMode::Node as i32;
-    let host_id = run_pod(&mut client, host).await;
+    let host_id = run(&mut client, host).await;
 
     // A config dropped in later is used without a restart.
     let net = TestNetwork::new(&daemon.cni_conf_dir, daemon.dir.path().join("ipam"));
@@ -947,7 +836,7 @@ async fn network_ready_follows_the_config_and_pods_need_it() {
             .into_inner(),
     );
     assert!(cond.status, "{cond:?}");
-    let id = run_pod(&mut client, cfg).await;
+    let id = run(&mut client, cfg).await;
     assert!(net.contains(&pod_ips(&mut client, &id).await[0]));
 
     for id in [&id, &host_id] {
@@ -1041,7 +930,7 @@ async fn update_runtime_config_renders_the_template_with_the_pod_cidr() {
         rendered["plugins"][0]["ipam"]["routes"],
         json!([{"dst": "0.0.0.0/0"}])
     );
-    let id = run_pod(&mut client, config(&daemon, &unique("cidr"))).await;
+    let id = run(&mut client, config(&daemon, &unique("cidr"))).await;
     assert!(net.contains(&pod_ips(&mut client, &id).await[0]));
 
     remove(&mut client, &id).await.unwrap();
@@ -1075,8 +964,8 @@ async fn bandwidth_annotations_shape_the_pod_and_bad_ones_are_refused() {
     let mut cfg = config(&daemon, &unique("bw"));
     cfg.annotations
         .insert("kubernetes.io/ingress-bandwidth".into(), "10M".into());
-    let id = run_pod(&mut client, cfg).await;
-    let st = status(&mut client, &id).await;
+    let id = run(&mut client, cfg).await;
+    let st = status(&mut client, &id).await.expect("PodSandboxStatus");
     let result = &info(&st)["network"]["result"]["result"];
     let veth = result["interfaces"]
         .as_array()
@@ -1133,7 +1022,7 @@ async fn the_shipped_bridge_config_works() {
     let port = host_port();
     let mut cfg = config(&daemon, &unique("shipped"));
     cfg.port_mappings = vec![tcp_mapping(8080, port)];
-    let id = run_pod(&mut client, cfg).await;
+    let id = run(&mut client, cfg).await;
     let ip = pod_ips(&mut client, &id).await.remove(0);
     assert!(net.contains(&ip), "{ip}");
     let pin = netns_pin(&mut client, &id).await;

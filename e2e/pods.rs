@@ -5,45 +5,15 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::harness::Daemon;
-use crate::harness::cri::{pod_config, unique};
-use crate::harness::daemon::mountpoints;
-
-type Client = RuntimeServiceClient<Channel>;
-
-fn config(daemon: &Daemon, name: &str) -> PodSandboxConfig {
-    pod_config(name, &daemon.dir.path().join("logs").join(name))
-}
-
-async fn run(client: &mut Client, config: PodSandboxConfig) -> String {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn status(client: &mut Client, id: &str) -> Result<PodSandboxStatusResponse, tonic::Status> {
-    client
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .map(|r| r.into_inner())
-}
+use crate::harness::crash::crash_at;
+use crate::harness::cri::{namespace_options, unique};
+use crate::harness::pods::{Client, config, list, mounts_under, remove, run, status, stop};
 
 /// The verbose `info` of a pod, parsed.
 async fn pod_info(client: &mut Client, id: &str) -> serde_json::Value {
@@ -55,47 +25,12 @@ fn state(status: &PodSandboxStatusResponse) -> PodSandboxState {
     PodSandboxState::try_from(status.status.as_ref().unwrap().state).unwrap()
 }
 
-async fn list(client: &mut Client, filter: Option<PodSandboxFilter>) -> Vec<PodSandbox> {
-    client
-        .list_pod_sandbox(ListPodSandboxRequest { filter })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items
-}
-
-async fn stop(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.to_owned(),
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn remove(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.to_owned(),
-        })
-        .await
-        .map(|_| ())
-}
-
 fn pod_dir(daemon: &Daemon, id: &str) -> PathBuf {
     daemon.state_dir.join("pods").join(id)
 }
 
 fn record(daemon: &Daemon, id: &str) -> PathBuf {
     daemon.root_dir.join("pods").join(format!("{id}.json"))
-}
-
-fn mounts_under(path: &Path) -> Vec<String> {
-    let prefix = path.to_string_lossy().into_owned();
-    mountpoints()
-        .into_iter()
-        .filter(|m| m.starts_with(&prefix))
-        .collect()
 }
 
 /// Nothing of the pod is left: no mount, no directory, no record.
@@ -138,10 +73,7 @@ async fn run_status_list_stop_remove() {
     let name = unique("lifecycle");
     let mut cfg = config(&daemon, &name);
     cfg.annotations.insert("note".into(), "kept".into());
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
+    let before = ketch::clock::now_unix_nanos();
     let id = run(&mut client, cfg.clone()).await;
     assert_eq!(id.len(), 64);
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -462,16 +394,7 @@ async fn host_network_and_host_ipc_use_the_nodes() {
     let mut client = daemon.runtime().await;
     let mut cfg = config(&daemon, &unique("hostnet"));
     cfg.hostname = "ignored-for-host-network".into();
-    let opts = cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
+    let opts = namespace_options(&mut cfg);
     opts.network = NamespaceMode::Node as i32;
     opts.ipc = NamespaceMode::Node as i32;
     opts.pid = NamespaceMode::Node as i32;
@@ -513,16 +436,7 @@ async fn host_network_and_host_ipc_use_the_nodes() {
 
     // IPC from the node, network of its own.
     let mut cfg = config(&daemon, &unique("hostipc"));
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .ipc = NamespaceMode::Node as i32;
+    namespace_options(&mut cfg).ipc = NamespaceMode::Node as i32;
     let id2 = run(&mut client, cfg).await;
     let info2 = pod_info(&mut client, &id2).await;
     assert!(ns_path(&info2, "ipc").is_none());
@@ -741,49 +655,6 @@ async fn a_bad_record_does_not_stop_the_daemon() {
     assert_pod_gone(&daemon, &id);
     std::fs::remove_file(record(&daemon, &bogus)).unwrap();
     daemon.assert_clean();
-}
-
-/// Runs the daemon of `daemon` once more, by hand, with a crash point set;
-/// RunPodSandbox must kill it at that point.
-async fn crash_at(daemon: &mut Daemon, point: &str, cfg: PodSandboxConfig) {
-    daemon.stop().await;
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&daemon.log_path)
-        .unwrap();
-    let mut child = daemon
-        .command()
-        .env("KETCH_TEST_CRASH_POINT", point)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::UnixStream::connect(&daemon.socket)
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "crashing daemon did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut client = daemon.runtime().await;
-    let result = client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        })
-        .await;
-    assert!(result.is_err(), "{point}: the daemon should have died");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "{point}: killed at the crash point"
-    );
 }
 
 #[tokio::test]

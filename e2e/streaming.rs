@@ -7,128 +7,30 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tokio_tungstenite::tungstenite::Message;
 use tonic::Code;
-use tonic::transport::Channel;
 
-use crate::harness::cri::{container_config, pod_config, unique};
-use crate::harness::images::{TestImages, WEB_INDEX_HTML, WEB_PORT};
-use crate::harness::registry::Registry;
+use crate::harness::cri::{container_config, namespace_options, pod_config, unique};
+use crate::harness::env::Env;
+use crate::harness::images::{WEB_INDEX_HTML, WEB_PORT};
 use crate::harness::stream_client::{
     SpdySession, V5, exit_code, http, saw, spdy_forward, status_json, ws_collect, ws_connect,
 };
-use crate::harness::{Daemon, DaemonOptions};
 
-/// A daemon, a registry with the standard images, busybox and web pulled.
-struct Env {
-    daemon: Daemon,
-    _registry: Registry,
-    images: TestImages,
-    rt: RuntimeServiceClient<Channel>,
-    _img: ImageServiceClient<Channel>,
+/// The harness's [`Env`] with the web image pulled too.
+async fn env_with_web() -> Env {
+    let mut env = Env::start().await;
+    let web = env.web();
+    env.pull(&web).await;
+    env
 }
 
 impl Env {
-    async fn start() -> Self {
-        let registry = Registry::start_plain().await;
-        let images = TestImages::push_all(&registry).await;
-        let daemon = Daemon::start_with(DaemonOptions::default()).await;
-        let rt = daemon.runtime().await;
-        let mut img = daemon.images().await;
-        for image in [&images.busybox, &images.web] {
-            img.pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: image.reference.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .expect("pull image");
-        }
-        Env {
-            daemon,
-            _registry: registry,
-            images,
-            rt,
-            _img: img,
-        }
-    }
-
-    fn busybox(&self) -> String {
-        self.images.busybox.reference.clone()
-    }
-
-    fn web(&self) -> String {
-        self.images.web.reference.clone()
-    }
-
-    fn log_dir(&self) -> std::path::PathBuf {
-        let dir = self.daemon.dir.path().join("logs").join(unique("pod"));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    async fn run_pod_with(&mut self, config: PodSandboxConfig) -> (String, PodSandboxConfig) {
-        let id = self
-            .rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("run pod")
-            .into_inner()
-            .pod_sandbox_id;
-        (id, config)
-    }
-
-    async fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
-        let config = pod_config(&unique(name), &self.log_dir());
-        self.run_pod_with(config).await
-    }
-
-    async fn run(&mut self, pod: &(String, PodSandboxConfig), config: ContainerConfig) -> String {
-        let id = self
-            .rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.0.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.1.clone()),
-            })
-            .await
-            .expect("create container")
-            .into_inner()
-            .container_id;
-        self.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("start container");
-        id
-    }
-
     /// A busybox container that sleeps, to exec into.
     async fn sleeper(&mut self, pod: &(String, PodSandboxConfig)) -> String {
         let config = container_config("sleeper", &self.busybox(), &["sleep", "3600"]);
-        self.run(pod, config).await
-    }
-
-    async fn status(&mut self, id: &str) -> ContainerStatus {
-        self.rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.to_owned(),
-                verbose: false,
-            })
-            .await
-            .expect("container status")
-            .into_inner()
-            .status
-            .expect("status set")
+        self.run_container(pod, config).await
     }
 
     async fn assert_running(&mut self, id: &str) {
@@ -138,18 +40,6 @@ impl Env {
             ContainerState::ContainerRunning as i32,
             "container {id} should still run: {status:?}"
         );
-    }
-
-    async fn wait_exited(&mut self, id: &str) -> ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = self.status(id).await;
-            if status.state == ContainerState::ContainerExited as i32 {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "container {id} did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     async fn exec_url(
@@ -239,21 +129,6 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    async fn remove_pod(&mut self, id: &str) {
-        self.rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.to_owned(),
-            })
-            .await
-            .expect("stop pod");
-        self.rt
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: id.to_owned(),
-            })
-            .await
-            .expect("remove pod");
-    }
 }
 
 /// A number no other test of this run uses: marks a process so it can be
@@ -306,7 +181,7 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn exec_without_a_terminal_over_spdy_and_websocket() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("exec").await;
     let id = env.sleeper(&pod).await;
 
@@ -351,7 +226,7 @@ async fn exec_without_a_terminal_over_spdy_and_websocket() {
 
 #[tokio::test]
 async fn exec_exit_codes_and_start_failures_are_statuses() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("exit").await;
     let id = env.sleeper(&pod).await;
 
@@ -394,7 +269,7 @@ async fn exec_exit_codes_and_start_failures_are_statuses() {
 
 #[tokio::test]
 async fn exec_with_a_terminal_echoes_stdin_and_resizes() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("tty").await;
     let id = env.sleeper(&pod).await;
 
@@ -430,7 +305,7 @@ async fn exec_with_a_terminal_echoes_stdin_and_resizes() {
 
 #[tokio::test]
 async fn exec_returns_when_the_process_exits_though_a_child_keeps_its_output() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("bg").await;
     let id = env.sleeper(&pod).await;
     let mark = marker();
@@ -458,7 +333,7 @@ async fn exec_returns_when_the_process_exits_though_a_child_keeps_its_output() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_takes_its_exec_process_with_it() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("gone").await;
     let id = env.sleeper(&pod).await;
 
@@ -505,7 +380,7 @@ async fn a_client_that_goes_away_takes_its_exec_process_with_it() {
 
 #[tokio::test]
 async fn attach_serves_several_clients_and_detaching_leaves_the_container_running() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("attach").await;
     let mut config = container_config(
         "reader",
@@ -513,7 +388,7 @@ async fn attach_serves_several_clients_and_detaching_leaves_the_container_runnin
         &["sh", "-c", "while read l; do echo got $l; done"],
     );
     config.stdin = true;
-    let id = env.run(&pod, config).await;
+    let id = env.run_container(&pod, config).await;
 
     let url = env.attach_url(&id, false, true).await.unwrap();
     let mut a = SpdySession::open(&url, true, true, true, false).await;
@@ -554,7 +429,7 @@ async fn attach_serves_several_clients_and_detaching_leaves_the_container_runnin
 
 #[tokio::test]
 async fn attach_ends_when_the_container_exits() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("attach-exit").await;
     let mut config = container_config(
         "once",
@@ -562,7 +437,7 @@ async fn attach_ends_when_the_container_exits() {
         &["sh", "-c", "read l; echo bye $l; echo oops >&2; exit 4"],
     );
     config.stdin = true;
-    let id = env.run(&pod, config).await;
+    let id = env.run_container(&pod, config).await;
     let url = env.attach_url(&id, false, true).await.unwrap();
     let mut s = SpdySession::open(&url, true, true, true, false).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -582,7 +457,7 @@ async fn attach_ends_when_the_container_exits() {
 
 #[tokio::test]
 async fn attach_with_a_terminal_resizes_it() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("attach-tty").await;
     let mut config = container_config(
         "term",
@@ -591,7 +466,7 @@ async fn attach_with_a_terminal_resizes_it() {
     );
     config.stdin = true;
     config.tty = true;
-    let id = env.run(&pod, config).await;
+    let id = env.run_container(&pod, config).await;
     let url = env.attach_url(&id, true, true).await.unwrap();
     let mut s = SpdySession::open(&url, true, true, false, true).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -610,10 +485,10 @@ async fn attach_with_a_terminal_resizes_it() {
 
 #[tokio::test]
 async fn port_forward_reaches_httpd_in_the_pod() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("web").await;
     let config = container_config("httpd", &env.web(), &[]);
-    let id = env.run(&pod, config).await;
+    let id = env.run_container(&pod, config).await;
     let reply = env.get_through_tunnel(&pod.0, WEB_PORT).await;
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
     assert!(reply.ends_with(WEB_INDEX_HTML), "{reply}");
@@ -639,19 +514,9 @@ async fn port_forward_reaches_httpd_in_the_pod() {
 
 #[tokio::test]
 async fn port_forward_in_a_host_network_pod_reaches_the_node_loopback() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let mut config = pod_config(&unique("hostnet"), &env.log_dir());
-    config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .network = NamespaceMode::Node as i32;
+    namespace_options(&mut config).network = NamespaceMode::Node as i32;
     let pod = env.run_pod_with(config).await;
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -660,7 +525,7 @@ async fn port_forward_in_a_host_network_pod_reaches_the_node_loopback() {
         &env.web(),
         &["httpd", "-f", "-p", &listen, "-h", "/www"],
     );
-    env.run(&pod, config).await;
+    env.run_container(&pod, config).await;
     let reply = env.get_through_tunnel(&pod.0, port).await;
     assert!(reply.ends_with(WEB_INDEX_HTML), "{reply}");
     env.remove_pod(&pod.0).await;
@@ -678,7 +543,7 @@ fn spdy_upgrade_headers(protocol: &str) -> Vec<(&str, &str)> {
 
 #[tokio::test]
 async fn streaming_urls_are_single_use() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("token").await;
     let id = env.sleeper(&pod).await;
     let url = env.exec_url(&id, &["true"], false, false).await.unwrap();
@@ -697,11 +562,11 @@ async fn streaming_urls_are_single_use() {
 
 #[tokio::test]
 async fn bad_streaming_requests_get_grpc_errors() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("errors").await;
     let id = env.sleeper(&pod).await;
     let config = container_config("done", &env.busybox(), &["true"]);
-    let exited = env.run(&pod, config).await;
+    let exited = env.run_container(&pod, config).await;
     env.wait_exited(&exited).await;
 
     let code = |r: Result<String, tonic::Status>| r.unwrap_err().code();
@@ -752,11 +617,11 @@ async fn bad_streaming_requests_get_grpc_errors() {
 
 #[tokio::test]
 async fn daemon_stop_ends_exec_sessions_and_leaves_containers_running() {
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("stop").await;
     let own = marker();
     let config = container_config("sleeper", &env.busybox(), &["sleep", &own]);
-    let id = env.run(&pod, config).await;
+    let id = env.run_container(&pod, config).await;
     let mark = marker();
     let script = format!("echo started; exec sleep {mark}");
     let url = env
@@ -798,7 +663,7 @@ async fn python_websocket_client_execs_and_forwards_a_port() {
         has_module,
         "python3 with websocket-client is needed: run deploy/install-deps.sh test"
     );
-    let mut env = Env::start().await;
+    let mut env = env_with_web().await;
     let pod = env.run_pod("python").await;
     let id = env.sleeper(&pod).await;
     let echo_port = 7000;
@@ -807,7 +672,7 @@ async fn python_websocket_client_execs_and_forwards_a_port() {
         &env.busybox(),
         &["nc", "-ll", "-p", "7000", "-e", "/bin/cat"],
     );
-    env.run(&pod, config).await;
+    env.run_container(&pod, config).await;
     // Until the echo server listens, a forward ends without an echo.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -118,6 +118,14 @@ pub struct StreamingConfig {
 pub struct ImageConfig {
     /// Layers of one pull downloaded at the same time.
     pub max_concurrent_downloads: usize,
+    /// The most bytes one layer may unpack to (its tar, inflated).
+    pub max_layer_unpacked_bytes: u64,
+    /// The most unpacked bytes per compressed byte of a layer: more is a
+    /// decompression bomb.
+    pub max_layer_compression_ratio: u64,
+    /// Free bytes the root dir's filesystem must keep while layers unpack;
+    /// 0 turns the check off.
+    pub free_space_reserve_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -173,6 +181,9 @@ impl Default for ImageConfig {
     fn default() -> Self {
         Self {
             max_concurrent_downloads: 4,
+            max_layer_unpacked_bytes: 64 << 30,
+            max_layer_compression_ratio: 1000,
+            free_space_reserve_bytes: 1 << 30,
         }
     }
 }
@@ -267,6 +278,20 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        for (key, value) in [
+            (
+                "image.max_layer_unpacked_bytes",
+                self.image.max_layer_unpacked_bytes,
+            ),
+            (
+                "image.max_layer_compression_ratio",
+                self.image.max_layer_compression_ratio,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, &value, "must be at least 1"));
+            }
+        }
         for registry in self.registries.values() {
             for mirror in &registry.mirrors {
                 if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
@@ -339,6 +364,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cni.conf_template"), "{err}");
+    }
+
+    #[test]
+    fn unpack_limits_parse_and_zero_caps_are_named() {
+        let c = parse(
+            "[image]\nmax_layer_unpacked_bytes = 1048576\n\
+             max_layer_compression_ratio = 50\nfree_space_reserve_bytes = 0",
+        )
+        .unwrap();
+        assert_eq!(c.image.max_layer_unpacked_bytes, 1 << 20);
+        assert_eq!(c.image.max_layer_compression_ratio, 50);
+        assert_eq!(c.image.free_space_reserve_bytes, 0);
+        for key in ["max_layer_unpacked_bytes", "max_layer_compression_ratio"] {
+            let err = parse(&format!("[image]\n{key} = 0"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("image.{key}")), "{err}");
+        }
     }
 
     #[test]

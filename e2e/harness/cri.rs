@@ -43,6 +43,15 @@ pub fn pod_config(name: &str, log_directory: &std::path::Path) -> PodSandboxConf
     }
 }
 
+/// The namespace options of a config made by [`pod_config`].
+pub fn namespace_options(cfg: &mut PodSandboxConfig) -> &mut NamespaceOption {
+    cfg.linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("a pod config with namespace options")
+}
+
 /// A container config running `command` in `image`.
 pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
     ContainerConfig {

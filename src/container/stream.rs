@@ -817,13 +817,22 @@ mod tests {
             pump_output(&mut r, Some(Box::new(client)), rx, Drain::Pipe).await;
         });
         // More than a pipe holds: written while the pump reads.
-        tokio::task::spawn_blocking(move || {
+        let writer = tokio::task::spawn_blocking(move || {
             for _ in 0..100 {
                 nix::unistd::write(&w, &[b'x'; 1024]).unwrap();
             }
-        })
-        .await
-        .unwrap();
+        });
+        // A pump that stopped reading would leave the writer blocked on a
+        // full pipe for ever: fail instead. Aborting the pump drops the
+        // read end, which ends the blocked write (EPIPE), so the runtime
+        // can shut down.
+        match tokio::time::timeout(Duration::from_secs(5), writer).await {
+            Ok(written) => written.unwrap(),
+            Err(_) => {
+                pump.abort();
+                panic!("the pump stopped reading: 100 KiB not taken in 5 s");
+            }
+        }
         tokio::time::timeout(Duration::from_secs(5), pump)
             .await
             .expect("pump ends at end of file")

@@ -132,6 +132,7 @@ impl From<ImageError> for Status {
             ImageError::Forbidden { .. } => Code::PermissionDenied,
             ImageError::Network { .. } | ImageError::Registry { .. } => Code::Unavailable,
             ImageError::Verification { .. } => Code::DataLoss,
+            ImageError::NoSpace { .. } | ImageError::LayerRefused { .. } => Code::ResourceExhausted,
             ImageError::TooLarge { .. }
             | ImageError::Unsupported { .. }
             | ImageError::Malformed { .. }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::digest::{Digest, Hasher};
 use super::error::ImageError;
-use super::fsutil::{self, TEMP_PREFIX, sync_dir, temp_name};
+use super::fsutil::{self, sync_dir, temp_name};
 
 #[derive(Debug, Clone)]
 pub struct ContentStore {
@@ -105,19 +105,12 @@ impl ContentStore {
 
     /// Digests of every stored blob.
     pub fn list(&self) -> Result<Vec<Digest>, ImageError> {
-        Ok(fsutil::list_names(&self.dir.join("sha256"))?
-            .into_iter()
-            .filter_map(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
-            .collect())
+        fsutil::digests_in(&self.dir.join("sha256"))
     }
 
     /// Paths of leftover temp files.
     pub fn temp_paths(&self) -> Result<Vec<PathBuf>, ImageError> {
-        Ok(fsutil::list_names(&self.dir)?
-            .into_iter()
-            .filter(|n| n.starts_with(TEMP_PREFIX))
-            .map(|n| self.dir.join(n))
-            .collect())
+        fsutil::temp_paths(&self.dir)
     }
 }
 

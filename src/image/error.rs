@@ -78,6 +78,21 @@ pub enum ImageError {
         available: String,
     },
 
+    /// A layer refused before it could fill the disk: too large once
+    /// unpacked, too compressed (a decompression bomb), or eating into the
+    /// free space the root dir must keep (see `limits`).
+    #[error("layer {digest} refused: {reason}")]
+    LayerRefused { digest: String, reason: String },
+
+    /// The disk or the quota is full (ENOSPC, EDQUOT).
+    #[error("no space left for {what} in {} ({free} free): {cause}", path.display())]
+    NoSpace {
+        what: String,
+        path: PathBuf,
+        free: String,
+        cause: String,
+    },
+
     /// A layer could not be unpacked.
     #[error("layer {digest}: {source}")]
     Unpack {
@@ -106,6 +121,24 @@ pub enum ImageError {
     /// Something that must not happen, such as a worker task that died.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::store::AtomicWriteError> for ImageError {
+    fn from(e: crate::store::AtomicWriteError) -> Self {
+        ImageError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+impl From<crate::task::TaskFailed> for ImageError {
+    /// A worker that died is ketch's own trouble, like the other internal
+    /// errors.
+    fn from(e: crate::task::TaskFailed) -> Self {
+        ImageError::Internal(e.to_string())
+    }
 }
 
 impl ImageError {

@@ -53,7 +53,7 @@ impl Inner {
             total.inodes += usage.inodes;
         }
         Ok(FsUsage {
-            timestamp: super::pull::now_nanos(),
+            timestamp: crate::clock::now_unix_nanos(),
             mountpoint: mountpoint(&self.root)?,
             used_bytes: total.bytes,
             inodes_used: total.inodes,

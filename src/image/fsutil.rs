@@ -1,51 +1,23 @@
-//! Small filesystem helpers: atomic file writes, directory fsync, unique
-//! temporary names (`.tmp-*`, which garbage collection sweeps).
+//! Small filesystem helpers. Atomic writes, directory fsyncs and the
+//! `.tmp-*` names garbage collection sweeps are `store::atomic`'s, here
+//! with [`ImageError`] for the image store's callers.
 
-use std::io::Write;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 
 use super::error::ImageError;
 
-/// Names that start with this are half-made and belong to whoever holds the
-/// store's writer lock; with no writer, they are garbage.
-pub const TEMP_PREFIX: &str = ".tmp-";
-
-/// A name unique to this process and call: `.tmp-<pid>-<n>-<nanos>`.
-pub fn temp_name(tag: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{TEMP_PREFIX}{tag}-{}-{n}-{nanos}", std::process::id())
-}
+// Names that start with `TEMP_PREFIX` are half-made and belong to whoever
+// holds the image store's writer lock; with no writer, they are garbage.
+pub use crate::store::atomic::{TEMP_PREFIX, temp_name};
 
 /// fsyncs a directory, making renames and unlinks in it durable.
 pub fn sync_dir(dir: &Path) -> Result<(), ImageError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ImageError::io("fsync dir", dir, e))
+    Ok(crate::store::sync_dir(dir)?)
 }
 
-/// Writes `bytes` to `path` atomically: temp file in the same dir, fsync,
-/// rename, fsync of the dir.
+/// Writes `bytes` to `path` atomically and durably (see `store::atomic`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let tmp = dir.join(temp_name("write"));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| ImageError::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| ImageError::io("write", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| ImageError::io("rename into place", path, e))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    Ok(crate::store::write_atomic(path, bytes, 0o644)?)
 }
 
 /// Creates `dir` (and parents) with `mode` if missing.
@@ -89,4 +61,21 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>, ImageError> {
         }
     }
     Ok(names)
+}
+
+/// The `.tmp-*` entries of `dir`: what interrupted writers left there.
+pub fn temp_paths(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    Ok(list_names(dir)?
+        .into_iter()
+        .filter(|n| n.starts_with(TEMP_PREFIX))
+        .map(|n| dir.join(n))
+        .collect())
+}
+
+/// The digests `dir` holds as entries named by their sha256 hex.
+pub fn digests_in(dir: &Path) -> Result<Vec<super::Digest>, ImageError> {
+    Ok(list_names(dir)?
+        .into_iter()
+        .filter_map(|hex| super::Digest::parse(&format!("sha256:{hex}")).ok())
+        .collect())
 }

@@ -5,7 +5,7 @@
 //! others (`ketch image import`): writers hold it shared from before they
 //! look at what exists until their record or lease is written; a collection
 //! takes it exclusive without waiting. Under the exclusive lock the roots are
-//! read and the garbage renamed to `.tmp-gc-*` names (cheap); the slow
+//! read and the garbage renamed to `.tmp-gc.*` names (cheap); the slow
 //! deletion runs after the lock is released. A collection that finds the
 //! lock busy stays pending and runs when this process's last writer is
 //! done, or on a retry a few seconds later.
@@ -19,10 +19,11 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
+use super::Inner;
 use super::digest::Digest;
 use super::error::ImageError;
 use super::fsutil::{self, temp_name};
-use super::{Inner, blocking};
+use crate::task::blocking;
 
 /// How long a busy collection waits before trying again.
 const RETRY: Duration = Duration::from_secs(3);
@@ -62,7 +63,7 @@ impl Inner {
             Flock::lock(file, FlockArg::LockShared)
                 .map_err(|(_, e)| ImageError::nix("lock", &inner.gc_lock, e))
         })
-        .await??;
+        .await?;
         Ok(WriterGuard {
             lock: Some(lock),
             inner: self.clone(),
@@ -157,12 +158,7 @@ impl Inner {
         let mut doomed = self.content.temp_paths()?;
         doomed.extend(self.layers.temp_paths()?);
         doomed.extend(self.leases.temp_paths()?);
-        doomed.extend(
-            fsutil::list_names(&self.root.join("images"))?
-                .into_iter()
-                .filter(|n| n.starts_with(fsutil::TEMP_PREFIX))
-                .map(|n| self.root.join("images").join(n)),
-        );
+        doomed.extend(fsutil::temp_paths(&self.root.join("images"))?);
         let mut removed_blobs = 0;
         for digest in self.content.list()? {
             if !blobs.contains(&digest) {

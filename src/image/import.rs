@@ -28,9 +28,10 @@ use super::manifest::{
     Index, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, Manifest, ManifestKind, choose_platform,
     host_platform, layer_media_type, parse_config, parse_manifest,
 };
-use super::pull::{now_nanos, platform_string};
+use super::pull::platform_string;
 use super::records::{self, Image, Layer};
 use super::reference::Reference;
+use crate::clock::now_unix_nanos;
 
 /// `ketch image import PATH`: imports into the store of `config` and
 /// prints a progress line to stderr (rewritten in place on a terminal) and
@@ -342,7 +343,7 @@ impl Inner {
             layers: records,
             manifests: Vec::new(),
             platform: platform_string(&config),
-            created_at: now_nanos(),
+            created_at: now_unix_nanos(),
         })
     }
 }

@@ -14,22 +14,35 @@
 use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use super::content::{BlobWriter, ContentStore};
 use super::digest::{Digest, Hasher, HashingReader};
 use super::error::ImageError;
-use super::fsutil::{self, TEMP_PREFIX, sync_dir, temp_name};
+use super::fsutil::{self, sync_dir, temp_name};
+use super::limits::{Bounded, Meter, UnpackLimits};
 use super::unpack::{UnpackStats, unpack};
 
 #[derive(Debug, Clone)]
 pub struct LayerStore {
     dir: PathBuf,
+    limits: UnpackLimits,
 }
 
 impl LayerStore {
+    /// Opens (creating if needed) the store at `dir`, with the default
+    /// [`UnpackLimits`].
     pub fn open(dir: PathBuf) -> Result<LayerStore, ImageError> {
         fsutil::ensure_dir(&dir, 0o700)?;
-        Ok(LayerStore { dir })
+        Ok(LayerStore {
+            dir,
+            limits: UnpackLimits::default(),
+        })
+    }
+
+    /// The same store, unpacking within `limits`.
+    pub fn with_limits(self, limits: UnpackLimits) -> LayerStore {
+        LayerStore { limits, ..self }
     }
 
     pub fn dir(&self) -> &Path {
@@ -47,19 +60,12 @@ impl LayerStore {
 
     /// Chain IDs of every stored layer.
     pub fn list(&self) -> Result<Vec<Digest>, ImageError> {
-        Ok(fsutil::list_names(&self.dir)?
-            .into_iter()
-            .filter_map(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
-            .collect())
+        fsutil::digests_in(&self.dir)
     }
 
     /// Paths of leftover half-made layers.
     pub fn temp_paths(&self) -> Result<Vec<PathBuf>, ImageError> {
-        Ok(fsutil::list_names(&self.dir)?
-            .into_iter()
-            .filter(|n| n.starts_with(TEMP_PREFIX))
-            .map(|n| self.dir.join(n))
-            .collect())
+        fsutil::temp_paths(&self.dir)
     }
 }
 
@@ -83,9 +89,9 @@ impl LayerSpec {
     }
 }
 
-/// Unpacks the layer blob read from `source` into the store (blocking).
-/// With `content`, the blob is also kept in the content store. On any
-/// error nothing is left behind.
+/// Unpacks the layer blob read from `source` into the store (blocking),
+/// within the store's [`UnpackLimits`]. With `content`, the blob is also
+/// kept in the content store. On any error nothing is left behind.
 pub fn apply_layer(
     layers: &LayerStore,
     content: Option<&ContentStore>,
@@ -97,10 +103,12 @@ pub fn apply_layer(
         (Some(c), Some(_)) => Some(c.writer()?),
         _ => None,
     };
+    let meter = Rc::new(Meter::default());
     let mut tee = Tee {
         inner: source,
         hasher: Hasher::new(),
         blob,
+        meter: meter.clone(),
     };
     let tmp = TempDir::create(&layers.dir)?;
     let read_err = |e: io::Error| ImageError::Unpack {
@@ -121,7 +129,8 @@ pub fn apply_layer(
             }
             _ => Box::new(stream),
         };
-        let mut diff = HashingReader::new(decoded);
+        let bounded = Bounded::new(decoded, layers.limits, meter.clone(), &layers.dir);
+        let mut diff = HashingReader::new(bounded);
         let stats = unpack(&mut diff, &tmp.path).map_err(|source| ImageError::Unpack {
             digest: name.clone(),
             source,
@@ -130,13 +139,28 @@ pub fn apply_layer(
         let (diff_id, _) = diff.finish().map_err(read_err)?;
         Ok((stats, diff_id))
     })();
+    // A refused layer is not read further (a bomb's rest is more of it),
+    // and a full disk explains any error (the blob's copy stops short, so
+    // it would look like content that does not match its digest).
+    if let Some(reason) = meter.refusal.take() {
+        return Err(ImageError::LayerRefused {
+            digest: name,
+            reason,
+        });
+    }
+    let what = format!("layer {name}");
+    let no_space = |e: ImageError| e.no_space(&what, &layers.dir);
+    let unpacked = unpacked.map_err(no_space);
+    if let Err(e @ ImageError::NoSpace { .. }) = unpacked {
+        return Err(e);
+    }
     // Whatever follows the compressed stream counts for the blob digest.
     // After a failure too: content that is not what its digest promised
     // explains any error unpacking it.
     let drained = io::copy(&mut tee, &mut io::sink());
     let (stats, diff_id) = match (unpacked, drained) {
         (Ok(done), Ok(_)) => done,
-        (Ok(_), Err(e)) => return Err(read_err(e)),
+        (Ok(_), Err(e)) => return Err(no_space(read_err(e))),
         (Err(e), _) => {
             if let Some((digest, size)) = &spec.blob
                 && (tee.hasher.len() != *size
@@ -179,25 +203,31 @@ pub fn apply_layer(
             ),
         });
     }
-    if let (Some(blob), Some((digest, size))) = (blob, &spec.blob) {
-        blob.commit(digest, *size, "layer")?;
-    }
-    tmp.commit(&layers.path(&spec.chain_id))?;
-    sync_dir(&layers.dir)?;
+    let commit = || {
+        if let (Some(blob), Some((digest, size))) = (blob, &spec.blob) {
+            blob.commit(digest, *size, "layer")?;
+        }
+        tmp.commit(&layers.path(&spec.chain_id))?;
+        sync_dir(&layers.dir)
+    };
+    commit().map_err(no_space)?;
     Ok(stats)
 }
 
-/// Hashes (and optionally stores) the compressed bytes as they are read.
+/// Hashes (and optionally stores) the compressed bytes as they are read,
+/// and counts them for the compression-ratio cap.
 struct Tee<R> {
     inner: R,
     hasher: Hasher,
     blob: Option<BlobWriter>,
+    meter: Rc<Meter>,
 }
 
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.meter.compressed.set(self.hasher.len());
         if let Some(blob) = &mut self.blob {
             io::Write::write_all(blob, &buf[..n])?;
         }

@@ -87,11 +87,7 @@ impl Leases {
 
     /// Leftover temp files of interrupted writes.
     pub fn temp_paths(&self) -> Result<Vec<PathBuf>, ImageError> {
-        Ok(fsutil::list_names(&self.dir)?
-            .into_iter()
-            .filter(|n| n.starts_with(fsutil::TEMP_PREFIX))
-            .map(|n| self.dir.join(n))
-            .collect())
+        fsutil::temp_paths(&self.dir)
     }
 }
 

@@ -71,6 +71,7 @@ mod gc;
 mod import;
 mod layers;
 mod leases;
+mod limits;
 mod manifest;
 mod pull;
 mod records;
@@ -90,6 +91,7 @@ pub use fsinfo::FsUsage;
 pub use import::{ImportProgress, import_command};
 pub use layers::LayerStore;
 pub use leases::Lease;
+pub use limits::UnpackLimits;
 pub use manifest::{Platform, RunConfig, host_platform};
 pub use records::{Image, Layer};
 pub use reference::Reference;
@@ -97,6 +99,7 @@ pub use registry::{Credentials, RegistryAuth};
 pub use unpack::get_xattr;
 
 use crate::config::Config;
+use crate::task::blocking;
 use leases::Leases;
 use records::Records;
 use registry::RegistryClient;
@@ -136,7 +139,8 @@ impl ImageStore {
         let inner = Arc::new(Inner {
             registry: Arc::new(RegistryClient::new(config.clone())),
             content: ContentStore::open(root.join("content"))?,
-            layers: LayerStore::open(root.join("layers"))?,
+            layers: LayerStore::open(root.join("layers"))?
+                .with_limits(UnpackLimits::from_config(&config.image)),
             leases: Leases::open(root.join("leases"))?,
             records,
             gc_lock: images_dir.join("gc.lock"),
@@ -159,7 +163,11 @@ impl ImageStore {
         reference: &str,
         auth: Option<RegistryAuth>,
     ) -> Result<Image, ImageError> {
-        self.inner.pull(reference, auth).await
+        // A full disk can fail any step: whichever did, say so.
+        self.inner
+            .pull(reference, auth)
+            .await
+            .map_err(|e| e.no_space(&format!("image {reference}"), &self.inner.root))
     }
 
     /// The image `key` names: a full ID (`sha256:<hex>` or the 64 hex
@@ -198,7 +206,7 @@ impl ImageStore {
                 pos.map(|p| images.remove(p))
             })
         })
-        .await??;
+        .await?;
         drop(writer);
         if removed.is_some() {
             self.inner.request_gc();
@@ -249,7 +257,7 @@ impl ImageStore {
         };
         let inner = self.inner.clone();
         let l = lease.clone();
-        blocking(move || inner.leases.put(&l)).await??;
+        blocking(move || inner.leases.put(&l)).await?;
         Ok(lease)
     }
 
@@ -258,7 +266,7 @@ impl ImageStore {
     pub async fn release(&self, container_id: &str) -> Result<(), ImageError> {
         let inner = self.inner.clone();
         let id = container_id.to_owned();
-        if blocking(move || inner.leases.remove(&id)).await?? {
+        if blocking(move || inner.leases.remove(&id)).await? {
             self.inner.request_gc();
         }
         Ok(())
@@ -282,7 +290,7 @@ impl ImageStore {
     /// the filesystem holding them.
     pub async fn fs_usage(&self) -> Result<FsUsage, ImageError> {
         let inner = self.inner.clone();
-        blocking(move || inner.fs_usage()).await?
+        blocking(move || inner.fs_usage()).await
     }
 
     /// Imports an OCI image layout directory, or a tar of one, or a
@@ -292,29 +300,22 @@ impl ImageStore {
         path: &Path,
         progress: &dyn Fn(&ImportProgress),
     ) -> Result<Vec<Image>, ImageError> {
-        self.inner.import(path, progress)
+        self.inner
+            .import(path, progress)
+            .map_err(|e| e.no_space(&format!("import of {}", path.display()), &self.inner.root))
     }
 
     /// Runs a garbage collection now if none is running or blocked (tests
     /// and the import command). Returns whether it ran.
     pub async fn collect_garbage(&self) -> Result<bool, ImageError> {
         let inner = self.inner.clone();
-        blocking(move || inner.collect()).await?
+        blocking(move || inner.collect()).await
     }
 
     /// The root dir of the store.
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
-}
-
-/// Runs blocking work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ImageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ImageError::Internal(format!("worker thread failed: {e}")))
 }
 
 #[cfg(test)]

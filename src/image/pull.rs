@@ -18,6 +18,7 @@ use bytes::{Buf, Bytes};
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tokio::task::JoinSet;
 
+use super::Inner;
 use super::digest::{Digest, chain_ids};
 use super::error::ImageError;
 use super::layers::{LayerSpec, apply_layer};
@@ -27,8 +28,10 @@ use super::manifest::{
 };
 use super::records::{self, Image, Layer};
 use super::reference::Reference;
-use super::registry::{RegistryAuth, Session, error_chain};
-use super::{Inner, blocking};
+use super::registry::{RegistryAuth, Session};
+use crate::clock::now_unix_nanos;
+use crate::errors::chain;
+use crate::task::{TaskFailed, blocking};
 
 /// Per-key mutual exclusion for downloads, with no entry left once nobody
 /// waits.
@@ -190,7 +193,7 @@ impl Inner {
         }
         // The first failure ends the pull; dropping the set aborts the rest.
         while let Some(done) = tasks.join_next().await {
-            done.map_err(|e| ImageError::Internal(format!("layer task failed: {e}")))??;
+            done.map_err(|e| TaskFailed(e.to_string()))??;
         }
 
         // Manifests, then the record: the image becomes visible last.
@@ -202,7 +205,7 @@ impl Inner {
             }
             Ok::<_, ImageError>(())
         })
-        .await??;
+        .await?;
         let image = Image {
             id: config_digest.to_string(),
             repo_tags: r
@@ -217,11 +220,11 @@ impl Inner {
             layers,
             manifests: documents.into_iter().map(|(d, _)| d).collect(),
             platform: platform_string(&config),
-            created_at: now_nanos(),
+            created_at: now_unix_nanos(),
         };
         let inner = self.clone();
-        let stored = blocking(move || inner.records.update(|images| records::merge(images, image)))
-            .await??;
+        let stored =
+            blocking(move || inner.records.update(|images| records::merge(images, image))).await?;
         tracing::info!(reference = %name, id = %stored.id, "pulled image");
         Ok(stored)
     }
@@ -237,8 +240,7 @@ impl Inner {
         if self.content.exists(digest) {
             let inner = self.clone();
             let d = digest.clone();
-            return blocking(move || inner.content.read(&d, MAX_CONFIG_SIZE, "image config"))
-                .await?;
+            return blocking(move || inner.content.read(&d, MAX_CONFIG_SIZE, "image config")).await;
         }
         let bytes = session
             .blob_bytes(digest, MAX_CONFIG_SIZE, "image config")
@@ -247,7 +249,7 @@ impl Inner {
         let inner = self.clone();
         let d = digest.clone();
         let b = bytes.clone();
-        blocking(move || inner.content.write(&d, &b, "image config")).await??;
+        blocking(move || inner.content.write(&d, &b, "image config")).await?;
         Ok(bytes)
     }
 
@@ -278,7 +280,7 @@ impl Inner {
                     .map_err(|e| ImageError::io("open blob", &path, e))?;
                 apply_layer(&inner.layers, None, file, &spec).map(|_| ())
             })
-            .await?;
+            .await;
         }
 
         let mut resp = session.blob(&digest).await?;
@@ -327,7 +329,7 @@ impl Inner {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let message = format!("downloading layer {digest}: {}", error_chain(&e));
+                    let message = format!("downloading layer {digest}: {}", chain(&e));
                     let _ = tx.send(Err(io::Error::other(message.clone()))).await;
                     feed_error = Some(ImageError::Network {
                         registry: session.registry().to_owned(),
@@ -338,9 +340,7 @@ impl Inner {
             }
         }
         drop(tx);
-        let result = unpack
-            .await
-            .map_err(|e| ImageError::Internal(format!("unpack task failed: {e}")))?;
+        let result = unpack.await.map_err(|e| TaskFailed(e.to_string()))?;
         if let Some(e) = feed_error {
             return Err(e);
         }
@@ -372,13 +372,6 @@ fn verify(what: &'static str, digest: &Digest, size: u64, bytes: &[u8]) -> Resul
 
 pub(super) fn platform_string(config: &super::manifest::ConfigFile) -> String {
     format!("{}/{}", config.os, config.architecture)
-}
-
-pub(super) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The blocking side of the download channel, as a `Read`.

@@ -289,7 +289,7 @@ impl RegistryClient {
         }
         let client = builder.build().map_err(|e| ImageError::Network {
             registry: host.to_owned(),
-            message: format!("cannot build HTTP client: {}", error_chain(&e)),
+            message: format!("cannot build HTTP client: {}", crate::errors::chain(&e)),
         })?;
         clients.insert(tls.clone(), client.clone());
         Ok(client)
@@ -321,7 +321,8 @@ impl Session {
         reference: &str,
         limit: u64,
     ) -> Result<FetchedManifest, ImageError> {
-        let what = format!("manifest {}:{reference}", self.repository);
+        let name = format!("{}:{reference}", self.repository);
+        let what = format!("manifest {name}");
         let resp = self
             .get(
                 &format!("manifests/{reference}"),
@@ -334,7 +335,7 @@ impl Session {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = read_limited(resp, limit, "manifest", &what, &self.registry).await?;
+        let bytes = read_limited(resp, limit, "manifest", &name, &self.registry).await?;
         Ok(FetchedManifest {
             bytes,
             content_type,
@@ -599,7 +600,7 @@ impl Session {
         }
         .map_err(|e| ImageError::Network {
             registry: ep.host.clone(),
-            message: format!("token server {realm}: {}", error_chain(&e)),
+            message: format!("token server {realm}: {}", crate::errors::chain(&e)),
         })?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -686,7 +687,7 @@ async fn send(
     }
     req.send().await.map_err(|e| ImageError::Network {
         registry: host.to_owned(),
-        message: format!("GET {url}: {}", error_chain(&e)),
+        message: format!("GET {url}: {}", crate::errors::chain(&e)),
     })
 }
 
@@ -764,7 +765,7 @@ pub async fn read_limited(
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| ImageError::Network {
         registry: registry.to_owned(),
-        message: format!("reading {what} {name}: {}", error_chain(&e)),
+        message: format!("reading {what} {name}: {}", crate::errors::chain(&e)),
     })? {
         if body.len() as u64 + chunk.len() as u64 > limit {
             return Err(too_large());
@@ -772,22 +773,6 @@ pub async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// An error and its sources, joined: reqwest's own message alone ("error
-/// sending request") hides the cause (refused, TLS, DNS).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// One `WWW-Authenticate` challenge.

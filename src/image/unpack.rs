@@ -172,7 +172,7 @@ pub fn unpack(reader: impl Read, root: &Path) -> Result<UnpackStats, UnpackError
                 )
                 .map_err(|e| ctx.err("create file", e.into()))?;
                 let mut file = std::fs::File::from(fd);
-                std::io::copy(&mut entry, &mut file).map_err(|e| ctx.err("write file", e))?;
+                copy_sparse(&mut entry, &mut file).map_err(|e| ctx.err("write file", e))?;
                 let fd = OwnedFd::from(file);
                 ctx.apply_fd_meta(&fd, &meta)?;
                 futimens(&fd, &meta.timespec(), &meta.timespec())
@@ -247,6 +247,44 @@ pub fn unpack(reader: impl Read, root: &Path) -> Result<UnpackStats, UnpackError
         }
     }
     Ok(stats)
+}
+
+/// The granularity of holes: a filesystem block.
+const HOLE_BLOCK: usize = 4096;
+
+/// Copies a file's content, leaving every whole block of zeros as a hole
+/// (seek past it; `set_len` at the end covers trailing zeros). A sparse
+/// file then costs no more disk than its data, and neither does a layer
+/// of zeros that passes the unpack limits. Returns the bytes copied.
+pub(super) fn copy_sparse(from: &mut impl Read, to: &mut std::fs::File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut buf = vec![0u8; 16 * HOLE_BLOCK];
+    let mut len: u64 = 0;
+    let mut pending_hole: i64 = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for block in buf[..n].chunks(HOLE_BLOCK) {
+            if block.len() == HOLE_BLOCK && block.iter().all(|&b| b == 0) {
+                pending_hole += HOLE_BLOCK as i64;
+                continue;
+            }
+            if pending_hole > 0 {
+                to.seek(SeekFrom::Current(pending_hole))?;
+                pending_hole = 0;
+            }
+            to.write_all(block)?;
+        }
+        len += n as u64;
+    }
+    if pending_hole > 0 {
+        to.set_len(len)?;
+    }
+    Ok(len)
 }
 
 /// Splits an archive path into components: leading `/` and `.` dropped,

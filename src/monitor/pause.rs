@@ -23,16 +23,29 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, pipe2, setsid};
+use serde::{Deserialize, Serialize};
 
 use super::{MonitorError, SELF_EXE};
 use crate::sys;
 
-/// The pod's pinned namespaces to join; `None` keeps the host's.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The pod's pinned namespaces: a path for each namespace the pod owns;
+/// `None` where it uses the node's. Made and persisted by `sandbox` (the
+/// pod record), joined here; it lives at this end so the `ketch-shim`
+/// binary does not link the sandbox code.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodNamespaces {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+}
+
+impl PodNamespaces {
+    /// Every pin with its namespace type name.
+    pub fn pins(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        [("net", &self.net), ("ipc", &self.ipc), ("uts", &self.uts)]
+            .into_iter()
+            .filter_map(|(kind, path)| path.as_deref().map(|p| (kind, p)))
+    }
 }
 
 /// A started pause process: persist both, to check it after a restart.
@@ -72,10 +85,8 @@ pub fn spawn(exe: Option<&Path>, ns: &PodNamespaces) -> Result<Spawned, MonitorE
         .stdin(Stdio::null())
         .stdout(Stdio::from(w))
         .stderr(Stdio::null());
-    for (flag, path) in [("--net", &ns.net), ("--ipc", &ns.ipc), ("--uts", &ns.uts)] {
-        if let Some(path) = path {
-            cmd.arg(flag).arg(path);
-        }
+    for (kind, path) in ns.pins() {
+        cmd.arg(format!("--{kind}")).arg(path);
     }
     let mut child = cmd.spawn().map_err(|source| MonitorError::Spawn {
         exe: exe.clone(),

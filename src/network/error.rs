@@ -89,6 +89,12 @@ pub enum NetworkError {
     Template { path: PathBuf, reason: String },
 }
 
+impl From<crate::task::TaskFailed> for NetworkError {
+    fn from(e: crate::task::TaskFailed) -> Self {
+        NetworkError::Runtime(e.to_string())
+    }
+}
+
 impl NetworkError {
     /// Whether the request itself was bad (a CRI `InvalidArgument`), as
     /// opposed to the network failing it.

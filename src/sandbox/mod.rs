@@ -71,8 +71,9 @@ pub use record::{
 };
 pub use recover::Recovery;
 
-use crate::network::{Cni, NetworkError};
+use crate::network::Cni;
 use crate::store::{Guard, Store};
+use crate::task::TaskFailed;
 
 /// What the records of pods are called in messages.
 pub const KIND: &str = "pod sandbox";
@@ -140,9 +141,8 @@ impl SandboxManager {
             return Ok(None);
         }
         let pod_cidr = pod_cidr.to_owned();
-        let written = tokio::task::spawn_blocking(move || cni.update_pod_cidr(&pod_cidr))
+        let written = crate::task::blocking(move || cni.update_pod_cidr(&pod_cidr))
             .await
-            .unwrap_or_else(|e| Err(NetworkError::Runtime(format!("pod CIDR update task: {e}"))))
             .map_err(SandboxError::PodCidr)?;
         let cidrs = self
             .network
@@ -231,11 +231,13 @@ where
     F: FnOnce() -> Result<T, OsError> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
+    // The worker's death is caught here rather than through a `From`, so
+    // that both failures name the pod.
+    match crate::task::blocking(move || Ok::<_, TaskFailed>(work())).await {
         Ok(result) => result.map_err(SandboxError::os(id)),
-        Err(e) => Err(SandboxError::Task {
+        Err(TaskFailed(message)) => Err(SandboxError::Task {
             id: id.to_owned(),
-            message: e.to_string(),
+            message,
         }),
     }
 }
@@ -251,12 +253,4 @@ fn release_kernel_resources(pod: &PodSandbox) -> Result<(), OsError> {
 fn remove_pod_dir(dir: &Path) -> Result<(), OsError> {
     mounts::unmount_all_under(dir)?;
     mounts::remove_dir_all(dir)
-}
-
-/// Nanoseconds since the epoch.
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

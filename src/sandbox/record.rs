@@ -3,11 +3,13 @@
 //! ([`PodSandbox`], the persistent record).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::network::PodNetworkStatus;
+/// The pod's pinned namespaces, the type the pause process joins.
+pub use crate::monitor::pause::PodNamespaces;
 use crate::pod_pid::PodInit;
 use crate::store::Record;
 
@@ -156,24 +158,6 @@ pub enum PodState {
     Creating,
     Ready,
     NotReady,
-}
-
-/// The pod's pinned namespaces: a path for each namespace the pod owns;
-/// `None` where it uses the node's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodNamespaces {
-    pub net: Option<PathBuf>,
-    pub ipc: Option<PathBuf>,
-    pub uts: Option<PathBuf>,
-}
-
-impl PodNamespaces {
-    /// Every pin with its namespace type name.
-    pub fn pins(&self) -> impl Iterator<Item = (&'static str, &Path)> {
-        [("net", &self.net), ("ipc", &self.ipc), ("uts", &self.uts)]
-            .into_iter()
-            .filter_map(|(kind, path)| path.as_deref().map(|p| (kind, p)))
-    }
 }
 
 /// The persistent record of a pod sandbox.

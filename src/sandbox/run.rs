@@ -16,7 +16,7 @@ use super::error::{OsError, SandboxError};
 use super::files::{self, make_dir};
 use super::namespaces::{self, PinRequest};
 use super::record::{HOST_SHM, NS_DIR, NamespaceMode, PodConfig, PodSandbox, PodState, SHM_DIR};
-use super::{SandboxManager, blocking, network, now_ns, remove_pod_dir};
+use super::{SandboxManager, blocking, network, remove_pod_dir};
 use crate::names;
 
 impl SandboxManager {
@@ -45,7 +45,7 @@ impl SandboxManager {
             id: id.clone(),
             name: reservation.name().to_owned(),
             state: PodState::Creating,
-            created_at: now_ns(),
+            created_at: crate::clock::now_unix_nanos(),
             hostname,
             namespaces: pin_request.paths(),
             shm,

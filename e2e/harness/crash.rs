@@ -1,0 +1,53 @@
+//! Crashes on purpose: the daemon run with `KETCH_TEST_CRASH_POINT` set,
+//! which makes it kill itself (SIGKILL) when it reaches that point.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::{PodSandboxConfig, RunPodSandboxRequest};
+
+use super::Daemon;
+
+/// Runs the daemon of `daemon` once more, by hand, with the crash point
+/// `point` set; RunPodSandbox of `cfg` must kill it there. The daemon is
+/// left stopped: restart it to see what the crash left.
+pub async fn crash_at(daemon: &mut Daemon, point: &str, cfg: PodSandboxConfig) {
+    daemon.stop().await;
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&daemon.log_path)
+        .unwrap();
+    let mut child = daemon
+        .command()
+        .env("KETCH_TEST_CRASH_POINT", point)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::UnixStream::connect(&daemon.socket)
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "crashing daemon did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut client = daemon.runtime().await;
+    let result = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await;
+    assert!(result.is_err(), "{point}: the daemon should have died");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{point}: killed at the crash point"
+    );
+}
