@@ -17,7 +17,7 @@ use harness::images::TestImages;
 use harness::registry::Registry;
 use harness::stream_client::{SpdySession, exit_code};
 use harness::{Daemon, DaemonOptions};
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 
 const WARMUP: usize = 5;
 

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 
 use crate::harness::DaemonOptions;
 use crate::harness::cri::container_config;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 use tonic::Code;
 
 use crate::harness::DaemonOptions;

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::*;
+use ketch::cri::api::image_service_client::ImageServiceClient;
+use ketch::cri::api::runtime_service_client::RuntimeServiceClient;
+use ketch::cri::api::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use prost::Message;

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::*;
+use ketch::cri::api::image_service_client::ImageServiceClient;
+use ketch::cri::api::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::Channel;

@@ -4,7 +4,7 @@
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::Stdio;
 
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 
 use crate::harness::daemon::ketch_bin;
 use crate::harness::{Daemon, DaemonOptions};

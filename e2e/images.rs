@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::*;
+use ketch::cri::api::image_service_client::ImageServiceClient;
+use ketch::cri::api::*;
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 use serde_json::{Value, json};
 use tonic::Code;
 

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 use tonic::Code;
 
 use crate::harness::Daemon;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 use tokio_tungstenite::tungstenite::Message;
 use tonic::Code;
 

@@ -5,7 +5,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{PodSandboxConfig, RunPodSandboxRequest};
+use ketch::cri::api::{PodSandboxConfig, RunPodSandboxRequest};
 
 use super::Daemon;
 

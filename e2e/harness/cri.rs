@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::*;
+use ketch::cri::api::image_service_client::ImageServiceClient;
+use ketch::cri::api::runtime_service_client::RuntimeServiceClient;
+use ketch::cri::api::*;
 use tonic::transport::Channel;
 
 use super::cri::{pod_config, unique};

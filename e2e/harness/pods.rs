@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::*;
+use ketch::cri::api::runtime_service_client::RuntimeServiceClient;
+use ketch::cri::api::*;
 use tonic::transport::Channel;
 
 use super::Daemon;

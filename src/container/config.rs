@@ -40,6 +40,9 @@ pub struct ContainerConfig {
     /// The limits asked for; `None` when the request had none.
     pub resources: Option<ContainerResources>,
     pub security: SecurityContext,
+    /// The signal StopContainer sends first (`SIGRTMIN+3`); empty: the
+    /// image's STOPSIGNAL, else SIGTERM.
+    pub stop_signal: String,
 }
 
 /// The image a container asks for, as ContainerStatus echoes it.
@@ -104,6 +107,9 @@ pub struct MountRequest {
     /// An image whose root filesystem is the source (image volumes);
     /// empty for a host path.
     pub image: String,
+    /// With `image`: the directory of the image to mount, relative to its
+    /// root; empty for the whole image.
+    pub image_sub_path: String,
 }
 
 /// A host device node given to the container.

@@ -42,7 +42,14 @@ impl ContainerManager {
         if !pod.ready {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
         }
-        signal::parse(&image.run_config.stop_signal)?;
+        // The CRI's stop signal, else the image's; checked now, so a stop
+        // never falls back to SIGTERM without a word.
+        let stop_signal = if config.stop_signal.is_empty() {
+            image.run_config.stop_signal.clone()
+        } else {
+            config.stop_signal.clone()
+        };
+        signal::parse(&stop_signal)?;
         let reserved_name = format!(
             "{}_{}_{}_{}_{}",
             config.name, pod.name, pod.namespace, pod.uid, config.attempt
@@ -124,7 +131,7 @@ impl ContainerManager {
             log_path,
             cgroup_path,
             overlay: overlay.clone(),
-            stop_signal: image.run_config.stop_signal.clone(),
+            stop_signal,
             starting: false,
             config,
         };

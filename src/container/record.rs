@@ -348,6 +348,7 @@ mod legacy {
                 uid_mappings: m.uid_mappings,
                 gid_mappings: m.gid_mappings,
                 image: m.image.map(|i| i.image).unwrap_or_default(),
+                image_sub_path: String::new(),
             }
         }
     }
@@ -381,6 +382,7 @@ mod legacy {
                 tty: c.tty,
                 resources: linux.resources.map(Into::into),
                 security: linux.security_context.map(Into::into).unwrap_or_default(),
+                stop_signal: String::new(),
             }
         }
     }

@@ -31,6 +31,27 @@ pub fn parse(name: &str) -> Result<i32, SignalError> {
         .map_err(|_| unknown())
 }
 
+/// The canonical name of the signal `name` names: `SIGTERM`,
+/// `SIGRTMIN+3`, `SIGRTMAX-1`; real-time signals are named from the
+/// nearer end, as the CRI's `Signal` enum does (`SIGRTMIN+15` up to 49,
+/// `SIGRTMAX-14` from 50 on with glibc's numbers).
+pub fn canonical_name(name: &str) -> Result<String, SignalError> {
+    let n = parse(name)?;
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    if n >= min {
+        let from_min = n - min;
+        return Ok(match (from_min, max - n) {
+            (0, _) => "SIGRTMIN".to_owned(),
+            (_, 0) => "SIGRTMAX".to_owned(),
+            (k, _) if k <= 15 => format!("SIGRTMIN+{k}"),
+            (_, k) => format!("SIGRTMAX-{k}"),
+        });
+    }
+    Signal::try_from(n)
+        .map(|s| s.as_str().to_owned())
+        .map_err(|_| SignalError(name.to_owned()))
+}
+
 /// `RTMIN`, `RTMIN+n`, `RTMAX`, `RTMAX-n`: `None` when `bare` is not of
 /// that form, `Some(None)` when it is but out of range.
 fn realtime(bare: &str) -> Option<Option<i32>> {
@@ -84,6 +105,20 @@ mod tests {
         assert_eq!(parse("SIGRTMAX-1"), Ok(max - 1));
         assert_eq!(parse("SIGRTMAX"), Ok(max));
         assert_eq!(parse(&(min + 3).to_string()), Ok(min + 3));
+    }
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(canonical_name("term").unwrap(), "SIGTERM");
+        assert_eq!(canonical_name("9").unwrap(), "SIGKILL");
+        assert_eq!(canonical_name("RTMIN+3").unwrap(), "SIGRTMIN+3");
+        assert_eq!(
+            canonical_name(&libc::SIGRTMIN().to_string()).unwrap(),
+            "SIGRTMIN"
+        );
+        assert_eq!(canonical_name("SIGRTMAX-1").unwrap(), "SIGRTMAX-1");
+        assert_eq!(canonical_name("SIGRTMIN+16").unwrap(), "SIGRTMAX-14");
+        assert!(canonical_name("nope").is_err());
     }
 
     #[test]

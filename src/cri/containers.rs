@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use super::api as cri;
 use tonic::Status;
 
 use super::{CriService, require};
@@ -167,14 +167,7 @@ fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Status> 
         command: c.command,
         args: c.args,
         working_dir: c.working_dir,
-        envs: c
-            .envs
-            .into_iter()
-            .map(|kv| EnvVar {
-                name: kv.key,
-                value: kv.value,
-            })
-            .collect(),
+        envs: c.envs.into_iter().map(env_var).collect::<Result<_, _>>()?,
         mounts: c
             .mounts
             .into_iter()
@@ -201,7 +194,49 @@ fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Status> 
             .map(security_context)
             .transpose()?
             .unwrap_or_default(),
+        stop_signal: stop_signal_from_cri(c.stop_signal)?,
     })
+}
+
+/// An environment variable; the OCI spec holds text, so the value must be
+/// UTF-8.
+fn env_var(kv: cri::KeyValue) -> Result<EnvVar, Status> {
+    let value = String::from_utf8(kv.value).map_err(|_| {
+        Status::invalid_argument(format!(
+            "environment variable {:?}: the value is not UTF-8",
+            kv.key
+        ))
+    })?;
+    Ok(EnvVar {
+        name: kv.key,
+        value,
+    })
+}
+
+/// The CRI's stop signal by name (`SIGRTMINPLUS3` → `SIGRTMIN+3`); empty
+/// for the runtime's default.
+fn stop_signal_from_cri(value: i32) -> Result<String, Status> {
+    match cri::Signal::try_from(value) {
+        Ok(cri::Signal::RuntimeDefault) => Ok(String::new()),
+        Ok(signal) => Ok(signal
+            .as_str_name()
+            .replace("PLUS", "+")
+            .replace("MINUS", "-")),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "stop_signal: unknown signal {value}"
+        ))),
+    }
+}
+
+/// The stop signal in force as the CRI names it.
+fn stop_signal_to_cri(name: &str) -> i32 {
+    if name.is_empty() {
+        return cri::Signal::Sigterm as i32;
+    }
+    crate::container::signal::canonical_name(name)
+        .ok()
+        .and_then(|n| cri::Signal::from_str_name(&n.replace('+', "PLUS").replace('-', "MINUS")))
+        .unwrap_or(cri::Signal::RuntimeDefault) as i32
 }
 
 fn image_request(i: cri::ImageSpec) -> ImageRequest {
@@ -243,6 +278,7 @@ fn mount_request(m: cri::Mount) -> Result<MountRequest, Status> {
         uid_mappings: m.uid_mappings.into_iter().map(id_mapping).collect(),
         gid_mappings: m.gid_mappings.into_iter().map(id_mapping).collect(),
         image: m.image.map(|i| i.image).unwrap_or_default(),
+        image_sub_path: m.image_sub_path,
     })
 }
 
@@ -373,6 +409,7 @@ fn image_spec(record: &ContainerRecord) -> cri::ImageSpec {
         annotations: map(&i.annotations),
         user_specified_image: i.user_specified_image.clone(),
         runtime_handler: i.runtime_handler.clone(),
+        image_ref: String::new(),
     }
 }
 
@@ -402,6 +439,7 @@ fn mount_to_cri(m: &MountRequest) -> cri::Mount {
             image: m.image.clone(),
             ..Default::default()
         }),
+        image_sub_path: m.image_sub_path.clone(),
     }
 }
 
@@ -472,6 +510,7 @@ fn to_status(record: &ContainerRecord) -> cri::ContainerStatus {
             }),
         image_id: record.image_id.clone(),
         user: None,
+        stop_signal: stop_signal_to_cri(&record.stop_signal),
     }
 }
 
@@ -495,8 +534,9 @@ mod tests {
             working_dir: "/w".into(),
             envs: vec![cri::KeyValue {
                 key: "K".into(),
-                value: "V".into(),
+                value: b"V".to_vec(),
             }],
+            stop_signal: cri::Signal::Sigrtminplus3 as i32,
             mounts: vec![cri::Mount {
                 container_path: "/data".into(),
                 host_path: "/srv".into(),
@@ -544,6 +584,7 @@ mod tests {
         assert_eq!((c.name.as_str(), c.attempt), ("web", 3));
         assert_eq!(c.image.image, "busybox");
         assert_eq!(c.envs[0].name, "K");
+        assert_eq!(c.stop_signal, "SIGRTMIN+3");
         assert_eq!(c.mounts[0].propagation, Propagation::Bidirectional);
         assert_eq!(c.mounts[0].uid_mappings[0].host_id, 1000);
         let r = c.resources.as_ref().unwrap();
@@ -564,6 +605,16 @@ mod tests {
     fn bad_enums_and_missing_metadata_are_refused() {
         let mut c = full_config();
         c.metadata = None;
+        assert_eq!(
+            container_config(c).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut c = full_config();
+        c.envs[0].value = vec![0xff, 0xfe];
+        let err = container_config(c).unwrap_err();
+        assert!(err.message().contains("\"K\""), "{}", err.message());
+        let mut c = full_config();
+        c.stop_signal = 999;
         assert_eq!(
             container_config(c).unwrap_err().code(),
             tonic::Code::InvalidArgument
@@ -611,6 +662,7 @@ mod tests {
         assert_eq!(status.metadata, config.metadata);
         assert_eq!(status.labels, config.labels);
         assert_eq!(status.state, cri::ContainerState::ContainerCreated as i32);
+        assert_eq!(status.stop_signal, cri::Signal::Sigterm as i32);
     }
 
     #[test]

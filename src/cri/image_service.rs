@@ -1,13 +1,28 @@
 //! ImageService: the trait impl, dispatching each RPC to `images`.
 
-use k8s_cri::v1::image_service_server::ImageService;
-use k8s_cri::v1::*;
+use super::api::image_service_server::ImageService;
+use super::api::*;
 use tonic::{Request, Response, Status};
 
-use super::{CriService, images};
+use super::{CriService, ReplyStream, images, stream_in_chunks};
 
 #[tonic::async_trait]
 impl ImageService for CriService {
+    type StreamImagesStream = ReplyStream<StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        request: Request<StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let filter = request.into_inner().filter;
+        let images = images::list(self, ListImagesRequest { filter })
+            .await?
+            .images;
+        Ok(Response::new(stream_in_chunks(images, |images| {
+            StreamImagesResponse { images }
+        })))
+    }
+
     async fn list_images(
         &self,
         request: Request<ListImagesRequest>,

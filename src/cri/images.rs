@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::*;
+use super::api::*;
 use tonic::Status;
 
 use super::CriService;

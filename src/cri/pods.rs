@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_cri::v1 as cri;
+use super::api as cri;
 use tonic::Status;
 
 use super::CriService;

@@ -2,11 +2,14 @@
 //! function (`runtime_status`, `pods`, `containers`, `streaming`). RPCs
 //! not built yet answer `Unimplemented` naming themselves.
 
-use k8s_cri::v1::runtime_service_server::RuntimeService;
-use k8s_cri::v1::*;
+use super::api::runtime_service_server::RuntimeService;
+use super::api::*;
 use tonic::{Request, Response, Status};
 
-use super::{CriService, containers, not_implemented, pods, runtime_status, streaming};
+use super::{
+    CriService, ReplyStream, containers, not_implemented, pods, runtime_status, stream_in_chunks,
+    streaming,
+};
 
 #[tonic::async_trait]
 impl RuntimeService for CriService {
@@ -196,13 +199,66 @@ impl RuntimeService for CriService {
             .map(Response::new)
     }
 
-    type GetContainerEventsStream = std::pin::Pin<
-        Box<
-            dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>>
-                + Send
-                + 'static,
-        >,
-    >;
+    type GetContainerEventsStream = ReplyStream<ContainerEventResponse>;
+    type StreamPodSandboxesStream = ReplyStream<StreamPodSandboxesResponse>;
+    type StreamContainersStream = ReplyStream<StreamContainersResponse>;
+    type StreamContainerStatsStream = ReplyStream<StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = ReplyStream<StreamPodSandboxStatsResponse>;
+    type StreamPodSandboxMetricsStream = ReplyStream<StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let filter = request.into_inner().filter;
+        let items = pods::list(self, ListPodSandboxRequest { filter })
+            .await?
+            .items;
+        Ok(Response::new(stream_in_chunks(items, |pod_sandboxes| {
+            StreamPodSandboxesResponse { pod_sandboxes }
+        })))
+    }
+
+    async fn stream_containers(
+        &self,
+        request: Request<StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let filter = request.into_inner().filter;
+        let containers = containers::list(self, ListContainersRequest { filter })
+            .await?
+            .containers;
+        Ok(Response::new(stream_in_chunks(containers, |containers| {
+            StreamContainersResponse { containers }
+        })))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        _request: Request<StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        not_implemented("StreamContainerStats")
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _request: Request<StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        not_implemented("StreamPodSandboxStats")
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        not_implemented("StreamPodSandboxMetrics")
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        _request: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        not_implemented("UpdatePodSandboxResources")
+    }
 
     async fn get_container_events(
         &self,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use super::api as cri;
 use tonic::Status;
 
 use super::CriService;
@@ -58,6 +58,7 @@ pub(super) async fn status(
         }],
         features: Some(cri::RuntimeFeatures {
             supplemental_groups_policy: false,
+            user_namespaces_host_network: false,
         }),
     })
 }

@@ -3,7 +3,7 @@
 //! with a single-use URL on the streaming server, where the session itself
 //! runs.
 
-use k8s_cri::v1 as cri;
+use super::api as cri;
 use tonic::Status;
 
 use super::CriService;

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 use tokio::task::JoinSet;
 
 use crate::client::{Cri, OpError, ms, timed};
@@ -780,8 +780,8 @@ impl Bench {
 mod tests {
     use super::*;
     use crate::report::Metric;
-    use k8s_cri::v1::image_service_server::ImageServiceServer;
-    use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+    use ketch::cri::api::image_service_server::ImageServiceServer;
+    use ketch::cri::api::runtime_service_server::RuntimeServiceServer;
 
     /// Serves ketch's own CRI services on a private socket, in process.
     async fn serve_ketch(

@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use k8s_cri::v1::VersionRequest;
+use ketch::cri::api::VersionRequest;
 
 use crate::client::{Cri, socket_path, timed};
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::*;
+use ketch::cri::api::*;
 use tokio::task::JoinSet;
 
 use crate::client::{Cri, OpError, timed};
