@@ -2,29 +2,35 @@
 //!
 //! The binary's subcommands live in `cli`; `daemon` wires the gRPC server;
 //! `cri` is the thin protocol layer over the domain modules below it.
+//!
+//! Only what the binaries, the benchmark and the integration tests use is
+//! `pub`: the CLI, the config, the CRI service and its generated protocol,
+//! the runtime, and the monitor, executor and streaming pieces the
+//! integration tests drive directly. Everything else is `pub(crate)`, so
+//! the compiler reports what nothing uses.
 
-pub mod authority;
-pub mod cgroups;
+pub(crate) mod authority;
+pub(crate) mod cgroups;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod container;
+pub(crate) mod container;
 pub mod cri;
-pub mod daemon;
-pub mod errors;
+pub(crate) mod daemon;
+pub(crate) mod errors;
 pub mod executor;
-pub mod image;
-pub mod logging;
-pub mod memory;
+pub(crate) mod image;
+pub(crate) mod logging;
+pub(crate) mod memory;
 pub mod monitor;
-pub mod names;
-pub mod network;
-pub mod pod_pid;
+pub(crate) mod names;
+pub(crate) mod network;
+pub(crate) mod pod_pid;
 pub mod runtime;
-pub mod sandbox;
-pub mod store;
+pub(crate) mod sandbox;
+pub(crate) mod store;
 pub mod streaming;
-pub mod sys;
-pub mod task;
+pub(crate) mod sys;
+pub(crate) mod task;
 #[cfg(test)]
 mod testing;

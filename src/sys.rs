@@ -227,6 +227,7 @@ pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> std::io::Result<()> 
 
 /// lgetxattr(2): reads an xattr of `path` itself into `buf`; returns its
 /// length.
+#[cfg(test)]
 pub fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: valid C strings; buf is a writable buffer of the given length.
     let rc = unsafe {

@@ -73,6 +73,14 @@
 //!
 //! Device access rules ([`DeviceRule`]) are enforced on v1 only; v2 needs
 //! an eBPF device program, which ketch does not load yet.
+// The stats, OOM and process half of this API (`Cgroup::stats`,
+// `oom_killed`, `add_process`, `version`, `controllers`) has no caller
+// outside the tests until the stats RPCs and the containers' own cgroup
+// namespaces are built on it; the expectation fails the build once it has.
+#![cfg_attr(
+    not(test),
+    expect(dead_code, reason = "stats and OOM API awaiting its callers")
+)]
 
 mod error;
 mod files;
@@ -95,15 +103,9 @@ use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 use nix::unistd::Pid;
 
 pub use error::{CgroupError, Result};
-pub use path::{
-    DEFAULT_PARENT, DEFAULT_SLICE, container_cgroup_path, expand_slice, normalize,
-    parent_cgroup_path,
-};
-pub use resources::{
-    DeviceKind, DeviceRule, HugepageLimit, MAX_SHARES, MIN_SHARES, Resources, UNIFIED_CONTROLLERS,
-    shares_to_weight, swap_v2_value,
-};
-pub use stats::{CpuStats, MemoryStats, PidsStats, Stats};
+pub use path::{container_cgroup_path, normalize};
+pub use resources::{HugepageLimit, Resources};
+pub use stats::Stats;
 
 /// Where the cgroup filesystems are mounted on every mainstream distribution.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -277,10 +279,6 @@ impl Cgroup {
     /// The normalised path (`/kubepods/pod1/<id>`), the thing to persist.
     pub fn path(&self) -> &str {
         &self.path
-    }
-
-    pub fn version(&self) -> CgroupVersion {
-        self.manager.version()
     }
 
     /// The cgroup's directories (one per v1 hierarchy).

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::cgroups::parse::parse_mountinfo;
+use crate::cgroups::resources::shares_to_weight;
 use crate::cgroups::resources::{DeviceKind, DeviceRule, HugepageLimit, Resources};
-use crate::cgroups::shares_to_weight;
 use crate::cgroups::v1::V1;
 use crate::cgroups::v2::V2;
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::unistd::Pid;
 
 use super::*;
+use crate::cgroups::resources::{DeviceKind, DeviceRule};
 
 const MIB: i64 = 1 << 20;
 

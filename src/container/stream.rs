@@ -138,11 +138,6 @@ impl ContainerStreams {
         }
     }
 
-    /// Sessions (exec, attach) running now.
-    pub fn active_sessions(&self) -> usize {
-        self.sessions.len()
-    }
-
     /// Ends every session (exec'd processes are killed and reaped, attach
     /// clients detached) and waits up to `grace` for them; new sessions
     /// are refused from here on.

@@ -124,15 +124,6 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.hasher.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.hasher.is_empty()
-    }
-
     /// Verifies digest and size, fsyncs and renames the blob into place.
     pub fn commit(
         mut self,

@@ -115,10 +115,6 @@ impl Hasher {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub fn finish(self) -> Digest {
         let mut s = String::with_capacity(71);
         s.push_str("sha256:");

@@ -86,17 +86,14 @@ use std::sync::{Arc, Mutex};
 
 pub use content::ContentStore;
 pub use digest::Digest;
-pub use error::{ImageError, UnpackError};
+pub use error::ImageError;
 pub use fsinfo::FsUsage;
 pub use import::{ImportProgress, import_command};
 pub use layers::LayerStore;
 pub use leases::Lease;
 pub use limits::UnpackLimits;
-pub use manifest::{Platform, RunConfig, host_platform};
-pub use records::{Image, Layer};
-pub use reference::Reference;
+pub use records::Image;
 pub use registry::{Credentials, RegistryAuth};
-pub use unpack::get_xattr;
 
 use crate::config::Config;
 use crate::task::blocking;

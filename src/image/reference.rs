@@ -131,11 +131,6 @@ impl Reference {
             (None, None) => DEFAULT_TAG.to_owned(),
         }
     }
-
-    /// The host serving the registry API (docker.io's lives elsewhere).
-    pub fn api_host(&self) -> &str {
-        api_host(&self.registry)
-    }
 }
 
 /// The host serving `registry`'s API.
@@ -302,9 +297,9 @@ mod tests {
         assert_eq!(r.registry, "127.0.0.1:5000");
         assert_eq!(r.repository, "a/b");
         assert_eq!(r.tag.as_deref(), Some("t"));
-        assert_eq!(r.api_host(), "127.0.0.1:5000");
+        assert_eq!(api_host(&r.registry), "127.0.0.1:5000");
         assert_eq!(
-            Reference::parse("busybox").unwrap().api_host(),
+            api_host(&Reference::parse("busybox").unwrap().registry),
             DOCKER_HUB_API
         );
     }

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::unpack::tests::{E, TarWriter};
 use super::*;
+use crate::image::manifest::host_platform;
 
 /// Builds an OCI image layout directory.
 struct Layout {

@@ -598,8 +598,8 @@ fn set_xattr_at(parent: &OwnedFd, name: &[u8], xname: &str, value: &[u8]) -> std
     crate::sys::lsetxattr(&path, &xname, value)
 }
 
-/// Reads an xattr of `path` without following it (tests and callers that
-/// check whiteouts).
+/// Reads an xattr of `path` without following it (the tests of whiteouts).
+#[cfg(test)]
 pub fn get_xattr(path: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;
     let p = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;

@@ -35,7 +35,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -464,22 +464,13 @@ pub fn attach_collect(conn: &mut UnixStream) -> std::io::Result<(Vec<u8>, Vec<u8
     Ok((out, err, None))
 }
 
-/// Nanoseconds since the epoch → SystemTime (for `Started`).
-pub fn from_unix_nanos(nanos: i64) -> SystemTime {
-    if nanos >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(nanos as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(nanos.unsigned_abs())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn exit_status_reasons_and_json() {
-        let t = UNIX_EPOCH + Duration::new(1_714_566_896, 123_456_789);
+        let t = std::time::UNIX_EPOCH + Duration::new(1_714_566_896, 123_456_789);
         let s = ExitStatus::new(0, None, t, false);
         assert_eq!(s.reason, "Completed");
         assert_eq!(ExitStatus::new(137, Some(9), t, true).reason, "OOMKilled");

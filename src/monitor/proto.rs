@@ -5,7 +5,7 @@
 //! Every message is a frame: 1 byte kind, u32 big-endian payload length,
 //! payload. A connection receives output only after it sends [`ATTACH`].
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 /// Client → monitor: subscribe to output. Payload: one flags byte
 /// ([`ATTACH_STDIN`]), or empty.
@@ -101,10 +101,6 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
     Ok(Some((head[0], payload)))
-}
-
-pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
-    w.write_all(&encode(kind, payload))
 }
 
 /// The payload of a [`RESIZE`] frame.

@@ -57,11 +57,6 @@ impl CachedResult {
         &self.config_path
     }
 
-    /// The raw final result JSON.
-    pub fn raw_result(&self) -> &Value {
-        &self.result
-    }
-
     /// The final result, typed.
     pub fn result(&self) -> Result<CniResult, NetworkError> {
         CniResult::parse(&self.result, &self.cni_version).map_err(|e| NetworkError::BadResult {

@@ -95,13 +95,10 @@ pub use client::Cni;
 pub use conf::{ConfError, NetworkConfList, find_network};
 pub use error::NetworkError;
 pub use exec::CniCommand;
-pub use pod::{
-    Bandwidth, DnsConfig, EGRESS_BANDWIDTH_ANNOTATION, INGRESS_BANDWIDTH_ANNOTATION,
-    POD_ANNOTATIONS_CAPABILITY, PodNetwork, PortMapping, Protocol,
-};
-pub use pod_cidr::GENERATED_CONF_NAME;
-pub use quantity::{QuantityError, parse_quantity};
-pub use result::{CniResult, Dns, Interface, IpConfig, ResultError, Route};
+pub use pod::{Bandwidth, DnsConfig, PodNetwork, PortMapping, Protocol};
+#[cfg(test)]
+pub use pod::{EGRESS_BANDWIDTH_ANNOTATION, INGRESS_BANDWIDTH_ANNOTATION};
+pub use result::CniResult;
 
 #[cfg(test)]
 mod tests;

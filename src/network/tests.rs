@@ -15,6 +15,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::pod::{EGRESS_BANDWIDTH_ANNOTATION, INGRESS_BANDWIDTH_ANNOTATION};
+use super::pod_cidr::GENERATED_CONF_NAME;
+
 use ipnet::IpNet;
 use serde_json::{Value, json};
 

@@ -59,17 +59,14 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-pub use crash::CRASH_POINT_ENV;
 pub(crate) use crash::crash_point;
 pub use error::{HookError, OsError, SandboxError};
 pub use files::HostFiles;
 pub use hooks::PodContainers;
-pub use network::PodNetworkStatus;
 pub use record::{
     DnsConfig, LinuxPodConfig, NamespaceMode, NamespaceOptions, PodConfig, PodFilter, PodMetadata,
-    PodNamespaces, PodSandbox, PodSecurity, PodState, PortMapping, SeLinuxOptions, SecurityProfile,
+    PodSandbox, PodSecurity, PodState, PortMapping, SeLinuxOptions, SecurityProfile,
 };
-pub use recover::Recovery;
 
 use crate::network::Cni;
 use crate::store::{Guard, Store};

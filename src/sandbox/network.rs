@@ -278,8 +278,10 @@ mod tests {
             mapping("UDP", 53, 0, ""),
             mapping("SCTP", 9, 9999, "127.0.0.1"),
         ];
-        c.annotations
-            .insert(network::INGRESS_BANDWIDTH_ANNOTATION.into(), "10M".into());
+        c.annotations.insert(
+            crate::network::INGRESS_BANDWIDTH_ANNOTATION.into(),
+            "10M".into(),
+        );
         c.linux.cgroup_parent = "/kubepods/pod-u-1".into();
         c.dns = Some(crate::sandbox::DnsConfig {
             servers: vec!["10.96.0.10".into()],
@@ -341,10 +343,15 @@ mod tests {
         }
 
         let mut c = config();
-        c.annotations
-            .insert(network::EGRESS_BANDWIDTH_ANNOTATION.into(), "lots".into());
+        c.annotations.insert(
+            crate::network::EGRESS_BANDWIDTH_ANNOTATION.into(),
+            "lots".into(),
+        );
         let e = validate(&c).unwrap_err().to_string();
-        assert!(e.contains(network::EGRESS_BANDWIDTH_ANNOTATION), "{e}");
+        assert!(
+            e.contains(crate::network::EGRESS_BANDWIDTH_ANNOTATION),
+            "{e}"
+        );
 
         let mut c = config();
         c.metadata.namespace = "a;K8S_POD_NAME=b".into();

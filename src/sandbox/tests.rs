@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::*;
+use crate::sandbox::record::PodNamespaces;
+use crate::sandbox::recover::Recovery;
 
 struct Dirs {
     _tmp: tempfile::TempDir,

@@ -12,6 +12,7 @@ pub fn generate_id() -> Result<String, getrandom::Error> {
 }
 
 /// Whether `s` has the shape of a full ID.
+#[cfg(test)]
 pub fn is_full_id(s: &str) -> bool {
     s.len() == ID_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

@@ -33,7 +33,7 @@ pub mod atomic;
 pub mod id;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -41,7 +41,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use atomic::{AtomicWriteError, remove_durably, sync_dir, write_atomic, write_volatile};
-pub use id::{ID_LEN, generate_id, is_full_id};
+pub use id::generate_id;
 
 /// Extension of record files.
 const RECORD_EXT: &str = "json";
@@ -266,15 +266,8 @@ impl<T: Record> Store<T> {
         })
     }
 
-    pub fn kind(&self) -> &'static str {
-        self.inner.kind
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
     /// Where the record of `id` lives.
+    #[cfg(test)]
     pub fn record_path(&self, id: &str) -> PathBuf {
         self.inner.path_of(id)
     }
@@ -452,15 +445,13 @@ impl<T: Record> Store<T> {
         entries.iter().map(|e| e.snapshot()).collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.inner.index().objects.len()
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.inner.index().objects.is_empty()
     }
 
     /// The ID holding `name`, if reserved.
+    #[cfg(test)]
     pub fn name_holder(&self, name: &str) -> Option<String> {
         self.inner.index().names.get(name).cloned()
     }
@@ -521,10 +512,6 @@ pub struct Guard<T> {
 }
 
 impl<T: Record> Guard<T> {
-    pub fn id(&self) -> &str {
-        &self.entry.id
-    }
-
     /// The committed record.
     pub fn get(&self) -> Arc<T> {
         self.entry.snapshot()
@@ -566,6 +553,7 @@ impl<T: Record> Guard<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::id::is_full_id;
     use super::*;
     use serde::Deserialize;
     use std::time::Duration;
@@ -620,7 +608,7 @@ mod tests {
         let id = make(&store, "a");
         assert!(is_full_id(&id));
         assert!(store.record_path(&id).exists());
-        let again = Store::<Thing>::open(store.dir(), "thing").unwrap();
+        let again = Store::<Thing>::open(store.inner.dir.clone(), "thing").unwrap();
         let loaded = again.load().unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].0, id);

@@ -252,10 +252,6 @@ impl Connection {
         self.shared.dead.clone()
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.shared.dead.is_cancelled()
-    }
-
     /// Ends the connection gracefully: everything queued so far is written,
     /// then GOAWAY, then the write half is shut down. Waits up to `grace`
     /// for that and for the peer to close its side.
