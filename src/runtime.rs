@@ -9,7 +9,9 @@ use crate::config::Config;
 use crate::container::config::ContainerConfig;
 use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
 use crate::container::stream::{PodNetwork, PodNetworks};
-use crate::container::{ContainerError, ContainerManager, ContainerRecord, ImageInfo, PodInfo};
+use crate::container::{
+    ContainerError, ContainerManager, ContainerRecord, ImageInfo, PodInfo, VolumeImage,
+};
 use crate::image::{ImageError, ImageStore};
 use crate::network;
 use crate::pod_pid::{self, PodPidError};
@@ -223,7 +225,10 @@ impl Runtime {
     /// CreateContainer: the pod must be ready (and stays so meanwhile), the
     /// image present; the container holds a lease on the image's layers,
     /// taken before the container's record exists (so no crash can leave
-    /// a container whose layers garbage collection may take).
+    /// a container whose layers garbage collection may take). The images
+    /// of its image volumes (mounts with `image`) must be present too
+    /// (kubelet pulls them first, as it does the container's image) and
+    /// the same lease holds them.
     pub async fn create_container(
         &self,
         pod_id: &str,
@@ -239,6 +244,22 @@ impl Runtime {
             .find(&reference)?
             .ok_or_else(|| RuntimeError::ImageNotFound(reference.clone()))?;
         let lowerdirs = self.images.layer_dirs(&image.id)?;
+        let mut volumes = Vec::new();
+        for (mount_index, mount) in config.mounts.iter().enumerate() {
+            if mount.image.is_empty() {
+                continue;
+            }
+            let volume = self
+                .images
+                .find(&mount.image)?
+                .ok_or_else(|| RuntimeError::ImageNotFound(mount.image.clone()))?;
+            volumes.push(VolumeImage {
+                mount_index,
+                lowerdirs: self.images.layer_dirs(&volume.id)?,
+                image_id: volume.id,
+            });
+        }
+        let volume_ids: Vec<String> = volumes.iter().map(|v| v.image_id.clone()).collect();
         let c = &image.config;
         let run_config = ImageRunConfig {
             env: c.env.clone(),
@@ -253,10 +274,13 @@ impl Runtime {
             reference,
             lowerdirs,
             run_config,
+            volumes,
         };
         let pod_info = pod_info(&pod)?;
         let id = crate::store::generate_id().map_err(|e| RuntimeError::Random(e.to_string()))?;
-        self.images.acquire(&id, &image.id).await?;
+        self.images
+            .acquire_with_volumes(&id, &image.id, &volume_ids)
+            .await?;
         crate::sandbox::crash_point("create-container-after-lease");
         if let Err(e) = self.containers.create(&id, &pod_info, config, info).await {
             if let Err(release) = self.images.release(&id).await {

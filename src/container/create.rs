@@ -7,7 +7,7 @@ use super::config::{ContainerConfig, Propagation};
 use super::error::{ContainerError, io_err};
 use super::manager::{ContainerManager, ImageInfo, PodInfo};
 use super::record::{ContainerRecord, SCHEMA};
-use super::rootfs::Overlay;
+use super::rootfs::{ImageVolume, Overlay, VOLUMES_DIR};
 use super::state::State;
 use super::{signal, spec, user};
 use crate::store::StoreError;
@@ -68,6 +68,16 @@ impl ContainerManager {
             workdir: bundle.join("work"),
             target: bundle.join("rootfs"),
         };
+        let image_volumes: Vec<ImageVolume> = image
+            .volumes
+            .iter()
+            .map(|v| ImageVolume {
+                mount_index: v.mount_index,
+                image_id: v.image_id.clone(),
+                lowerdirs: v.lowerdirs.clone(),
+                target: bundle.join(VOLUMES_DIR).join(v.mount_index.to_string()),
+            })
+            .collect();
         let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()
         } else {
@@ -79,7 +89,7 @@ impl ContainerManager {
             cgroups::container_cgroup_path(self.driver, &pod.context.cgroup_parent, id)?;
 
         let prepared = {
-            let (config, image, pod, overlay, bundle, cgroup_path, exit_dir) = (
+            let (config, image, pod, overlay, bundle, cgroup_path, exit_dir, volumes) = (
                 config.clone(),
                 image.clone(),
                 pod.clone(),
@@ -87,6 +97,7 @@ impl ContainerManager {
                 bundle.clone(),
                 cgroup_path.clone(),
                 self.exit_dir(id),
+                image_volumes.clone(),
             );
             blocking(move || {
                 std::fs::create_dir_all(&bundle).map_err(io_err("create", &bundle))?;
@@ -94,7 +105,7 @@ impl ContainerManager {
                 overlay.mount()?;
                 let user =
                     user::resolve(&overlay.target, &image.run_config.user, &config.security)?;
-                let spec = spec::build(
+                let mut spec = spec::build(
                     &config,
                     &image.run_config,
                     &pod.context,
@@ -102,6 +113,14 @@ impl ContainerManager {
                     &overlay.target,
                     &cgroup_path,
                 )?;
+                for volume in &volumes {
+                    volume.mount()?;
+                }
+                let sources: Vec<_> = volumes
+                    .iter()
+                    .map(|v| (v.mount_index, v.target.clone()))
+                    .collect();
+                spec::add_image_volumes(&mut spec, &config, &sources)?;
                 spec::write(&bundle, &spec)?;
                 Ok::<_, ContainerError>(())
             })
@@ -133,6 +152,7 @@ impl ContainerManager {
             overlay: overlay.clone(),
             stop_signal,
             starting: false,
+            image_volumes,
             config,
         };
         crate::sandbox::crash_point("create-container-before-record");

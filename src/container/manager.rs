@@ -51,6 +51,18 @@ pub struct ImageInfo {
     /// Unpacked layers, topmost first.
     pub lowerdirs: Vec<PathBuf>,
     pub run_config: ImageRunConfig,
+    /// The images of the container's image volumes (CRI mounts with
+    /// `image`), with the index of their mount.
+    pub volumes: Vec<VolumeImage>,
+}
+
+/// The image of one image volume, found by the runtime.
+#[derive(Debug, Clone)]
+pub struct VolumeImage {
+    pub mount_index: usize,
+    pub image_id: String,
+    /// Unpacked layers, topmost first.
+    pub lowerdirs: Vec<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -143,6 +155,9 @@ impl ContainerManager {
     /// logs what it cannot remove.
     pub(super) fn remove_files(&self, id: &str, rootfs: &Path) {
         if let Err(e) = rootfs::unmount(rootfs) {
+            tracing::warn!(container = %id, "{e}");
+        }
+        if let Err(e) = rootfs::unmount_volumes(&self.bundle_dir(id)) {
             tracing::warn!(container = %id, "{e}");
         }
         for dir in [self.bundle_dir(id), self.exit_dir(id)] {

@@ -27,6 +27,6 @@ mod update;
 pub mod user;
 
 pub use error::ContainerError;
-pub use manager::{ContainerManager, ImageInfo, PodInfo};
+pub use manager::{ContainerManager, ImageInfo, PodInfo, VolumeImage};
 pub use record::ContainerRecord;
 pub use status::ContainerFilter;

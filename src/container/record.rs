@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::ContainerConfig;
-use super::rootfs::Overlay;
+use super::rootfs::{ImageVolume, Overlay};
 use super::state::{Exit, State, Transition, TransitionError};
 use crate::monitor::Started;
 use crate::store::Record;
@@ -47,6 +47,10 @@ pub struct ContainerRecord {
     /// cut off by a crash.
     #[serde(default)]
     pub starting: bool,
+    /// The image volumes mounted for the container (remounted by a start
+    /// after a reboot, as the overlay is).
+    #[serde(default)]
+    pub image_volumes: Vec<ImageVolume>,
 }
 
 impl Record for ContainerRecord {
@@ -406,6 +410,7 @@ mod legacy {
                 overlay: r.overlay,
                 stop_signal: r.stop_signal,
                 starting: r.starting,
+                image_volumes: Vec::new(),
             }
         }
     }

@@ -29,6 +29,8 @@ pub enum RootfsError {
     TooManyLayers { layers: usize, parent: PathBuf },
     #[error("mount thread failed: {0}")]
     Thread(String),
+    #[error("image volume on {target}: {source}")]
+    Volume { target: PathBuf, source: nix::Error },
 }
 
 /// The dirs of one container's overlay.
@@ -120,6 +122,99 @@ impl Overlay {
     pub fn unmount(&self) -> Result<(), RootfsError> {
         unmount(&self.target)
     }
+}
+
+/// An image mounted as a volume (a CRI mount with `image`): the image's
+/// root filesystem, read-only, at a mount point in the container's bundle,
+/// from which the spec binds it (or a sub-path of it) into the container.
+/// Several layers make a lower-only overlay, which overlayfs mounts
+/// read-only by nature (`overlayfs(5)`: no upperdir); one layer is a
+/// read-only bind of its dir, as overlayfs refuses a single lowerdir
+/// without an upperdir.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageVolume {
+    /// The index of the CRI mount it serves.
+    pub mount_index: usize,
+    pub image_id: String,
+    /// Topmost first.
+    pub lowerdirs: Vec<PathBuf>,
+    pub target: PathBuf,
+}
+
+/// The dir under a bundle where its image volumes are mounted, one
+/// subdir per CRI mount index.
+pub const VOLUMES_DIR: &str = "volumes";
+
+impl ImageVolume {
+    /// Creates the mount point and mounts the image read-only on it.
+    pub fn mount(&self) -> Result<(), RootfsError> {
+        std::fs::create_dir_all(&self.target).map_err(|source| RootfsError::CreateDir {
+            path: self.target.clone(),
+            source,
+        })?;
+        let err = |source| RootfsError::Volume {
+            target: self.target.clone(),
+            source,
+        };
+        match self.lowerdirs.as_slice() {
+            [] => Err(RootfsError::NoLayers),
+            [only] => {
+                nix::mount::mount(
+                    Some(only),
+                    &self.target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(err)?;
+                // A bind mount takes MS_RDONLY only on a remount
+                // (`mount(2)`, "Creating a bind mount").
+                nix::mount::mount(
+                    None::<&str>,
+                    &self.target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )
+                .map_err(|source| {
+                    let _ = unmount(&self.target);
+                    err(source)
+                })
+            }
+            layers => {
+                let lower: Vec<String> = layers.iter().map(|p| escape(p)).collect();
+                let data = format!("lowerdir={}", lower.join(":"));
+                if data.len() > MAX_MOUNT_DATA {
+                    return Err(RootfsError::TooManyLayers {
+                        layers: layers.len(),
+                        parent: self.target.clone(),
+                    });
+                }
+                nix::mount::mount(
+                    Some("overlay"),
+                    &self.target,
+                    Some("overlay"),
+                    MsFlags::MS_RDONLY,
+                    Some(data.as_str()),
+                )
+                .map_err(err)
+            }
+        }
+    }
+}
+
+/// Unmounts every image volume under `bundle` (before the bundle is
+/// deleted: a mounted image would otherwise be walked into). Nothing
+/// there is fine.
+pub fn unmount_volumes(bundle: &Path) -> Result<(), RootfsError> {
+    let dir = bundle.join(VOLUMES_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        unmount(&entry.path())?;
+    }
+    Ok(())
 }
 
 fn mount_overlay(target: &Path, data: &str) -> Result<(), RootfsError> {
@@ -225,6 +320,36 @@ mod tests {
         assert_eq!(std::fs::read_to_string(o.target.join("top")).unwrap(), "59");
         assert!(o.target.join("file0").exists());
         o.unmount().unwrap();
+    }
+
+    #[test]
+    fn image_volumes_mount_read_only() {
+        if !crate::testing::root_or_skip("mounts image volumes") {
+            return;
+        }
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let bundle = dir.path().join("bundle");
+        for n in [1, 3] {
+            let v = ImageVolume {
+                mount_index: n,
+                image_id: "sha256:x".into(),
+                lowerdirs: layers(&dir.path().join(format!("layers{n}")), n, 8),
+                target: bundle.join(VOLUMES_DIR).join(n.to_string()),
+            };
+            v.mount().unwrap();
+            assert!(is_mounted(&v.target));
+            assert_eq!(
+                std::fs::read_to_string(v.target.join("top")).unwrap(),
+                (n - 1).to_string()
+            );
+            assert!(v.target.join("file0").exists());
+            let write = std::fs::write(v.target.join("new"), "x").unwrap_err();
+            assert_eq!(write.raw_os_error(), Some(libc::EROFS), "{n} layers");
+        }
+        unmount_volumes(&bundle).unwrap();
+        assert!(!is_mounted(&bundle.join(VOLUMES_DIR).join("1")));
+        assert!(!is_mounted(&bundle.join(VOLUMES_DIR).join("3")));
+        unmount_volumes(&dir.path().join("none")).unwrap();
     }
 
     #[test]

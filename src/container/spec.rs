@@ -86,6 +86,12 @@ pub enum SpecError {
     },
     #[error("mount container path {0:?} must be absolute")]
     MountTarget(String),
+    #[error("image volume {image:?}: image_sub_path {sub_path:?} {reason}")]
+    ImageSubPath {
+        image: String,
+        sub_path: String,
+        reason: String,
+    },
     #[error("device {path}: {reason}")]
     Device { path: String, reason: String },
     #[error("unknown capability {0:?}")]
@@ -376,6 +382,10 @@ pub fn mounts(config: &ContainerConfig, pod: &PodContext) -> Result<Vec<Mount>, 
         )?,
     ];
     for m in &config.mounts {
+        if !m.image.is_empty() {
+            // An image volume: bound by `add_image_volumes` once mounted.
+            continue;
+        }
         if !m.container_path.starts_with('/') {
             return Err(SpecError::MountTarget(m.container_path.clone()));
         }
@@ -403,6 +413,81 @@ pub fn mounts(config: &ContainerConfig, pod: &PodContext) -> Result<Vec<Mount>, 
         )?);
     }
     Ok(mounts)
+}
+
+/// The dir of a mounted image volume that its mount binds: the image's
+/// root, or `sub_path` in it, which must be a directory inside the image.
+/// The sub-path is relative and has no `..`; a symlink on the way that
+/// leads out of the image (an absolute one included: it would name a host
+/// path here) is refused rather than followed.
+pub fn image_volume_source(root: &Path, image: &str, sub_path: &str) -> Result<PathBuf, SpecError> {
+    let bad = |reason: &str| SpecError::ImageSubPath {
+        image: image.to_owned(),
+        sub_path: sub_path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let root = std::fs::canonicalize(root).map_err(|e| bad(&format!("cannot resolve: {e}")))?;
+    if sub_path.is_empty() {
+        return Ok(root);
+    }
+    let relative = Path::new(sub_path);
+    let plain = relative.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if !plain {
+        return Err(bad("must be a relative path without .. components"));
+    }
+    let full = match std::fs::canonicalize(root.join(relative)) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad("does not exist in the image"));
+        }
+        Err(e) => return Err(bad(&format!("cannot resolve: {e}"))),
+    };
+    if !full.starts_with(&root) {
+        return Err(bad("leads outside the image"));
+    }
+    if !full.is_dir() {
+        return Err(bad("is not a directory"));
+    }
+    Ok(full)
+}
+
+/// Binds each image volume into the container, read-only whatever the
+/// mount asks: `volumes` pairs the index of a CRI mount with `image` with
+/// the dir its image is mounted on. A volume over a default mount replaces
+/// it, as a host-path mount does.
+pub fn add_image_volumes(
+    spec: &mut Spec,
+    config: &ContainerConfig,
+    volumes: &[(usize, PathBuf)],
+) -> Result<(), SpecError> {
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (index, root) in volumes {
+        let Some(m) = config.mounts.get(*index) else {
+            continue;
+        };
+        if !m.container_path.starts_with('/') {
+            return Err(SpecError::MountTarget(m.container_path.clone()));
+        }
+        let source = image_volume_source(root, &m.image, &m.image_sub_path)?;
+        let destination = match m.container_path.trim_end_matches('/') {
+            "" => "/",
+            d => d,
+        };
+        mounts.retain(|existing| existing.destination() != Path::new(destination));
+        mounts.push(mount(
+            destination,
+            "bind",
+            &source,
+            &["rbind", "rprivate", "nosuid", "nodev", "ro"],
+        )?);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 fn device_numbers(path: &str) -> Result<(LinuxDeviceType, i64, i64, u32), SpecError> {
@@ -989,5 +1074,63 @@ mod tests {
             load(&dir.path().join("missing")),
             Err(SpecError::Load { .. })
         ));
+    }
+
+    #[test]
+    fn image_volume_sub_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("image");
+        std::fs::create_dir_all(root.join("etc/conf")).unwrap();
+        std::fs::write(root.join("etc/file"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("etc/conf", root.join("rel")).unwrap();
+        let root_c = std::fs::canonicalize(&root).unwrap();
+        let ok = |sub: &str| image_volume_source(&root, "img", sub).unwrap();
+        assert_eq!(ok(""), root_c);
+        assert_eq!(ok("etc/conf"), root_c.join("etc/conf"));
+        assert_eq!(ok("./etc/conf/"), root_c.join("etc/conf"));
+        assert_eq!(
+            ok("rel"),
+            root_c.join("etc/conf"),
+            "a symlink inside is fine"
+        );
+        for (sub, reason) in [
+            ("../image/etc", "without .."),
+            ("/etc", "without .."),
+            ("etc/../etc", "without .."),
+            ("missing", "does not exist"),
+            ("etc/file", "not a directory"),
+            ("abs", "outside the image"),
+        ] {
+            let err = image_volume_source(&root, "img", sub).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(reason), "{sub}: {text}");
+            assert!(text.contains("\"img\""), "{text}");
+        }
+    }
+
+    #[test]
+    fn image_volumes_are_bound_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("v0");
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        let mut config = ContainerConfig::default();
+        config.mounts.push(MountRequest {
+            container_path: "/models/".into(),
+            image: "models:1".into(),
+            image_sub_path: "data".into(),
+            ..Default::default()
+        });
+        let mut spec = Spec::default();
+        spec.set_mounts(Some(vec![]));
+        add_image_volumes(&mut spec, &config, &[(0, root.clone())]).unwrap();
+        let mounts = spec.mounts().clone().unwrap();
+        let m = mounts.last().unwrap();
+        assert_eq!(m.destination(), Path::new("/models"));
+        assert_eq!(
+            m.source().as_deref(),
+            Some(std::fs::canonicalize(root.join("data")).unwrap().as_path())
+        );
+        assert!(m.options().as_ref().unwrap().contains(&"ro".to_string()));
     }
 }

@@ -62,6 +62,11 @@ impl ContainerManager {
         if !is_mountpoint(&record.overlay.target) {
             record.overlay.mount()?;
         }
+        for volume in &record.image_volumes {
+            if !is_mountpoint(&volume.target) {
+                volume.mount()?;
+            }
+        }
         let bundle = self.bundle_dir(&record.id);
         let exit_file = self.exit_file(&record.id);
         if let Some(dir) = exit_file.parent() {

@@ -651,6 +651,7 @@ mod tests {
             },
             stop_signal: String::new(),
             starting: false,
+            image_volumes: Vec::new(),
         };
         let status = to_status(&record);
         assert_eq!(status.mounts, config.mounts);

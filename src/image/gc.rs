@@ -151,7 +151,7 @@ impl Inner {
             }
         }
         for lease in &leases {
-            chains.extend(lease.chain_ids.iter().cloned());
+            chains.extend(lease.all_chain_ids().cloned());
         }
 
         // Everything half-made is garbage while we hold the lock exclusive.

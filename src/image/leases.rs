@@ -4,7 +4,9 @@
 //! A lease names the layers (chain IDs) and config it holds, copied from the
 //! image when it was taken, so it keeps them on disk even after the image
 //! record is removed (as containerd's leases do): garbage collection counts
-//! every lease as a root.
+//! every lease as a root. A container holds one lease, on its own image and
+//! on the images of its image volumes (`volumes`), so the one file still
+//! names the container and releasing it releases them all.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,27 @@ pub struct Lease {
     pub image_id: String,
     /// Bottom layer first.
     pub chain_ids: Vec<Digest>,
+    /// The images of the container's image volumes (absent in leases
+    /// written before image volumes existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<HeldImage>,
+}
+
+/// An image a lease holds besides the container's own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldImage {
+    pub image_id: String,
+    /// Bottom layer first.
+    pub chain_ids: Vec<Digest>,
+}
+
+impl Lease {
+    /// Every layer the lease holds: the image's and its volumes'.
+    pub fn all_chain_ids(&self) -> impl Iterator<Item = &Digest> {
+        self.chain_ids
+            .iter()
+            .chain(self.volumes.iter().flat_map(|v| v.chain_ids.iter()))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +158,15 @@ mod tests {
             container_id: "c1".into(),
             image_id: format!("sha256:{}", "a".repeat(64)),
             chain_ids: vec![Digest::of(b"x")],
+            volumes: vec![HeldImage {
+                image_id: format!("sha256:{}", "b".repeat(64)),
+                chain_ids: vec![Digest::of(b"y")],
+            }],
         };
+        assert_eq!(
+            lease.all_chain_ids().cloned().collect::<Vec<_>>(),
+            vec![Digest::of(b"x"), Digest::of(b"y")]
+        );
         leases.put(&lease).unwrap();
         assert_eq!(leases.get("c1").unwrap(), Some(lease.clone()));
         // A new instance (a restart) sees it.
@@ -147,5 +178,19 @@ mod tests {
         assert!(leases.get("../etc/passwd").is_err());
         assert!(leases.get("").is_err());
         assert!(leases.temp_paths().unwrap().is_empty());
+    }
+
+    #[test]
+    fn leases_without_volumes_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Leases::open(dir.path().to_path_buf()).unwrap();
+        let old = format!(
+            r#"{{"container_id":"c1","image_id":"sha256:{}","chain_ids":["{}"]}}"#,
+            "a".repeat(64),
+            Digest::of(b"x")
+        );
+        std::fs::write(dir.path().join("c1.json"), old).unwrap();
+        let lease = leases.get("c1").unwrap().unwrap();
+        assert!(lease.volumes.is_empty());
     }
 }

@@ -17,6 +17,7 @@
 //! layer_dirs(&self, key: &str) -> Result<Vec<PathBuf>, _>   // topmost first: overlay's lowerdir= order
 //! config_json(&self, image: &Image) -> Result<serde_json::Value, _>  // the full OCI image config
 //! async acquire(&self, container_id: &str, image_key: &str) -> Result<Lease, _>
+//! async acquire_with_volumes(&self, container_id, image_key, volume_keys: &[String]) -> Result<Lease, _>
 //! async release(&self, container_id: &str) -> Result<(), _>  // unknown is Ok
 //! lease(&self, container_id: &str) -> Result<Option<Lease>, _>
 //! leases(&self) -> Result<Vec<Lease>, _>                    // to reconcile with the container store at start
@@ -30,8 +31,9 @@
 //! WorkingDir, User, StopSignal, ExposedPorts, Volumes, Labels),
 //! `annotations`, its layers and [`Image::user`] (uid or user name).
 //!
-//! A container takes a lease on its image when it is created and releases it
-//! when it is removed. RemoveImage deletes the record at once; layers a
+//! A container takes a lease on its image (and the images of its image
+//! volumes, in the same lease) when it is created and releases it when it
+//! is removed. RemoveImage deletes the record at once; layers a
 //! lease still holds stay on disk until the last lease on them is released,
 //! then garbage collection removes them (containerd's model).
 //!
@@ -90,7 +92,7 @@ pub use error::ImageError;
 pub use fsinfo::FsUsage;
 pub use import::{ImportProgress, import_command};
 pub use layers::LayerStore;
-pub use leases::Lease;
+pub use leases::{HeldImage, Lease};
 pub use limits::UnpackLimits;
 pub use records::Image;
 pub use registry::{Credentials, RegistryAuth};
@@ -243,14 +245,37 @@ impl ImageStore {
     /// Takes (or replaces) `container_id`'s lease on the image `image_key`
     /// names, persisted before this returns.
     pub async fn acquire(&self, container_id: &str, image_key: &str) -> Result<Lease, ImageError> {
+        self.acquire_with_volumes(container_id, image_key, &[])
+            .await
+    }
+
+    /// As [`ImageStore::acquire`], the lease holding as well the images
+    /// `volume_keys` name (the container's image volumes).
+    pub async fn acquire_with_volumes(
+        &self,
+        container_id: &str,
+        image_key: &str,
+        volume_keys: &[String],
+    ) -> Result<Lease, ImageError> {
         // Held while the lease is written, so no collection runs between the
         // lookup and the lease.
         let _writer = self.inner.writer_guard().await?;
         let image = self.resolve(image_key)?;
+        let volumes = volume_keys
+            .iter()
+            .map(|key| {
+                let v = self.resolve(key)?;
+                Ok(HeldImage {
+                    image_id: v.id.clone(),
+                    chain_ids: v.chain_ids(),
+                })
+            })
+            .collect::<Result<Vec<_>, ImageError>>()?;
         let lease = Lease {
             container_id: container_id.to_owned(),
             image_id: image.id.clone(),
             chain_ids: image.chain_ids(),
+            volumes,
         };
         let inner = self.inner.clone();
         let l = lease.clone();
