@@ -16,7 +16,8 @@ use crate::image::{ImageError, ImageStore};
 use crate::network;
 use crate::pod_pid::{self, PodPidError};
 use crate::sandbox::{
-    HookError, NamespaceMode, PodConfig, PodContainers, PodSandbox, SandboxError, SandboxManager,
+    HookError, NamespaceMode, PodConfig, PodContainers, PodResources, PodSandbox, SandboxError,
+    SandboxManager,
 };
 
 /// One condition of `Status`, in domain terms.
@@ -289,6 +290,38 @@ impl Runtime {
             return Err(e.into());
         }
         Ok(id)
+    }
+
+    /// UpdatePodSandboxResources: recorded with the pod, and written into
+    /// the pod's own cgroup (its `cgroup_parent`) when that exists; see
+    /// `sandbox::resources` for why this and no more.
+    pub async fn update_pod_resources(
+        &self,
+        pod_id: &str,
+        resources: PodResources,
+    ) -> Result<(), RuntimeError> {
+        let (cgroups, driver) = self.containers.cgroups();
+        let cgroups = cgroups.cloned();
+        self.sandboxes
+            .update_resources(pod_id, resources, |pod, limits| {
+                let parent = &pod.config.linux.cgroup_parent;
+                let Some(cgroups) = cgroups.filter(|_| !parent.is_empty()) else {
+                    return Ok(());
+                };
+                let cgroup_err = |e: crate::cgroups::CgroupError| SandboxError::Cgroup {
+                    id: pod.id.clone(),
+                    source: e,
+                };
+                let path =
+                    crate::cgroups::parent_cgroup_path(driver, parent).map_err(cgroup_err)?;
+                match cgroups.open(&path) {
+                    Ok(cg) => cg.update(limits).map_err(cgroup_err),
+                    Err(crate::cgroups::CgroupError::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(cgroup_err(e)),
+                }
+            })
+            .await?;
+        Ok(())
     }
 
     /// StartContainer: only in a ready pod (one whose PID namespace holder

@@ -73,14 +73,6 @@
 //!
 //! Device access rules ([`DeviceRule`]) are enforced on v1 only; v2 needs
 //! an eBPF device program, which ketch does not load yet.
-// The stats, OOM and process half of this API (`Cgroup::stats`,
-// `oom_killed`, `add_process`, `version`, `controllers`) has no caller
-// outside the tests until the stats RPCs and the containers' own cgroup
-// namespaces are built on it; the expectation fails the build once it has.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "stats and OOM API awaiting its callers")
-)]
 
 mod error;
 mod files;
@@ -103,7 +95,7 @@ use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 use nix::unistd::Pid;
 
 pub use error::{CgroupError, Result};
-pub use path::{container_cgroup_path, normalize};
+pub use path::{container_cgroup_path, normalize, parent_cgroup_path};
 pub use resources::{HugepageLimit, Resources};
 pub use stats::Stats;
 

@@ -133,6 +133,12 @@ impl ContainerManager {
             .join(format!("{}.sock", &id[..id.len().min(32)]))
     }
 
+    /// The cgroup hierarchies in use (none when cgroups are unavailable)
+    /// and the driver naming paths in them.
+    pub fn cgroups(&self) -> (Option<&CgroupManager>, CgroupDriver) {
+        (self.cgroups.as_ref(), self.driver)
+    }
+
     /// The ketch binary that exec helpers (`ketch exec`) run.
     pub fn exe(&self) -> &Path {
         &self.exe

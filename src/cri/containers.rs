@@ -283,7 +283,7 @@ fn mount_request(m: cri::Mount) -> Result<MountRequest, Status> {
 }
 
 /// CRI zero values mean "not specified".
-fn resources_from_cri(r: cri::LinuxContainerResources) -> ContainerResources {
+pub(super) fn resources_from_cri(r: cri::LinuxContainerResources) -> ContainerResources {
     let nonzero = |v: i64| (v != 0).then_some(v);
     let positive = |v: i64| u64::try_from(v).ok().filter(|&v| v > 0);
     let text = |s: String| (!s.is_empty()).then_some(s);

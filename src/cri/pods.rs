@@ -11,7 +11,8 @@ use super::CriService;
 use crate::runtime::Runtime;
 use crate::sandbox::{
     DnsConfig, LinuxPodConfig, NamespaceMode, NamespaceOptions, PodConfig, PodFilter, PodMetadata,
-    PodSandbox, PodSecurity, PodState, PortMapping, SandboxError, SeLinuxOptions, SecurityProfile,
+    PodResources, PodSandbox, PodSecurity, PodState, PortMapping, SandboxError, SeLinuxOptions,
+    SecurityProfile,
 };
 
 pub(super) async fn run(
@@ -73,6 +74,28 @@ pub(super) async fn list(
         .map(|pod| pod_item(pod))
         .collect();
     Ok(cri::ListPodSandboxResponse { items })
+}
+
+/// UpdatePodSandboxResources (kubelet's in-place pod resize): the pod's
+/// new resources and overhead, recorded and reported in the verbose
+/// PodSandboxStatus; see `sandbox::resources`. CRI zero values are "not
+/// set", as in UpdateContainerResources.
+pub(super) async fn update_resources(
+    cri: &CriService,
+    req: cri::UpdatePodSandboxResourcesRequest,
+) -> Result<cri::UpdatePodSandboxResourcesResponse, Status> {
+    if req.pod_sandbox_id.is_empty() {
+        return Err(Status::invalid_argument("pod_sandbox_id is required"));
+    }
+    let convert = |r: cri::LinuxContainerResources| super::containers::resources_from_cri(r).cgroup;
+    let resources = PodResources {
+        overhead: req.overhead.map(convert),
+        resources: req.resources.map(convert),
+    };
+    cri.runtime
+        .update_pod_resources(&req.pod_sandbox_id, resources)
+        .await?;
+    Ok(cri::UpdatePodSandboxResourcesResponse {})
 }
 
 /// Runs a pod operation as a task of its own, so it finishes even if the

@@ -255,9 +255,11 @@ impl RuntimeService for CriService {
 
     async fn update_pod_sandbox_resources(
         &self,
-        _request: Request<UpdatePodSandboxResourcesRequest>,
+        request: Request<UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
-        not_implemented("UpdatePodSandboxResources")
+        pods::update_resources(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_container_events(

@@ -46,6 +46,7 @@ impl From<SandboxError> for Status {
             | SandboxError::Containers { .. }
             | SandboxError::Task { .. }
             | SandboxError::HooksAlreadySet => Status::internal(e.to_string()),
+            SandboxError::Cgroup { .. } => Status::internal(e.to_string()),
         }
     }
 }

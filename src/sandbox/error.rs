@@ -83,6 +83,13 @@ pub enum SandboxError {
     Task { id: String, message: String },
     #[error("the container hooks of the pod sandbox manager are already set")]
     HooksAlreadySet,
+    /// The pod's cgroup refused its new resources.
+    #[error("pod sandbox {id}: cgroup: {source}")]
+    Cgroup {
+        id: String,
+        #[source]
+        source: crate::cgroups::CgroupError,
+    },
 }
 
 /// A refused name or log directory is bad input, naming its field.

@@ -30,6 +30,11 @@
 //! A pod without its own netns (host network) never meets CNI. Without a
 //! [`Cni`] (the module's own tests), pods get loopback only.
 //!
+//! ## Resources
+//! UpdatePodSandboxResources records the pod's resources and overhead and
+//! writes their sum into the pod's own cgroup when it has one; see
+//! [`resources`].
+//!
 //! ## Hooks
 //! Containers plug in through [`hooks::PodContainers`].
 //!
@@ -50,6 +55,7 @@ pub mod pid_holder;
 pub mod record;
 pub mod recover;
 pub mod remove;
+pub mod resources;
 pub mod run;
 pub mod stop;
 #[cfg(test)]
@@ -67,6 +73,7 @@ pub use record::{
     DnsConfig, LinuxPodConfig, NamespaceMode, NamespaceOptions, PodConfig, PodFilter, PodMetadata,
     PodSandbox, PodSecurity, PodState, PortMapping, SeLinuxOptions, SecurityProfile,
 };
+pub use resources::PodResources;
 
 use crate::network::Cni;
 use crate::store::{Guard, Store};

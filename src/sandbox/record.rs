@@ -187,6 +187,10 @@ pub struct PodSandbox {
     /// reported NOTREADY (see `SandboxManager::get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_holder: Option<PodInit>,
+    /// What UpdatePodSandboxResources last set (kubelet's in-place pod
+    /// resize); none before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<super::resources::PodResources>,
 }
 
 impl Record for PodSandbox {
@@ -268,6 +272,7 @@ impl PodSandbox {
             },
             "network": self.network,
             "pidHolder": self.pid_holder,
+            "resources": self.resources,
             "config": self.config,
         })
     }

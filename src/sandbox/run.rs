@@ -52,6 +52,7 @@ impl SandboxManager {
             dir,
             network: None,
             pid_holder: None,
+            resources: None,
             config,
         };
 

@@ -207,6 +207,7 @@ async fn recover_cleans_half_made_pods_and_stray_dirs_and_keeps_the_rest() {
     let half_dir = d.state.join("pods").join("a".repeat(64));
     let half = PodSandbox {
         pid_holder: None,
+        resources: None,
         id: "a".repeat(64),
         name: config("half").reservation_name(),
         config: config("half"),
