@@ -4,6 +4,7 @@
 
 mod container_state;
 mod containers;
+mod cri136;
 mod faults;
 mod faults_images;
 mod foundation;

@@ -49,18 +49,43 @@ pub(super) async fn status(
     Ok(cri::StatusResponse {
         status: Some(cri::RuntimeStatus { conditions }),
         info,
-        runtime_handlers: vec![cri::RuntimeHandler {
-            name: String::new(),
-            features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
-                user_namespaces: false,
-            }),
-        }],
-        features: Some(cri::RuntimeFeatures {
-            supplemental_groups_policy: false,
-            user_namespaces_host_network: false,
-        }),
+        runtime_handlers: runtime_handlers(),
+        features: Some(runtime_features()),
     })
+}
+
+/// The handlers kubelet may name in RunPodSandbox: the default one (`""`),
+/// the only one ketch runs (another is refused). Kubelet 1.36
+/// (`pkg/kubelet/kuberuntime`, `kubelet.go` `updateRuntimeStatus`) keeps
+/// each handler's features to decide whether a pod may ask for
+/// recursive read-only mounts or a user namespace.
+fn runtime_handlers() -> Vec<cri::RuntimeHandler> {
+    vec![cri::RuntimeHandler {
+        name: String::new(),
+        features: Some(handler_features()),
+    }]
+}
+
+/// What the executor supports, each feature decided here and only here.
+fn handler_features() -> cri::RuntimeHandlerFeatures {
+    cri::RuntimeHandlerFeatures {
+        // `recursive_read_only` mounts need mount_setattr(MOUNT_ATTR_RDONLY,
+        // AT_RECURSIVE), which the executor does not apply yet.
+        recursive_read_only_mounts: false,
+        // RunPodSandbox refuses user namespace options other than NODE.
+        user_namespaces: false,
+    }
+}
+
+/// The runtime-wide features kubelet reads: whether
+/// `supplemental_groups_policy: Strict` is honoured (kubelet refuses
+/// such pods otherwise), and whether a host-network pod may have a user
+/// namespace.
+fn runtime_features() -> cri::RuntimeFeatures {
+    cri::RuntimeFeatures {
+        supplemental_groups_policy: false,
+        user_namespaces_host_network: false,
+    }
 }
 
 pub(super) async fn runtime_config(
