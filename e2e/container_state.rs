@@ -256,26 +256,23 @@ async fn resources_follow_updates_while_created_and_running() {
     env.daemon.assert_clean();
 }
 
+/// Pushes busybox with `STOPSIGNAL signal` as `repo:latest` and pulls it.
+async fn pull_with_stop_signal(env: &mut Env, repo: &str, signal: &str) -> String {
+    let image = ImageBuilder::busybox().stop_signal(signal).build();
+    image
+        .push(&env.registry.client(), repo, Some("latest"))
+        .await;
+    let reference = format!("{}/{repo}:latest", env.registry.host());
+    env.pull(&reference).await;
+    reference
+}
+
 /// An image's `STOPSIGNAL SIGRTMIN+3` (systemd's) is what StopContainer
 /// sends first: the container's handler for it decides the exit code.
 #[tokio::test]
 async fn a_realtime_stop_signal_reaches_the_container() {
     let mut env = Env::start().await;
-    let image = ImageBuilder::busybox().stop_signal("SIGRTMIN+3").build();
-    let reference = format!("{}/rtstop:latest", env.registry.host());
-    image
-        .push(&env.registry.client(), "rtstop", Some("latest"))
-        .await;
-    env.img
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    let reference = pull_with_stop_signal(&mut env, "rtstop", "SIGRTMIN+3").await;
     let pod = env.run_pod("rtstop").await;
     // SIGRTMIN+3 is signal 37 (glibc reserves two real-time signals).
     let script = "trap 'exit 42' 37; echo ready; while true; do sleep 0.1; done";
@@ -304,21 +301,7 @@ async fn a_realtime_stop_signal_reaches_the_container() {
 #[tokio::test]
 async fn an_unknown_stop_signal_is_refused_at_create() {
     let mut env = Env::start().await;
-    let image = ImageBuilder::busybox().stop_signal("SIGBOGUS").build();
-    let reference = format!("{}/badstop:latest", env.registry.host());
-    image
-        .push(&env.registry.client(), "badstop", Some("latest"))
-        .await;
-    env.img
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    let reference = pull_with_stop_signal(&mut env, "badstop", "SIGBOGUS").await;
     let pod = env.run_pod("badstop").await;
     let config = container_config("c", &reference, &["sleep", "1"]);
     let err = env.create(&pod, config).await.unwrap_err();
@@ -345,17 +328,8 @@ async fn a_container_does_not_start_in_a_pod_whose_pause_died() {
         .namespace_options
         .get_or_insert_with(Default::default)
         .pid = NamespaceMode::Pod as i32;
-    let pod_id = env
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id;
-    let pod = (pod_id.clone(), config);
+    let pod = env.run_pod_with(config).await;
+    let pod_id = pod.0.clone();
     let id = env
         .create(
             &pod,

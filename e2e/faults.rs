@@ -3,9 +3,7 @@
 //! a ready pod, names and log paths that would lead a path elsewhere, and
 //! gRPC clients that send a unix-socket `:authority`.
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ketch::cri::api::image_service_client::ImageServiceClient;
@@ -165,45 +163,17 @@ enum Op {
     Remove(String),
 }
 
-/// Runs the daemon of `daemon` once more, by hand, with crash point
-/// `point` set; `op` must kill it there.
+/// Runs the daemon once more with crash point `point` set; `op` must kill
+/// it there.
 async fn crash_during(daemon: &mut Daemon, point: &str, op: Op) {
-    daemon.stop().await;
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&daemon.log_path)
-        .unwrap();
-    let mut child = daemon
-        .command()
-        .env("KETCH_TEST_CRASH_POINT", point)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::UnixStream::connect(&daemon.socket)
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "crashing daemon did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut client = daemon.runtime().await;
-    let result = match op {
-        Op::Run(config) => run(&mut client, *config).await.map(|_| ()),
-        Op::Stop(id) => stop(&mut client, &id).await,
-        Op::Remove(id) => remove(&mut client, &id).await,
-    };
-    assert!(result.is_err(), "{point}: the daemon should have died");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "{point}: killed at the crash point"
-    );
+    crate::harness::crash::crash_during(daemon, point, |mut client| async move {
+        match op {
+            Op::Run(config) => run(&mut client, *config).await.map(|_| ()),
+            Op::Stop(id) => stop(&mut client, &id).await,
+            Op::Remove(id) => remove(&mut client, &id).await,
+        }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use ketch::cri::api::runtime_service_client::RuntimeServiceClient;
 use ketch::cri::api::{PodSandboxConfig, RunPodSandboxRequest};
+use tonic::transport::Channel;
 
 use super::Daemon;
 
@@ -13,6 +15,26 @@ use super::Daemon;
 /// `point` set; RunPodSandbox of `cfg` must kill it there. The daemon is
 /// left stopped: restart it to see what the crash left.
 pub async fn crash_at(daemon: &mut Daemon, point: &str, cfg: PodSandboxConfig) {
+    crash_during(daemon, point, |mut client| async move {
+        client
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map(|_| ())
+    })
+    .await
+}
+
+/// Runs the daemon of `daemon` once more, by hand, with the crash point
+/// `point` set; `op`, given a client of it, must kill it there. The
+/// daemon is left stopped.
+pub async fn crash_during<F, Fut>(daemon: &mut Daemon, point: &str, op: F)
+where
+    F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<(), tonic::Status>>,
+{
     daemon.stop().await;
     let log = std::fs::OpenOptions::new()
         .append(true)
@@ -34,13 +56,7 @@ pub async fn crash_at(daemon: &mut Daemon, point: &str, cfg: PodSandboxConfig) {
         assert!(Instant::now() < deadline, "crashing daemon did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut client = daemon.runtime().await;
-    let result = client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        })
-        .await;
+    let result = op(daemon.runtime().await).await;
     assert!(result.is_err(), "{point}: the daemon should have died");
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await

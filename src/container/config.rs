@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroups::Resources;
+use crate::cgroups::{HugepageLimit, Resources};
 
 /// Everything a CreateContainer request asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +133,47 @@ pub struct ContainerResources {
     pub oom_score_adj: i64,
 }
 
+/// Resources in the CRI's own shape, where 0 and "" mean "not set": what
+/// the CRI message carries and what records of the first format hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct CriResourceFields {
+    pub cpu_period: i64,
+    pub cpu_quota: i64,
+    pub cpu_shares: i64,
+    pub memory_limit_in_bytes: i64,
+    pub oom_score_adj: i64,
+    pub cpuset_cpus: String,
+    pub cpuset_mems: String,
+    pub hugepage_limits: Vec<HugepageLimit>,
+    pub unified: BTreeMap<String, String>,
+    pub memory_swap_limit_in_bytes: i64,
+}
+
+impl From<CriResourceFields> for ContainerResources {
+    fn from(r: CriResourceFields) -> Self {
+        let nonzero = |v: i64| (v != 0).then_some(v);
+        let positive = |v: i64| u64::try_from(v).ok().filter(|&v| v > 0);
+        let text = |s: String| (!s.is_empty()).then_some(s);
+        ContainerResources {
+            cgroup: Resources {
+                cpu_shares: positive(r.cpu_shares),
+                cpu_quota: nonzero(r.cpu_quota),
+                cpu_period: positive(r.cpu_period),
+                cpuset_cpus: text(r.cpuset_cpus),
+                cpuset_mems: text(r.cpuset_mems),
+                memory_limit: nonzero(r.memory_limit_in_bytes),
+                memory_swap: nonzero(r.memory_swap_limit_in_bytes),
+                pids_limit: None,
+                hugepage_limits: r.hugepage_limits,
+                unified: r.unified,
+                devices: Vec::new(),
+            },
+            oom_score_adj: r.oom_score_adj,
+        }
+    }
+}
+
 impl ContainerResources {
     /// Lays an update over these limits: what the update sets wins, what
     /// it leaves unset (`None`, empty, 0) stays, as containerd merges an
@@ -208,7 +249,6 @@ pub struct SecurityContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroups::HugepageLimit;
 
     #[test]
     fn an_update_overrides_what_it_sets_and_keeps_the_rest() {

@@ -109,9 +109,8 @@ mod legacy {
     use serde::Deserialize;
 
     use super::{ContainerRecord, SCHEMA};
-    use crate::cgroups::{HugepageLimit, Resources};
     use crate::container::config::{
-        ContainerConfig, ContainerResources, DeviceRequest, EnvVar, IdMapping, ImageRequest,
+        ContainerConfig, CriResourceFields, DeviceRequest, EnvVar, IdMapping, ImageRequest,
         MountRequest, Propagation, SeLinuxLabel, SecurityContext, SecurityProfile,
     };
     use crate::container::rootfs::Overlay;
@@ -199,23 +198,8 @@ mod legacy {
     #[derive(Deserialize, Default)]
     #[serde(default)]
     struct LinuxV0 {
-        resources: Option<ResourcesV0>,
+        resources: Option<CriResourceFields>,
         security_context: Option<SecurityV0>,
-    }
-
-    #[derive(Deserialize, Default)]
-    #[serde(default)]
-    struct ResourcesV0 {
-        cpu_period: i64,
-        cpu_quota: i64,
-        cpu_shares: i64,
-        memory_limit_in_bytes: i64,
-        oom_score_adj: i64,
-        cpuset_cpus: String,
-        cpuset_mems: String,
-        hugepage_limits: Vec<HugepageLimit>,
-        unified: BTreeMap<String, String>,
-        memory_swap_limit_in_bytes: i64,
     }
 
     #[derive(Deserialize, Default)]
@@ -258,30 +242,6 @@ mod legacy {
         readonly_paths: Vec<String>,
         seccomp: Option<ProfileV0>,
         apparmor: Option<ProfileV0>,
-    }
-
-    impl From<ResourcesV0> for ContainerResources {
-        fn from(r: ResourcesV0) -> Self {
-            let nonzero = |v: i64| (v != 0).then_some(v);
-            let positive = |v: i64| u64::try_from(v).ok().filter(|&v| v > 0);
-            let text = |s: String| (!s.is_empty()).then_some(s);
-            ContainerResources {
-                cgroup: Resources {
-                    cpu_shares: positive(r.cpu_shares),
-                    cpu_quota: nonzero(r.cpu_quota),
-                    cpu_period: positive(r.cpu_period),
-                    cpuset_cpus: text(r.cpuset_cpus),
-                    cpuset_mems: text(r.cpuset_mems),
-                    memory_limit: nonzero(r.memory_limit_in_bytes),
-                    memory_swap: nonzero(r.memory_swap_limit_in_bytes),
-                    pids_limit: None,
-                    hugepage_limits: r.hugepage_limits,
-                    unified: r.unified,
-                    devices: Vec::new(),
-                },
-                oom_score_adj: r.oom_score_adj,
-            }
-        }
     }
 
     fn profile(p: ProfileV0) -> SecurityProfile {

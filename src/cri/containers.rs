@@ -9,11 +9,11 @@ use super::api as cri;
 use tonic::Status;
 
 use super::{CriService, require};
-use crate::cgroups::{HugepageLimit, Resources};
+use crate::cgroups::HugepageLimit;
 use crate::container::ContainerFilter;
 use crate::container::config::{
-    ContainerConfig, ContainerResources, DeviceRequest, EnvVar, IdMapping, ImageRequest,
-    MountRequest, Propagation, SeLinuxLabel, SecurityContext, SecurityProfile,
+    ContainerConfig, ContainerResources, CriResourceFields, DeviceRequest, EnvVar, IdMapping,
+    ImageRequest, MountRequest, Propagation, SeLinuxLabel, SecurityContext, SecurityProfile,
 };
 use crate::container::record::ContainerRecord;
 use crate::container::state::State;
@@ -284,32 +284,26 @@ fn mount_request(m: cri::Mount) -> Result<MountRequest, Status> {
 
 /// CRI zero values mean "not specified".
 pub(super) fn resources_from_cri(r: cri::LinuxContainerResources) -> ContainerResources {
-    let nonzero = |v: i64| (v != 0).then_some(v);
-    let positive = |v: i64| u64::try_from(v).ok().filter(|&v| v > 0);
-    let text = |s: String| (!s.is_empty()).then_some(s);
-    ContainerResources {
-        cgroup: Resources {
-            cpu_shares: positive(r.cpu_shares),
-            cpu_quota: nonzero(r.cpu_quota),
-            cpu_period: positive(r.cpu_period),
-            cpuset_cpus: text(r.cpuset_cpus),
-            cpuset_mems: text(r.cpuset_mems),
-            memory_limit: nonzero(r.memory_limit_in_bytes),
-            memory_swap: nonzero(r.memory_swap_limit_in_bytes),
-            pids_limit: None,
-            hugepage_limits: r
-                .hugepage_limits
-                .into_iter()
-                .map(|h| HugepageLimit {
-                    page_size: h.page_size,
-                    limit: h.limit,
-                })
-                .collect(),
-            unified: r.unified.into_iter().collect(),
-            devices: Vec::new(),
-        },
+    CriResourceFields {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
         oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus,
+        cpuset_mems: r.cpuset_mems,
+        hugepage_limits: r
+            .hugepage_limits
+            .into_iter()
+            .map(|h| HugepageLimit {
+                page_size: h.page_size,
+                limit: h.limit,
+            })
+            .collect(),
+        unified: r.unified.into_iter().collect(),
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
     }
+    .into()
 }
 
 fn profile(field: &str, p: cri::SecurityProfile) -> Result<SecurityProfile, Status> {
