@@ -122,7 +122,6 @@ pub fn own_received_fd(fd: RawFd) -> std::os::fd::OwnedFd {
 }
 
 /// A terminal's window size (ioctl `TIOCGWINSZ`): columns, rows.
-#[cfg(test)]
 pub fn winsize(fd: RawFd) -> nix::Result<(u16, u16)> {
     // SAFETY: winsize is plain old data; all-zero bytes are a valid value.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };

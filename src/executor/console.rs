@@ -66,6 +66,16 @@ pub fn become_stdio(slave: &OwnedFd) -> Result<(), StepError> {
     sys::set_controlling_tty(0).map_err(|e| StepError::errno("set the controlling tty", e))
 }
 
+/// A terminal's window size: columns, rows.
+pub fn size(fd: BorrowedFd<'_>) -> nix::Result<(u16, u16)> {
+    sys::winsize(fd.as_raw_fd())
+}
+
+/// Sets a terminal's window size (on either end of a pty).
+pub fn resize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> nix::Result<()> {
+    sys::set_winsize(fd.as_raw_fd(), cols, rows)
+}
+
 /// A connected pair of unix sockets to pass a master on, both ends
 /// close-on-exec.
 pub fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
@@ -142,7 +152,7 @@ mod tests {
         send_master(a.as_fd(), pty.master.as_fd()).unwrap();
         drop(pty.master);
         let master = recv_master(b.as_fd(), false).unwrap();
-        assert_eq!(sys::winsize(pty.slave.as_raw_fd()).unwrap(), (100, 30));
+        assert_eq!(size(pty.slave.as_fd()).unwrap(), (100, 30));
         nix::unistd::write(&master, b"hi\n").unwrap();
         let mut buf = [0u8; 8];
         let n = nix::unistd::read(pty.slave.as_fd(), &mut buf).unwrap();
