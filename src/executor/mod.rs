@@ -321,3 +321,40 @@ pub(crate) fn enter_cgroups(dirs: &[PathBuf]) -> Result<(), StepError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_error(terminal: bool, stdio: &Stdio<'_>) -> Option<String> {
+        let bundle = tempfile::tempdir().unwrap();
+        std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
+        let mut spec = Spec::default();
+        let mut process = spec.process().clone().unwrap();
+        process.set_terminal(Some(terminal));
+        spec.set_process(Some(process));
+        match Plan::new(bundle.path(), &spec, stdio) {
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_stdio_must_agree_with_process_terminal() {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let fds = Stdio::Fds([null.as_fd(), null.as_fd(), null.as_fd()]);
+        assert_eq!(plan_error(true, &Stdio::Terminal), None);
+        assert_eq!(plan_error(false, &fds), None);
+        assert_eq!(
+            plan_error(true, &fds).as_deref(),
+            Some(
+                "invalid OCI spec: process.terminal is set: the stdio must be a terminal made \
+                 by the executor"
+            )
+        );
+        assert_eq!(
+            plan_error(false, &Stdio::Terminal).as_deref(),
+            Some("invalid OCI spec: a terminal was asked for but process.terminal is not set")
+        );
+    }
+}
