@@ -14,3 +14,4 @@ mod network;
 mod pods;
 mod registry_harness;
 mod streaming;
+mod tty;

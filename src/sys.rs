@@ -100,6 +100,36 @@ pub fn set_controlling_tty(fd: RawFd) -> nix::Result<()> {
     Errno::result(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }).map(drop)
 }
 
+/// Opens the slave of the pty whose master is `master` (ioctl
+/// `TIOCGPTPEER`, Linux 4.13): the slave of that master's own devpts
+/// instance, found without a path lookup that a container's mounts could
+/// redirect (the reason runc uses it too).
+pub fn pty_peer(master: BorrowedFd<'_>, flags: OFlag) -> nix::Result<std::os::fd::OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes the open flags as an int argument, no
+    // pointers, and returns a new descriptor that nothing else owns.
+    let fd =
+        Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags.bits()) })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Takes ownership of a descriptor the kernel just installed in this
+/// process: one received in an `SCM_RIGHTS` message (unix(7)).
+pub fn own_received_fd(fd: RawFd) -> std::os::fd::OwnedFd {
+    // SAFETY: the kernel installed `fd` for this receive; no other owner
+    // exists, and the caller takes it exactly once.
+    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+}
+
+/// A terminal's window size (ioctl `TIOCGWINSZ`): columns, rows.
+pub fn winsize(fd: RawFd) -> nix::Result<(u16, u16)> {
+    // SAFETY: winsize is plain old data; all-zero bytes are a valid value.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills the winsize struct we own for the call.
+    Errno::result(unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) })?;
+    Ok((ws.ws_col, ws.ws_row))
+}
+
 /// Sets a terminal's window size.
 pub fn set_winsize(fd: RawFd, cols: u16, rows: u16) -> nix::Result<()> {
     let ws = libc::winsize {

@@ -760,12 +760,21 @@ fn tty_output_and_resize() {
     let mut spec = b.spec(&[
         "sh",
         "-c",
-        "read x; test -t 0 && test -t 1 && echo is-tty; stty size",
+        "stty size; read x; test -t 0 && test -t 1 && echo is-tty; stty size; \
+         t=$(tty); echo tty=$t; test -c $t && echo exists; \
+         test $(stat -L -c %t:%T $t) = $(stat -L -c %t:%T /proc/self/fd/0) && echo same-device; \
+         test $(stat -L -c %t:%T /dev/console) = $(stat -L -c %t:%T $t) && echo console",
     ]);
-    spec.process_mut()
-        .as_mut()
-        .unwrap()
-        .set_terminal(Some(true));
+    let process = spec.process_mut().as_mut().unwrap();
+    process.set_terminal(Some(true));
+    // Set before the program runs.
+    process.set_console_size(Some(
+        oci_spec::runtime::BoxBuilder::default()
+            .width(81u64)
+            .height(21u64)
+            .build()
+            .unwrap(),
+    ));
     b.write(&spec);
     let mut ms = b.monitor_spec();
     ms.tty = true;
@@ -774,6 +783,17 @@ fn tty_output_and_resize() {
     let mut c = UnixStream::connect(b.socket()).unwrap();
     c.write_all(&proto::encode(proto::ATTACH, &[proto::ATTACH_STDIN]))
         .unwrap();
+    // The spec's size, set before the program ran: its first line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let log = std::fs::read_to_string(b.log()).unwrap_or_default();
+        if let Some(l) = log.lines().next() {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no output");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(first.ends_with(" stdout F 21 81"), "{first}");
     c.write_all(&proto::encode(
         proto::RESIZE,
         &proto::resize_payload(100, 30),
@@ -784,7 +804,16 @@ fn tty_output_and_resize() {
     let out = String::from_utf8_lossy(&out);
     assert!(out.contains("is-tty"), "{out:?}");
     assert!(out.contains("30 100"), "{out:?}");
+    // The container's own devpts: its first pty, which exists in there
+    // and is the process's terminal and /dev/console.
+    assert!(out.contains("tty=/dev/pts/0"), "{out:?}");
+    for word in ["exists", "same-device", "console"] {
+        assert!(out.contains(word), "{word}: {out:?}");
+    }
     assert_eq!(code, Some(0));
+    // Output as stdout lines, without the terminal's \r.
+    let log = std::fs::read_to_string(b.log()).unwrap();
+    assert!(log.contains(" stdout F tty=/dev/pts/0\n"), "{log}");
 }
 
 #[test]

@@ -199,3 +199,155 @@ pub async fn ws_collect(ws: &mut Ws, secs: u64) -> BTreeMap<u8, Vec<u8>> {
         }
     }
 }
+
+/// A user's terminal on the client side of an exec or attach, the way
+/// `crictl exec -it` or `kubectl exec -it` runs in one: a real pty whose
+/// slave is the client's terminal, in raw mode, its input relayed to the
+/// session's stdin and the session's output written back to it; the
+/// terminal's size is sent at start and again on every change (the
+/// client's SIGWINCH). The test is the terminal emulator: it types into
+/// the master and reads the screen from it.
+pub struct ClientTerminal {
+    screen_rx: tokio::net::unix::pipe::Receiver,
+    keys: tokio::net::unix::pipe::Sender,
+    master: std::os::fd::OwnedFd,
+    winch: tokio::sync::mpsc::UnboundedSender<()>,
+    relay: tokio::task::JoinHandle<Value>,
+    /// Everything shown so far.
+    pub screen: String,
+}
+
+impl ClientTerminal {
+    /// Opens `url` (exec or attach with a tty and stdin) over SPDY from a
+    /// terminal of `cols` x `rows`.
+    pub async fn open(url: &str, cols: u16, rows: u16) -> Self {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        use std::os::fd::AsFd;
+        use tokio::io::AsyncWriteExt;
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        // Raw, as a client puts its terminal: every key goes through as a
+        // byte (^C included), nothing is echoed locally.
+        let mut t = tcgetattr(&pty.slave).expect("tcgetattr");
+        cfmakeraw(&mut t);
+        tcsetattr(&pty.slave, SetArg::TCSANOW, &t).expect("tcsetattr");
+        let nonblocking = |fd: &std::os::fd::OwnedFd| {
+            let fd = fd.try_clone().expect("dup");
+            let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            let flags =
+                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+            fd
+        };
+        use tokio::net::unix::pipe::{Receiver, Sender};
+        let screen_rx = Receiver::from_owned_fd_unchecked(nonblocking(&pty.master)).unwrap();
+        let keys = Sender::from_owned_fd_unchecked(nonblocking(&pty.master)).unwrap();
+        let mut tty_in = Receiver::from_owned_fd_unchecked(nonblocking(&pty.slave)).unwrap();
+        let mut tty_out = Sender::from_owned_fd_unchecked(nonblocking(&pty.slave)).unwrap();
+        let slave = pty.slave;
+
+        let session = SpdySession::open(url, true, true, false, true).await;
+        let (winch, mut winched) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let relay = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let SpdySession {
+                client,
+                mut error,
+                stdin,
+                stdout,
+                resize,
+                ..
+            } = session;
+            let (stdin, mut stdout, resize) = (
+                stdin.expect("stdin").id,
+                stdout.expect("stdout"),
+                resize.expect("resize").id,
+            );
+            let send_size = |slave: &std::os::fd::OwnedFd| {
+                let (cols, rows) =
+                    ketch::executor::console::size(slave.as_fd()).expect("TIOCGWINSZ");
+                format!(r#"{{"Width":{cols},"Height":{rows}}}"#)
+            };
+            client
+                .send(resize, send_size(&slave).as_bytes(), false)
+                .await;
+            let mut buf = vec![0u8; 4096];
+            loop {
+                tokio::select! {
+                    n = tty_in.read(&mut buf) => match n {
+                        Ok(n) if n > 0 => client.send(stdin, &buf[..n], false).await,
+                        _ => break,
+                    },
+                    ev = stdout.rx.recv() => match ev {
+                        Some(spdy_client::Ev::Data(d)) => {
+                            if tty_out.write_all(&d).await.is_err() {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    },
+                    Some(()) = winched.recv() => {
+                        client.send(resize, send_size(&slave).as_bytes(), false).await;
+                    }
+                }
+            }
+            let (bytes, fin) = error.read_to_end(10).await;
+            assert!(fin, "error stream: {:?}", String::from_utf8_lossy(&bytes));
+            drop(client);
+            status_json(&bytes)
+        });
+        Self {
+            screen_rx,
+            keys,
+            master: pty.master,
+            winch,
+            relay,
+            screen: String::new(),
+        }
+    }
+
+    /// Types `keys` (a raw terminal sends Enter as `\r`, Ctrl-C as 0x03).
+    pub async fn type_keys(&mut self, keys: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.keys.write_all(keys).await.expect("type");
+    }
+
+    /// Reads the screen until what came since the last call to this
+    /// contains `needle`; returns that part.
+    pub async fn wait_for(&mut self, needle: &str, secs: u64) -> String {
+        use tokio::io::AsyncReadExt;
+        let from = self.screen.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut buf = vec![0u8; 4096];
+        while !self.screen[from..].contains(needle) {
+            match tokio::time::timeout_at(deadline, self.screen_rx.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.screen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                other => panic!(
+                    "no {needle:?} on the screen ({other:?}): {:?}",
+                    &self.screen[from..]
+                ),
+            }
+        }
+        self.screen[from..].to_owned()
+    }
+
+    /// The user resizes the terminal window.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        use std::os::fd::AsFd;
+        ketch::executor::console::resize(self.master.as_fd(), cols, rows).expect("TIOCSWINSZ");
+        let _ = self.winch.send(());
+    }
+
+    /// The Status the session ended with.
+    pub async fn status(self) -> Value {
+        tokio::time::timeout(Duration::from_secs(20), self.relay)
+            .await
+            .expect("the session ends")
+            .expect("relay")
+    }
+}

@@ -5,9 +5,12 @@
 //! - **exec** starts a new process in the running container through the
 //!   executor's `ketch exec` helper ([`exec::spawn`]). Without a terminal its
 //!   stdin, stdout and stderr are pipes (only those the client asked for;
-//!   the others are /dev/null); with one, the slave side of a new pty is all
-//!   three and becomes the process's controlling terminal, and the client's
-//!   resize events size it. The daemon's ends are non-blocking and pumped
+//!   the others are /dev/null); with one, the helper opens a pty in the
+//!   container's own devpts and passes its master back (the slave, a
+//!   `/dev/pts/N` that exists in the container, is the process's stdio and
+//!   controlling terminal), and the client's resize events size it. A size
+//!   the client sends first is set before the process starts: the session
+//!   waits up to [`FIRST_SIZE_WAIT`] for it, as clients send it at once. The daemon's ends are non-blocking and pumped
 //!   by the async runtime. The call returns once the process has exited and
 //!   what it wrote before exiting has been forwarded: a daemonised
 //!   grandchild that keeps the pipes open does not hold the session (as for
@@ -39,7 +42,6 @@ use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, killpg};
-use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -69,6 +71,12 @@ const TTY_QUIET: Duration = Duration::from_millis(250);
 /// ... and for this long at most (a background process may hold the
 /// terminal open for ever).
 const TTY_DRAIN_MAX: Duration = Duration::from_secs(2);
+/// How long a terminal exec waits for the client's first size before it
+/// starts the process without one. kubectl and crictl send the size of
+/// their terminal as soon as the streams are up; a program that reads it
+/// at start (`stty size`, a shell's `$COLUMNS`, `top`) then sees the right
+/// one.
+const FIRST_SIZE_WAIT: Duration = Duration::from_millis(250);
 /// The terminal's end-of-file character (VEOF, ^D): what a client's end of
 /// stdin becomes on a terminal, as a raw client terminal would send it.
 const VEOF: u8 = 4;
@@ -182,16 +190,21 @@ impl ContainerStreams {
         }
     }
 
-    async fn exec_session(&self, req: &ExecRequest, io: StreamIo) -> Result<i32, BackendError> {
+    async fn exec_session(&self, req: &ExecRequest, mut io: StreamIo) -> Result<i32, BackendError> {
         let cancel = self.cancel(&io);
         if cancel.is_cancelled() {
             return Err(BackendError::Failed("the runtime is shutting down".into()));
         }
         let (record, target) = self.running(&req.container_id)?;
-        let process = self
+        let mut process = self
             .containers
             .exec_process(&record, req.cmd.clone(), req.tty)
             .map_err(|e| failed(&format!("exec in container {}", record.id), e))?;
+        if req.tty
+            && let Some(size) = first_size(&mut io.resize).await
+        {
+            process.set_console_size(console_size(size));
+        }
         let spawner = Spawner {
             exe: self.containers.exe().to_owned(),
             target,
@@ -295,6 +308,28 @@ struct Spawner {
     container: String,
 }
 
+/// The client's first terminal size, if it comes within
+/// [`FIRST_SIZE_WAIT`]; a closed channel is dropped.
+async fn first_size(resize: &mut Option<mpsc::Receiver<TerminalSize>>) -> Option<TerminalSize> {
+    let rx = resize.as_mut()?;
+    match tokio::time::timeout(FIRST_SIZE_WAIT, rx.recv()).await {
+        Ok(Some(size)) => Some(size),
+        Ok(None) => {
+            *resize = None;
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+fn console_size(size: TerminalSize) -> Option<oci_spec::runtime::Box> {
+    oci_spec::runtime::BoxBuilder::default()
+        .width(u64::from(size.width))
+        .height(u64::from(size.height))
+        .build()
+        .ok()
+}
+
 /// A started process: the blocking wait for its exit runs on its own
 /// thread; the guard kills the process group unless the wait is over.
 struct Running {
@@ -326,12 +361,17 @@ impl Drop for KillGuard {
 impl Spawner {
     /// Starts the process with the given stdio (the child's ends, closed
     /// here once it holds them).
-    async fn start(self, stdio: [Stdio; 3], cancel: &Cancel) -> Result<Running, BackendError> {
+    async fn start(
+        self,
+        stdio: [Stdio; 3],
+        cancel: &Cancel,
+    ) -> Result<(Running, Option<OwnedFd>), BackendError> {
         let cancel = cancel.clone();
         let container = self.container.clone();
         let handle = tokio::task::spawn_blocking(move || {
             let [stdin, stdout, stderr] = stdio;
-            let handle = exec::spawn(&self.exe, self.target, &self.process, stdin, stdout, stderr)?;
+            let mut handle =
+                exec::spawn(&self.exe, self.target, &self.process, stdin, stdout, stderr)?;
             if cancel.is_cancelled() {
                 // The session ended while the process started: the caller
                 // may be gone already, so end it here.
@@ -341,11 +381,13 @@ impl Spawner {
                     "the session ended during the start".into(),
                 ));
             }
-            Ok(handle)
+            let console = handle.take_console();
+            Ok((handle, console))
         })
         .await
         .map_err(|e| failed("exec start task", e))?
         .map_err(|e| failed(&format!("exec in container {container}"), e))?;
+        let (handle, console) = handle;
         let pid = handle.pid();
         let reaped = Arc::new(AtomicBool::new(false));
         let done = reaped.clone();
@@ -354,11 +396,14 @@ impl Spawner {
             done.store(true, Ordering::SeqCst);
             code
         });
-        Ok(Running {
-            pid,
-            wait,
-            guard: KillGuard { pid, reaped },
-        })
+        Ok((
+            Running {
+                pid,
+                wait,
+                guard: KillGuard { pid, reaped },
+            },
+            console,
+        ))
     }
 }
 
@@ -392,6 +437,7 @@ fn terminal(master: OwnedFd) -> Result<(Receiver, Sender), BackendError> {
     Ok((rx, tx))
 }
 
+#[cfg(test)]
 /// A new pty, both ends close-on-exec from the start so no process the
 /// daemon spawns meanwhile inherits them (a stray holder of the slave would
 /// keep the terminal from hanging up).
@@ -405,7 +451,7 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), BackendError> {
     let slave = nix::fcntl::open(
         name.as_str(),
         OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-        Mode::empty(),
+        nix::sys::stat::Mode::empty(),
     )
     .map_err(err("open the pty slave"))?;
     Ok((master.into(), slave))
@@ -624,7 +670,7 @@ async fn exec_pipes(
         Some((r, w)) => (Stdio::from(w), Some(r)),
         None => (Stdio::null(), None),
     };
-    let running = spawner
+    let (running, _) = spawner
         .start([child_in, child_out, child_err], &cancel)
         .await?;
     let our_in = our_in
@@ -653,14 +699,11 @@ async fn exec_pipes(
 }
 
 async fn exec_tty(spawner: Spawner, mut io: StreamIo, cancel: Cancel) -> Result<i32, BackendError> {
-    let (master, slave) = open_pty()?;
-    let dup = |fd: &OwnedFd| {
-        fd.try_clone()
-            .map(Stdio::from)
-            .map_err(io_err("duplicate the pty slave"))
-    };
-    let stdio = [dup(&slave)?, dup(&slave)?, Stdio::from(slave)];
-    let running = spawner.start(stdio, &cancel).await?;
+    // The terminal is made in the container; the helper's own stdio is
+    // /dev/null.
+    let stdio = [Stdio::null(), Stdio::null(), Stdio::null()];
+    let (running, master) = spawner.start(stdio, &cancel).await?;
+    let master = master.ok_or_else(|| failed("exec", "the exec helper passed no terminal"))?;
     let (mut output, input) = terminal(master)?;
     let (exited_tx, exited_rx) = watch::channel(false);
     let stdout = io.stdout.take();

@@ -15,6 +15,13 @@
 //!                     rlimits, user, capabilities, cwd, execve
 //! ```
 //!
+//! With `process.terminal` the helper, once in the container's mount
+//! namespace, opens a pty through the container's `/dev/ptmx` (see
+//! [`super::console`]), sized from `process.consoleSize`, and passes the
+//! master to the daemon over a unix socket at fd 5 (`SCM_RIGHTS`) before B
+//! exists; B's stdio and controlling terminal are the slave, a
+//! `/dev/pts/N` of the container's own devpts.
+//!
 //! The helper stays outside the container's pid namespace and waits for B,
 //! so the daemon learns the exit from the status pipe the moment B exits,
 //! not when the last holder of B's stdout closes it (a daemonised
@@ -53,6 +60,8 @@ pub const TRUNCATION_MARKER: &[u8] = b"\n[ketch: output truncated at 16 MiB]\n";
 
 const SPEC_FD: RawFd = 3;
 const STATUS_FD: RawFd = 4;
+/// With `process.terminal`: the socket the pty master is passed on.
+const CONSOLE_FD: RawFd = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -88,9 +97,16 @@ pub struct ExecHandle {
     helper: Child,
     status: std::fs::File,
     pid: Pid,
+    console: Option<OwnedFd>,
 }
 
 impl ExecHandle {
+    /// With `process.terminal`: the master of the process's terminal
+    /// (close-on-exec, blocking), once.
+    pub fn take_console(&mut self) -> Option<OwnedFd> {
+        self.console.take()
+    }
+
     /// The process (B), in the daemon's pid numbering; also its process
     /// group.
     pub fn pid(&self) -> Pid {
@@ -112,8 +128,10 @@ impl ExecHandle {
 }
 
 /// Starts `process` in the container of `target`, with the given stdio.
-/// With `process.terminal`, `stdin` must be a pty slave: it becomes the
-/// controlling terminal. Returns once the program runs, or why it cannot.
+/// With `process.terminal` the stdio given is the helper's only (pass
+/// /dev/null): the process gets a terminal made in the container, whose
+/// master [`ExecHandle::take_console`] returns. Returns once the program
+/// runs, or why it cannot.
 ///
 /// `exe` is the ketch binary (`/proc/self/exe` in the daemon). Blocking:
 /// call it from a blocking thread.
@@ -130,6 +148,11 @@ pub fn spawn(
     let (spec_r, spec_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create a pipe")(e.into()))?;
     let (status_r, status_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create a pipe")(e.into()))?;
+    let terminal = process.terminal() == Some(true);
+    let console = terminal
+        .then(super::console::channel)
+        .transpose()
+        .map_err(|e| io("create a socket pair")(e.into()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("exec")
         .arg("--pid")
@@ -139,28 +162,52 @@ pub fn spawn(
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
-    sys::pass_fds(
-        &mut cmd,
-        [
-            (spec_r.as_raw_fd(), SPEC_FD),
-            (status_w.as_raw_fd(), STATUS_FD),
-        ],
-    );
+    match &console {
+        Some((_, theirs)) => sys::pass_fds(
+            &mut cmd,
+            [
+                (spec_r.as_raw_fd(), SPEC_FD),
+                (status_w.as_raw_fd(), STATUS_FD),
+                (theirs.as_raw_fd(), CONSOLE_FD),
+            ],
+        ),
+        None => sys::pass_fds(
+            &mut cmd,
+            [
+                (spec_r.as_raw_fd(), SPEC_FD),
+                (status_w.as_raw_fd(), STATUS_FD),
+            ],
+        ),
+    }
     let helper = cmd.spawn().map_err(|source| ExecError::Spawn {
         exe: exe.to_owned(),
         source,
     })?;
+    drop(cmd);
     drop(spec_r);
     drop(status_w);
+    let console = console.map(|(ours, _)| ours);
     let mut status = std::fs::File::from(status_r);
     // The helper reads the whole spec before anything else; a failure to
     // write means it died, and the status pipe says why.
     let _ = std::fs::File::from(spec_w).write_all(&json);
-    match read_start(&mut status) {
-        Ok(pid) => Ok(ExecHandle {
+    // The helper passes the master before B exists, so it is waiting in
+    // the socket once B runs.
+    let started = read_start(&mut status).and_then(|pid| match &console {
+        Some(sock) => super::console::recv_master(sock.as_fd(), false)
+            .map(|m| (pid, Some(m)))
+            .map_err(|source| ExecError::Io {
+                context: "receive the terminal's master",
+                source,
+            }),
+        None => Ok((pid, None)),
+    });
+    match started {
+        Ok((pid, console)) => Ok(ExecHandle {
             helper,
             status,
             pid,
+            console,
         }),
         Err(e) => {
             let mut helper = helper;
@@ -472,6 +519,24 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
     }
     drop(namespaces);
 
+    // In the container's mount namespace now: its /dev/ptmx is its own
+    // devpts's.
+    let pty = if process.terminal() == Some(true) {
+        let size = process
+            .console_size()
+            .as_ref()
+            .map(|s| (clamp_u16(s.width()), clamp_u16(s.height())));
+        let pty = super::console::open_pty(size)?;
+        let sock = console_socket()?;
+        super::console::send_master(sock.as_fd(), pty.master.as_fd())?;
+        // The daemon holds the only master: the terminal hangs up when it
+        // closes it, and when the last holder of the slave is gone.
+        drop(pty.master);
+        Some(pty.slave)
+    } else {
+        None
+    };
+
     let (report_r, report_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| StepError::errno("create a pipe", e))?;
     // SAFETY: the `ketch-shim exec` helper is plain blocking code that
@@ -482,9 +547,8 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
             drop(report_r);
             let result = (|| {
                 setsid().map_err(|e| StepError::errno("setsid", e))?;
-                if process.terminal() == Some(true) {
-                    sys::set_controlling_tty(0)
-                        .map_err(|e| StepError::errno("set the controlling tty", e))?;
+                if let Some(slave) = &pty {
+                    super::console::become_stdio(slave)?;
                 }
                 finalize_and_exec(
                     &process,
@@ -499,6 +563,7 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
         }
         ForkResult::Parent { child } => {
             drop(report_w);
+            drop(pty);
             let mut msg = vec![b'P'];
             msg.extend_from_slice(&child.as_raw().to_le_bytes());
             write_all(status, &msg);
@@ -525,6 +590,20 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
             Ok(wait_code(child).unwrap_or(-1))
         }
     }
+}
+
+/// The socket the daemon placed at [`CONSOLE_FD`] for a terminal exec.
+fn console_socket() -> Result<OwnedFd, StepError> {
+    // EBADF when the daemon placed nothing there.
+    sys::set_cloexec(CONSOLE_FD, true)
+        .map_err(|e| StepError::errno("take the console socket at fd 5", e))?;
+    // SAFETY: the daemon placed this descriptor for us (see `spawn`) and
+    // it was just checked to be open; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(CONSOLE_FD) })
+}
+
+fn clamp_u16(n: u64) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 fn wait_code(child: Pid) -> Option<i32> {

@@ -3,15 +3,17 @@
 
 use std::convert::Infallible;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 
 use nix::fcntl::{OFlag, open};
 use nix::sched::{setns, unshare};
 use nix::sys::stat::Mode;
 use nix::unistd::{ForkResult, sethostname, setsid};
 
+use super::mount_plan::MountStep;
 use super::process::{self, Finalize};
 use super::step::{self, StepError};
-use super::{Plan, StartRequest, enter_cgroups, rootfs};
+use super::{Plan, StartRequest, Stdio, console, enter_cgroups, rootfs};
 use crate::sys;
 
 /// Process A. Returns after reporting B's pid; B never returns here.
@@ -20,6 +22,7 @@ pub(super) fn intermediate(
     req: &StartRequest<'_>,
     report: &OwnedFd,
     pid_pipe: OwnedFd,
+    console: Option<OwnedFd>,
 ) -> Result<(), StepError> {
     enter_cgroups(req.cgroup_dirs)?;
     // Open every namespace first: the paths are the host's.
@@ -41,7 +44,7 @@ pub(super) fn intermediate(
     match forked.map_err(|e| StepError::errno("fork the container process", e))? {
         ForkResult::Child => {
             drop(pid_pipe);
-            let Err(e) = container(plan, req);
+            let Err(e) = container(plan, req, console);
             step::report(report, &e);
             sys::exit_now(127);
         }
@@ -55,21 +58,17 @@ pub(super) fn intermediate(
 }
 
 /// Process B: everything inside the namespaces, ending in execve.
-fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, StepError> {
+fn container(
+    plan: &Plan<'_>,
+    req: &StartRequest<'_>,
+    console: Option<OwnedFd>,
+) -> Result<Infallible, StepError> {
     setsid().map_err(|e| StepError::errno("setsid", e))?;
-    for (i, fd) in req.stdio.iter().enumerate() {
-        sys::dup_onto(*fd, i as i32).map_err(|e| StepError::errno("set up stdio", e))?;
+    if let Stdio::Fds(stdio) = req.stdio {
+        for (i, fd) in stdio.iter().enumerate() {
+            sys::dup_onto(*fd, i as i32).map_err(|e| StepError::errno("set up stdio", e))?;
+        }
     }
-    let terminal = plan.process.terminal() == Some(true);
-    let console = if terminal {
-        sys::set_controlling_tty(0).map_err(|e| StepError::errno("set the controlling tty", e))?;
-        Some(
-            nix::unistd::ttyname(std::io::stdin().as_fd())
-                .map_err(|e| StepError::errno("name the terminal", e))?,
-        )
-    } else {
-        None
-    };
     if plan.namespaces.new_uts() {
         if let Some(name) = plan.spec.hostname() {
             sethostname(name).map_err(|e| StepError::errno(format!("sethostname {name:?}"), e))?;
@@ -78,7 +77,12 @@ fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, Step
             set_domainname(name)?;
         }
     }
-    rootfs::execute(&plan.rootfs, &plan.mounts.before_pivot, console.as_deref())?;
+    // The console is bound after the pivot, below: the pty does not exist
+    // before the container's /dev/ptmx can be opened.
+    rootfs::execute(&plan.rootfs, &plan.mounts.before_pivot, None)?;
+    if let Some(sock) = console {
+        terminal(plan, &sock)?;
+    }
     process::create_cwd(plan.process)?;
     rootfs::execute(&plan.rootfs, &plan.mounts.after_pivot, None)?;
     process::finalize_and_exec(
@@ -87,6 +91,38 @@ fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, Step
             oom_score_adj: plan.oom_score_adj,
         },
     )
+}
+
+/// After the pivot, before anything is made read-only (runc's
+/// `setupConsole`): a pty from the container's own `/dev/ptmx`, sized as
+/// the spec says, bound onto `/dev/console` when the plan has a console,
+/// its master passed back over `sock`, its slave made stdio and the
+/// controlling terminal.
+fn terminal(plan: &Plan<'_>, sock: &OwnedFd) -> Result<(), StepError> {
+    let size = plan
+        .process
+        .console_size()
+        .as_ref()
+        .map(|s| (clamp(s.width()), clamp(s.height())));
+    let pty = console::open_pty(size)?;
+    let bind_console: Vec<MountStep> = plan
+        .mounts
+        .before_pivot
+        .iter()
+        .filter(|s| matches!(s, MountStep::BindConsole(_)))
+        .cloned()
+        .collect();
+    // `/` is the rootfs now: the plan's /dev targets resolve from it.
+    rootfs::execute(Path::new("/"), &bind_console, Some(Path::new(&pty.name)))?;
+    console::send_master(sock.as_fd(), pty.master.as_fd())?;
+    // Only the receiver holds the master from here on: the terminal hangs
+    // up when it closes it.
+    drop(pty.master);
+    console::become_stdio(&pty.slave)
+}
+
+fn clamp(n: u64) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 fn set_domainname(name: &str) -> Result<(), StepError> {

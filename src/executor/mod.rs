@@ -19,9 +19,16 @@
 //!                   pid, exit
 //!             └─fork→ B: PID 1 of a new pid namespace (or a member of the
 //!                   joined one): setsid, stdio, mounts and pivot_root
-//!                   (`rootfs`), hostname, rlimits, oom_score_adj, cwd, user,
-//!                   capabilities, no_new_privs, umask, execve (`process`)
+//!                   (`rootfs`), the terminal (`console`), hostname,
+//!                   rlimits, oom_score_adj, cwd, user, capabilities,
+//!                   no_new_privs, umask, execve (`process`)
 //! ```
+//!
+//! With `process.terminal`, B opens the pty after the pivot, through the
+//! container's own `/dev/ptmx`, so its slave is a `/dev/pts/N` of the
+//! container's devpts; the slave becomes B's stdio and controlling
+//! terminal (and `/dev/console`), and the master comes back to the caller
+//! over a socket pair ([`StartedProcess::console`]).
 //!
 //! Everything is decided before the first fork, in the monitor, as plain
 //! data (`Plan`): the namespaces to join and to make
@@ -47,6 +54,7 @@
 //! a mount namespace are refused. Overlays are not mounted here: the
 //! container module mounts the rootfs at `root.path` before start.
 
+pub mod console;
 pub mod exec;
 mod init;
 pub mod mount_plan;
@@ -89,26 +97,40 @@ pub enum ExecutorError {
     Start(String),
 }
 
-/// What a start needs besides the spec: the process's stdio, already open.
+/// The stdio of a container's process.
+#[derive(Debug, Clone, Copy)]
+pub enum Stdio<'a> {
+    /// stdin, stdout, stderr, already open (no `process.terminal`).
+    Fds([BorrowedFd<'a>; 3]),
+    /// A pty made inside the container (`process.terminal`): its slave is
+    /// all three and the controlling terminal, its master is returned in
+    /// [`StartedProcess::console`].
+    Terminal,
+}
+
+/// What a start needs besides the spec.
 pub struct StartRequest<'a> {
     /// The bundle directory: a relative `root.path` is relative to it.
     pub bundle: &'a Path,
     pub spec: &'a Spec,
-    /// stdin, stdout, stderr of the process. With `process.terminal` all
-    /// three are the pty's slave, which becomes the controlling terminal.
-    pub stdio: [BorrowedFd<'a>; 3],
+    /// Must be [`Stdio::Terminal`] exactly when the spec asks for
+    /// `process.terminal`.
+    pub stdio: Stdio<'a>,
     /// Cgroup directories to enter before any namespace is made (one per
     /// v1 hierarchy, or the single v2 one); empty leaves the process in the
     /// caller's cgroups.
     pub cgroup_dirs: &'a [PathBuf],
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct StartedProcess {
     /// The process's pid, as the caller's pid namespace numbers it.
     pub pid: Pid,
     /// Things the spec asked for that were adjusted or not applied.
     pub warnings: Vec<String>,
+    /// With [`Stdio::Terminal`]: the master of the process's terminal
+    /// (close-on-exec, blocking).
+    pub console: Option<OwnedFd>,
 }
 
 /// OCI spec → running process.
@@ -144,7 +166,7 @@ pub(crate) struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    pub fn new(bundle: &Path, spec: &'a Spec) -> Result<Self, ExecutorError> {
+    pub fn new(bundle: &Path, spec: &'a Spec, stdio: &Stdio<'_>) -> Result<Self, ExecutorError> {
         let invalid = |m: &str| ExecutorError::InvalidSpec(m.to_owned());
         let process = spec
             .process()
@@ -152,6 +174,14 @@ impl<'a> Plan<'a> {
             .ok_or_else(|| invalid("no process"))?;
         if process.args().as_deref().unwrap_or_default().is_empty() {
             return Err(invalid("process.args is empty"));
+        }
+        let terminal = process.terminal() == Some(true);
+        if terminal != matches!(stdio, Stdio::Terminal) {
+            return Err(invalid(if terminal {
+                "process.terminal is set: the stdio must be a terminal made by the executor"
+            } else {
+                "a terminal was asked for but process.terminal is not set"
+            }));
         }
         if !process.cwd().is_absolute() {
             return Err(invalid("process.cwd must be absolute"));
@@ -197,9 +227,13 @@ impl<'a> Plan<'a> {
 
 impl Executor for Builtin {
     fn start(&self, req: &StartRequest<'_>) -> Result<StartedProcess, ExecutorError> {
-        let plan = Plan::new(req.bundle, req.spec)?;
+        let plan = Plan::new(req.bundle, req.spec, &req.stdio)?;
         let sys = |context| move |source| ExecutorError::Sys { context, source };
         let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
+        let console = match req.stdio {
+            Stdio::Terminal => Some(console::channel().map_err(sys("create a socket pair"))?),
+            Stdio::Fds(_) => None,
+        };
         let (pid_r, pid_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
         // SAFETY: `start` runs in the container's monitor, which is
         // single-threaded (see the module docs).
@@ -208,7 +242,8 @@ impl Executor for Builtin {
             ForkResult::Child => {
                 drop(report_r);
                 drop(pid_r);
-                if let Err(e) = init::intermediate(&plan, req, &report_w, pid_w) {
+                let console = console.map(|(_, theirs)| theirs);
+                if let Err(e) = init::intermediate(&plan, req, &report_w, pid_w, console) {
                     step::report(&report_w, &e);
                     sys::exit_now(1);
                 }
@@ -217,14 +252,30 @@ impl Executor for Builtin {
             ForkResult::Parent { child } => {
                 drop(report_w);
                 drop(pid_w);
+                let console = console.map(|(ours, _)| ours);
                 let report = step::read_report(report_r);
                 // A exits right after reporting B's pid; reap it.
                 let _ = waitpid(child, None);
                 let pid = read_pid(pid_r);
+                // B passed the master before its execve: it is waiting in
+                // the socket once the report says B runs.
+                let master = match (&report, &console) {
+                    (Ok(None), Some(sock)) => Some(
+                        console::recv_master(sock.as_fd(), false)
+                            .map_err(|e| format!("receive the terminal's master: {e}")),
+                    ),
+                    _ => None,
+                };
+                let (report, master) = match master {
+                    Some(Err(e)) => (Ok(Some(e)), None),
+                    Some(Ok(m)) => (report, Some(m)),
+                    None => (report, None),
+                };
                 match (report, pid) {
                     (Ok(None), Some(pid)) => Ok(StartedProcess {
                         pid,
                         warnings: plan.warnings,
+                        console: master,
                     }),
                     (report, pid) => {
                         if let Some(pid) = pid {
@@ -269,4 +320,41 @@ pub(crate) fn enter_cgroups(dirs: &[PathBuf]) -> Result<(), StepError> {
             .map_err(|e| StepError::io(format!("join cgroup {}", dir.display()), &e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_error(terminal: bool, stdio: &Stdio<'_>) -> Option<String> {
+        let bundle = tempfile::tempdir().unwrap();
+        std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
+        let mut spec = Spec::default();
+        let mut process = spec.process().clone().unwrap();
+        process.set_terminal(Some(terminal));
+        spec.set_process(Some(process));
+        match Plan::new(bundle.path(), &spec, stdio) {
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_stdio_must_agree_with_process_terminal() {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let fds = Stdio::Fds([null.as_fd(), null.as_fd(), null.as_fd()]);
+        assert_eq!(plan_error(true, &Stdio::Terminal), None);
+        assert_eq!(plan_error(false, &fds), None);
+        assert_eq!(
+            plan_error(true, &fds).as_deref(),
+            Some(
+                "invalid OCI spec: process.terminal is set: the stdio must be a terminal made \
+                 by the executor"
+            )
+        );
+        assert_eq!(
+            plan_error(false, &Stdio::Terminal).as_deref(),
+            Some("invalid OCI spec: a terminal was asked for but process.terminal is not set")
+        );
+    }
 }

@@ -67,6 +67,12 @@ impl<W: Write> CriLog<W> {
                 Some(i) => {
                     pending.extend_from_slice(&rest[..i]);
                     rest = &rest[i + 1..];
+                    // "\r\n" ends a line as "\n" does: a terminal's
+                    // output discipline (ONLCR) writes it, and containerd
+                    // (Go's bufio ReadLine) drops both bytes too.
+                    if pending.last() == Some(&b'\r') {
+                        pending.pop();
+                    }
                     let mut line = pending.as_slice();
                     while line.len() > MAX_RECORD {
                         record(&mut records, &ts, stream, b'P', &line[..MAX_RECORD]);
@@ -159,6 +165,18 @@ mod tests {
                 format!("{TS} stderr F oops"),
                 format!("{TS} stderr F "),
             ]
+        );
+    }
+
+    #[test]
+    fn a_terminal_line_end_is_dropped_whole() {
+        let mut log = CriLog::new(Vec::new());
+        // As a pty delivers `tty` output, the \r and the \n apart.
+        log.write(Stream::Stdout, b"/dev/pts/0\r", now()).unwrap();
+        log.write(Stream::Stdout, b"\nx\ry\r\n", now()).unwrap();
+        assert_eq!(
+            log.get_ref().as_slice(),
+            format!("{TS} stdout F /dev/pts/0\n{TS} stdout F x\ry\n").as_bytes()
         );
     }
 

@@ -22,7 +22,7 @@ use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 use super::log::{CriLog, Stream};
 use super::proto;
 use super::{ExitStatus, MonitorArgs, StartReport, take_report_pipe};
-use crate::executor::{self, Executor, StartRequest};
+use crate::executor::{self, Executor, StartRequest, Stdio};
 use crate::sys;
 
 /// A client whose unsent output grows past this is too slow and is
@@ -169,34 +169,10 @@ impl Monitor {
         let mut outputs = Vec::new();
         let mut stdin = None;
         let mut tty = None;
-        let child_stdio: [OwnedFd; 3];
-        if args.tty {
-            let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
-            sys::set_cloexec(pty.master.as_raw_fd(), true).map_err(|e| e.to_string())?;
-            sys::set_cloexec(pty.slave.as_raw_fd(), true).map_err(|e| e.to_string())?;
-            if let Some(size) = spec.process().as_ref().and_then(|p| p.console_size()) {
-                let _ = sys::set_winsize(
-                    pty.master.as_raw_fd(),
-                    size.width() as u16,
-                    size.height() as u16,
-                );
-            }
-            set_nonblocking(pty.master.as_fd())?;
-            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
-            outputs.push(Output {
-                fd: dup(&pty.master)?,
-                stream: Stream::Stdout,
-            });
-            if args.stdin {
-                stdin = Some(Stdin {
-                    fd: dup(&pty.master)?,
-                    pending: Vec::new(),
-                    close_when_drained: false,
-                });
-            }
-            child_stdio = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
-            tty = Some(pty.master);
-        } else {
+        // With a terminal the container makes its own pty (in its devpts)
+        // and the executor hands back the master.
+        let mut child_stdio: Option<[OwnedFd; 3]> = None;
+        if !args.tty {
             let (out_r, out_w) = pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
             let (err_r, err_w) = pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
             set_nonblocking(out_r.as_fd())?;
@@ -221,7 +197,7 @@ impl Monitor {
             } else {
                 OwnedFd::from(File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?)
             };
-            child_stdio = [child_in, out_w, err_w];
+            child_stdio = Some([child_in, out_w, err_w]);
         }
 
         let _ = std::fs::remove_file(&args.socket);
@@ -236,11 +212,10 @@ impl Monitor {
             .start(&StartRequest {
                 bundle: &args.bundle,
                 spec: &spec,
-                stdio: [
-                    child_stdio[0].as_fd(),
-                    child_stdio[1].as_fd(),
-                    child_stdio[2].as_fd(),
-                ],
+                stdio: match &child_stdio {
+                    Some([i, o, e]) => Stdio::Fds([i.as_fd(), o.as_fd(), e.as_fd()]),
+                    None => Stdio::Terminal,
+                },
                 cgroup_dirs: &args.cgroup_dir,
             })
             .map_err(|e| e.to_string())?;
@@ -248,6 +223,22 @@ impl Monitor {
         // Only the container holds its ends now: our output reads see end
         // of file when it (and whatever inherited them) is done.
         drop(child_stdio);
+        if let Some(master) = started.console {
+            set_nonblocking(master.as_fd())?;
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
+            outputs.push(Output {
+                fd: dup(&master)?,
+                stream: Stream::Stdout,
+            });
+            if args.stdin {
+                stdin = Some(Stdin {
+                    fd: dup(&master)?,
+                    pending: Vec::new(),
+                    close_when_drained: false,
+                });
+            }
+            tty = Some(master);
+        }
         let pid = started.pid;
         let start_time = sys::start_time(pid).unwrap_or(0);
         let oom = OomWatch::new(pid);
