@@ -137,6 +137,8 @@ fn v1_writes_go_to_their_controllers_period_before_quota() {
 
 #[test]
 fn v1_refuses_a_plan_it_cannot_apply() {
+    // What kubelet sends on a node whose hugetlb controller is not a v1
+    // hierarchy: left out, not refused (it would fail every pod).
     let r = Resources {
         hugepage_limits: vec![HugepageLimit {
             page_size: "2MB".into(),
@@ -144,10 +146,11 @@ fn v1_refuses_a_plan_it_cannot_apply() {
         }],
         ..Default::default()
     };
-    assert!(matches!(
-        v1_host().plan(PATH, &r),
-        Err(CgroupError::ControllerUnavailable { file, .. }) if file == "hugetlb.2MB.limit_in_bytes"
-    ));
+    let plan = v1_host().plan(PATH, &r).expect("hugepage limits skipped");
+    assert!(
+        !format!("{plan:?}").contains("hugetlb"),
+        "no hugetlb write without a hugetlb hierarchy: {plan:?}"
+    );
     let r = Resources {
         unified: BTreeMap::from([("memory.high".to_string(), "1G".to_string())]),
         ..Default::default()

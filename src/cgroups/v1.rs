@@ -174,10 +174,25 @@ impl V1 {
             let dir = self.require("pids", path, "pids.max")?;
             writes.push(Write::setting(&dir, "pids.max", pids_value(limit)));
         }
-        for h in &r.hugepage_limits {
-            let file = format!("hugetlb.{}.limit_in_bytes", h.page_size);
-            let dir = self.require("hugetlb", path, &file)?;
-            writes.push(Write::setting(&dir, file, h.limit.to_string()));
+        // kubelet sends a limit (0 when none is asked) for every page size
+        // the node has, whether or not a hugetlb hierarchy is mounted: as
+        // CRI-O does, the limits are left out without one (containerd
+        // leaves them out always, `disable_hugetlb_controller`). Refusing
+        // would fail every pod on such a node.
+        match self.controller_dir("hugetlb", path) {
+            Some(dir) => {
+                for h in &r.hugepage_limits {
+                    let file = format!("hugetlb.{}.limit_in_bytes", h.page_size);
+                    writes.push(Write::setting(&dir, file, h.limit.to_string()));
+                }
+            }
+            None if !r.hugepage_limits.is_empty() => {
+                tracing::debug!(
+                    cgroup = path,
+                    "no hugetlb hierarchy: hugepage limits left out"
+                );
+            }
+            None => {}
         }
         if !r.devices.is_empty() {
             let dir = self.require("devices", path, "devices.allow")?;
