@@ -12,4 +12,5 @@ mod images;
 mod network;
 mod pods;
 mod registry_harness;
+mod seccomp;
 mod streaming;

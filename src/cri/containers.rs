@@ -322,6 +322,8 @@ fn profile(field: &str, p: cri::SecurityProfile) -> Result<SecurityProfile, Stat
     })
 }
 
+// `seccomp_profile_path` is deprecated in the CRI, and read on purpose.
+#[allow(deprecated)]
 fn security_context(s: cri::LinuxContainerSecurityContext) -> Result<SecurityContext, Status> {
     let caps = s.capabilities.unwrap_or_default();
     let policy =
@@ -352,7 +354,9 @@ fn security_context(s: cri::LinuxContainerSecurityContext) -> Result<SecurityCon
         seccomp: s
             .seccomp
             .map(|p| profile("security_context.seccomp", p))
-            .transpose()?,
+            .transpose()?
+            // The deprecated string form, for clients that still send it.
+            .or_else(|| crate::seccomp::from_deprecated_path(&s.seccomp_profile_path)),
         apparmor: s
             .apparmor
             .map(|p| profile("security_context.apparmor", p))

@@ -85,6 +85,7 @@ fn container(plan: &Plan<'_>, req: &StartRequest<'_>) -> Result<Infallible, Step
         plan.process,
         Finalize {
             oom_score_adj: plan.oom_score_adj,
+            seccomp: plan.seccomp.as_ref(),
         },
     )
 }
