@@ -96,6 +96,22 @@ pub fn choose(
     }
 }
 
+/// The CRI's deprecated `apparmor_profile` string (`runtime/default`,
+/// `unconfined`, `localhost/<name>`) as a profile, as containerd reads it;
+/// `None` when empty.
+pub fn from_deprecated_name(name: &str) -> Option<SecurityProfile> {
+    let (profile_type, localhost_ref) = match name {
+        "" => return None,
+        "runtime/default" => ("RuntimeDefault", ""),
+        "unconfined" => ("Unconfined", ""),
+        other => ("Localhost", other),
+    };
+    Some(SecurityProfile {
+        profile_type: profile_type.into(),
+        localhost_ref: localhost_ref.into(),
+    })
+}
+
 /// Whether `name` is among the loaded profiles (`<name> (<mode>)` lines).
 pub fn is_loaded(profiles: &str, name: &str) -> bool {
     profiles
@@ -300,6 +316,24 @@ mod tests {
             profile_for(&Choice::Unconfined).unwrap(),
             None,
             "unconfined needs nothing loaded"
+        );
+    }
+
+    #[test]
+    fn deprecated_names_map_like_containerd() {
+        assert_eq!(from_deprecated_name(""), None);
+        assert_eq!(
+            from_deprecated_name("runtime/default"),
+            Some(p("RuntimeDefault", ""))
+        );
+        assert_eq!(
+            from_deprecated_name("unconfined"),
+            Some(p("Unconfined", ""))
+        );
+        let local = from_deprecated_name("localhost/my-profile");
+        assert_eq!(
+            choose(local.as_ref(), None, false, true).unwrap(),
+            Choice::Named("my-profile".into())
         );
     }
 
