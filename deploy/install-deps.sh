@@ -5,8 +5,8 @@
 #   install-deps.sh bench  plus containerd and runc, for the comparison
 set -euo pipefail
 
-build=(gcc protobuf-compiler pkg-config)
-run=(iptables iproute2 containernetworking-plugins util-linux)
+build=(gcc protobuf-compiler pkg-config libseccomp-dev)
+run=(iptables iproute2 containernetworking-plugins util-linux libseccomp2)
 test=(docker-registry busybox-static zstd openssl)
 bench=(containerd runc)
 

@@ -13,5 +13,6 @@ mod images;
 mod network;
 mod pods;
 mod registry_harness;
+mod seccomp;
 mod streaming;
 mod tty;

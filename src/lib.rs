@@ -9,6 +9,7 @@
 //! integration tests drive directly. Everything else is `pub(crate)`, so
 //! the compiler reports what nothing uses.
 
+pub(crate) mod apparmor;
 pub(crate) mod authority;
 pub(crate) mod cgroups;
 pub mod cli;
@@ -28,6 +29,7 @@ pub(crate) mod network;
 pub(crate) mod pod_pid;
 pub mod runtime;
 pub(crate) mod sandbox;
+pub(crate) mod seccomp;
 pub(crate) mod store;
 pub mod streaming;
 pub(crate) mod sys;

@@ -96,6 +96,14 @@ impl PodNetworks for Runtime {
     }
 }
 
+/// The sandbox's record of a profile as the container module takes it.
+fn profile(p: &crate::sandbox::SecurityProfile) -> crate::container::config::SecurityProfile {
+    crate::container::config::SecurityProfile {
+        profile_type: p.profile_type.clone(),
+        localhost_ref: p.localhost_ref.clone(),
+    }
+}
+
 /// What the container module needs of a pod.
 fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
     let linux = &pod.config.linux;
@@ -129,6 +137,8 @@ fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             cgroup_parent: linux.cgroup_parent.clone(),
+            seccomp: linux.security.seccomp.as_ref().map(profile),
+            apparmor: linux.security.apparmor.as_ref().map(profile),
         },
     })
 }

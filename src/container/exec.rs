@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use oci_spec::runtime::{Process, ProcessBuilder};
+use oci_spec::runtime::ProcessBuilder;
 
 use super::error::ContainerError;
 use super::manager::ContainerManager;
 use super::record::ContainerRecord;
 use super::spec;
 use super::state::State;
-use crate::executor::exec::{ExecSyncOutput, ExecTarget};
+use crate::executor::exec::{ExecProcess, ExecSyncOutput, ExecTarget};
 use crate::task::blocking;
 
 impl ContainerManager {
@@ -58,14 +58,14 @@ impl ContainerManager {
         Ok(output)
     }
 
-    /// The process of an exec: the container's own user, env, cwd and
-    /// capabilities with another argv.
+    /// The process of an exec: the container's own user, env, cwd,
+    /// capabilities, AppArmor profile and seccomp filter with another argv.
     pub fn exec_process(
         &self,
         record: &ContainerRecord,
         cmd: Vec<String>,
         tty: bool,
-    ) -> Result<Process, ContainerError> {
+    ) -> Result<ExecProcess, ContainerError> {
         let spec = spec::load(&self.bundle_dir(&record.id)).map_err(|e| ContainerError::Exec {
             id: record.id.clone(),
             message: e.to_string(),
@@ -85,6 +85,14 @@ impl ContainerManager {
         if let Some(nnp) = base.no_new_privileges() {
             builder = builder.no_new_privileges(nnp);
         }
-        builder.build().map_err(|e| ContainerError::Spec(e.into()))
+        if let Some(profile) = base.apparmor_profile() {
+            builder = builder.apparmor_profile(profile.clone());
+        }
+        Ok(ExecProcess {
+            process: builder
+                .build()
+                .map_err(|e| ContainerError::Spec(e.into()))?,
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        })
     }
 }

@@ -21,7 +21,7 @@ use oci_spec::runtime::{
     UserBuilder,
 };
 
-use super::config::ContainerConfig;
+use super::config::{ContainerConfig, SecurityProfile};
 
 /// What the image's config contributes to a container.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -61,6 +61,10 @@ pub struct PodContext {
     pub shm: PathBuf,
     pub sysctls: HashMap<String, String>,
     pub cgroup_parent: String,
+    /// The pod's seccomp and AppArmor profiles, for containers without
+    /// their own.
+    pub seccomp: Option<SecurityProfile>,
+    pub apparmor: Option<SecurityProfile>,
 }
 
 /// The numeric identity the process runs as.
@@ -98,6 +102,10 @@ pub enum SpecError {
     Capability(String),
     #[error("building the OCI spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    AppArmor(#[from] crate::apparmor::AppArmorError),
     #[error("load the OCI spec of bundle {path}: {message}")]
     Load { path: PathBuf, message: String },
     #[error("write the OCI spec {path}: {message}")]
@@ -673,6 +681,13 @@ pub fn build(
         .capabilities(capabilities)
         .no_new_privileges(security.no_new_privs)
         .build()?;
+    let apparmor = crate::apparmor::choose(
+        security.apparmor.as_ref(),
+        pod.apparmor.as_ref(),
+        privileged,
+        crate::apparmor::host_enabled(),
+    )?;
+    process.set_apparmor_profile(crate::apparmor::profile_for(&apparmor)?);
     if let Some(adj) = config
         .resources
         .as_ref()
@@ -750,6 +765,11 @@ pub fn build(
     if !cgroup_path.is_empty() {
         linux = linux.cgroups_path(PathBuf::from(cgroup_path));
     }
+    let seccomp =
+        crate::seccomp::choose(security.seccomp.as_ref(), pod.seccomp.as_ref(), privileged)?;
+    if let Some(seccomp) = crate::seccomp::for_container(&seccomp, &caps)? {
+        linux = linux.seccomp(seccomp);
+    }
 
     let root = RootBuilder::default()
         .path(rootfs)
@@ -812,6 +832,8 @@ mod tests {
             shm: dir.join("shm"),
             sysctls: HashMap::new(),
             cgroup_parent: String::new(),
+            seccomp: None,
+            apparmor: None,
         }
     }
 

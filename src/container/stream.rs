@@ -304,7 +304,7 @@ impl StreamBackend for ContainerStreams {
 struct Spawner {
     exe: PathBuf,
     target: ExecTarget,
-    process: oci_spec::runtime::Process,
+    process: exec::ExecProcess,
     container: String,
 }
 

@@ -316,6 +316,9 @@ fn profile(field: &str, p: cri::SecurityProfile) -> Result<SecurityProfile, Stat
     })
 }
 
+// `seccomp_profile_path` and `apparmor_profile` are deprecated in the
+// CRI, and read on purpose for clients that still send them.
+#[allow(deprecated)]
 fn security_context(s: cri::LinuxContainerSecurityContext) -> Result<SecurityContext, Status> {
     let caps = s.capabilities.unwrap_or_default();
     let policy =
@@ -346,11 +349,13 @@ fn security_context(s: cri::LinuxContainerSecurityContext) -> Result<SecurityCon
         seccomp: s
             .seccomp
             .map(|p| profile("security_context.seccomp", p))
-            .transpose()?,
+            .transpose()?
+            .or_else(|| crate::seccomp::from_deprecated_path(&s.seccomp_profile_path)),
         apparmor: s
             .apparmor
             .map(|p| profile("security_context.apparmor", p))
-            .transpose()?,
+            .transpose()?
+            .or_else(|| crate::apparmor::from_deprecated_name(&s.apparmor_profile)),
         selinux: s.selinux_options.map(|o| SeLinuxLabel {
             user: o.user,
             role: o.role,
@@ -570,6 +575,36 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn deprecated_profile_strings_are_read_when_the_profiles_are_absent() {
+        let mut cfg = full_config();
+        let s = cfg
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap();
+        s.seccomp = None;
+        s.seccomp_profile_path = "runtime/default".into();
+        s.apparmor_profile = "localhost/my-profile".into();
+        let c = container_config(cfg).unwrap();
+        let seccomp = c.security.seccomp.unwrap();
+        assert_eq!(seccomp.profile_type, "RuntimeDefault");
+        let apparmor = c.security.apparmor.unwrap();
+        assert_eq!(
+            (
+                apparmor.profile_type.as_str(),
+                apparmor.localhost_ref.as_str()
+            ),
+            ("Localhost", "localhost/my-profile")
+        );
+        // The structured field wins.
+        let c = container_config(full_config()).unwrap();
+        assert_eq!(c.security.seccomp.unwrap().localhost_ref, "/p.json");
     }
 
     #[test]

@@ -45,7 +45,7 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, pipe2, setsid};
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::enter_cgroups;
 use super::process::{Finalize, finalize_and_exec};
@@ -90,6 +90,30 @@ pub enum ExecError {
 pub struct ExecTarget {
     pub pid: i32,
     pub start_time: u64,
+}
+
+/// What the helper runs: the process, and the container's seccomp filter
+/// (its OCI `linux.seccomp`), which an exec'd process gets too.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ExecProcess {
+    pub process: Process,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<LinuxSeccomp>,
+}
+
+impl From<&Process> for ExecProcess {
+    fn from(process: &Process) -> Self {
+        Self {
+            process: process.clone(),
+            seccomp: None,
+        }
+    }
+}
+
+impl From<&ExecProcess> for ExecProcess {
+    fn from(p: &ExecProcess) -> Self {
+        p.clone()
+    }
 }
 
 /// A process started in a container.
@@ -138,13 +162,13 @@ impl ExecHandle {
 pub fn spawn(
     exe: &Path,
     target: ExecTarget,
-    process: &Process,
+    process: impl Into<ExecProcess>,
     stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<ExecHandle, ExecError> {
     let io = |context| move |source| ExecError::Io { context, source };
-    let json = serde_json::to_vec(process).map_err(ExecError::Encode)?;
+    let json = serde_json::to_vec(&process.into()).map_err(ExecError::Encode)?;
     let (spec_r, spec_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create a pipe")(e.into()))?;
     let (status_r, status_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create a pipe")(e.into()))?;
@@ -276,7 +300,7 @@ pub struct ExecSyncOutput {
 pub fn exec_sync(
     exe: &Path,
     target: ExecTarget,
-    process: &Process,
+    process: impl Into<ExecProcess>,
     timeout: Option<Duration>,
 ) -> Result<ExecSyncOutput, ExecError> {
     let io = |context| move |source| ExecError::Io { context, source };
@@ -480,8 +504,15 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
     std::fs::File::from(spec)
         .read_to_end(&mut json)
         .map_err(|e| StepError::io("read the process spec", &e))?;
-    let process: Process = serde_json::from_slice(&json)
+    let ExecProcess { process, seccomp } = serde_json::from_slice(&json)
         .map_err(|e| StepError::msg("parse the process spec", e.to_string()))?;
+    // Compiled before any namespace is joined, like a container's first
+    // process: the child only loads it.
+    let seccomp = seccomp
+        .as_ref()
+        .map(crate::seccomp::filter::compile)
+        .transpose()
+        .map_err(|e| StepError::msg("compile the seccomp filter", e.to_string()))?;
     let pid = Pid::from_raw(args.pid);
     if sys::start_time(pid) != Some(args.start_time) {
         return Err(StepError::msg(
@@ -554,6 +585,7 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
                     &process,
                     Finalize {
                         oom_score_adj: None,
+                        seccomp: seccomp.as_ref(),
                     },
                 )
             })();

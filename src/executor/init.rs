@@ -89,6 +89,7 @@ fn container(
         plan.process,
         Finalize {
             oom_score_adj: plan.oom_score_adj,
+            seccomp: plan.seccomp.as_ref(),
         },
     )
 }

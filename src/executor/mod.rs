@@ -21,7 +21,8 @@
 //!                   joined one): setsid, stdio, mounts and pivot_root
 //!                   (`rootfs`), the terminal (`console`), hostname,
 //!                   rlimits, oom_score_adj, cwd, user, capabilities,
-//!                   no_new_privs, umask, execve (`process`)
+//!                   no_new_privs, umask, AppArmor profile, seccomp
+//!                   filter, execve (`process`)
 //! ```
 //!
 //! With `process.terminal`, B opens the pty after the pivot, through the
@@ -49,8 +50,8 @@
 //!
 //! # Not done (yet)
 //!
-//! Seccomp, AppArmor and SELinux profiles in the spec are not applied; the
-//! start succeeds and says so in its warnings. User namespaces and joining
+//! SELinux labels in the spec are not applied; the start succeeds and says
+//! so in its warnings. User namespaces and joining
 //! a mount namespace are refused. Overlays are not mounted here: the
 //! container module mounts the rootfs at `root.path` before start.
 
@@ -162,6 +163,8 @@ pub(crate) struct Plan<'a> {
     pub namespaces: NamespacePlan,
     pub mounts: MountPlan,
     pub oom_score_adj: Option<i32>,
+    /// The spec's `linux.seccomp`, compiled; B loads it (see `process`).
+    pub seccomp: Option<libseccomp::ScmpFilterContext>,
     pub warnings: Vec<String>,
 }
 
@@ -204,12 +207,12 @@ impl<'a> Plan<'a> {
         let (adj, warning) = process::clamp_oom_score_adj(process.oom_score_adj().unwrap_or(0));
         warnings.extend(warning);
         let oom_score_adj = Some(adj);
-        if linux.seccomp().is_some() {
-            warnings.push("seccomp profiles are not applied by this executor".into());
-        }
-        if process.apparmor_profile().is_some() {
-            warnings.push("AppArmor profiles are not applied by this executor".into());
-        }
+        let seccomp = linux
+            .seccomp()
+            .as_ref()
+            .map(crate::seccomp::filter::compile)
+            .transpose()
+            .map_err(|e| ExecutorError::InvalidSpec(e.to_string()))?;
         if process.selinux_label().is_some() {
             warnings.push("SELinux labels are not applied by this executor".into());
         }
@@ -220,6 +223,7 @@ impl<'a> Plan<'a> {
             namespaces,
             mounts,
             oom_score_adj,
+            seccomp,
             warnings,
         })
     }

@@ -1,7 +1,8 @@
 //! The last steps of a container process before execve, shared by a
 //! container's first process and by processes exec'd into it later:
 //! rlimits, oom_score_adj, working directory, identity, capabilities,
-//! no_new_privs, umask, then the program looked up in the container's PATH.
+//! no_new_privs, umask, then the program looked up in the container's PATH,
+//! the AppArmor profile for the exec and the seccomp filter.
 //!
 //! Identity and capabilities follow runc's order (`finalizeNamespace`):
 //! drop the bounding set while still root, keep the permitted set across
@@ -16,6 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use caps::CapSet;
+use libseccomp::ScmpFilterContext;
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{AccessFlags, Gid, Uid, access, chdir, execve, setgroups, setresgid, setresuid};
@@ -27,15 +29,17 @@ use crate::sys;
 /// Used to find the program when the environment has no PATH.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-#[derive(Debug, Clone, Copy)]
-pub struct Finalize {
+#[derive(Clone, Copy)]
+pub struct Finalize<'a> {
     /// Already clamped by the caller to what this host allows.
     pub oom_score_adj: Option<i32>,
+    /// The compiled seccomp filter to load.
+    pub seccomp: Option<&'a ScmpFilterContext>,
 }
 
 /// Applies `process` to the calling process and execs its program. Returns
 /// only the step that failed.
-pub fn finalize_and_exec(process: &Process, opts: Finalize) -> Result<Infallible, StepError> {
+pub fn finalize_and_exec(process: &Process, opts: Finalize<'_>) -> Result<Infallible, StepError> {
     // Everything that allocates is prepared first; no failure after the
     // identity change can leave a half-privileged process running on.
     let args: Vec<CString> = process
@@ -78,6 +82,26 @@ pub fn finalize_and_exec(process: &Process, opts: Finalize) -> Result<Infallible
     let cwd = process.cwd();
 
     let spec_caps = process.capabilities().as_ref();
+    let no_new_privs = process.no_new_privileges() == Some(true);
+    // The filter is loaded as late as it can be, so that it filters the
+    // container's program and not our setup: just before execve when
+    // seccomp(2) allows it there, that is with no_new_privs set or with
+    // CAP_SYS_ADMIN still in effect at that point. Otherwise it must go
+    // in while we still have CAP_SYS_ADMIN, before the identity change,
+    // as runc does (`standard_init_linux.go`); the filter then sees the
+    // setuid, capset, chdir and execve that follow.
+    let keeps_admin = spec_caps
+        .and_then(|c| c.effective().as_ref())
+        .is_some_and(|e| e.contains(&Capability::SysAdmin));
+    let load_late = no_new_privs || keeps_admin;
+    let load_seccomp = || match opts.seccomp {
+        Some(filter) => crate::seccomp::filter::load(filter)
+            .map_err(|e| StepError::msg("apply the seccomp profile", e.to_string())),
+        None => Ok(()),
+    };
+    if !load_late {
+        load_seccomp()?;
+    }
     if let Some(bounding) = spec_caps.and_then(|c| c.bounding().as_ref()) {
         let keep = to_caps(bounding)?;
         for cap in caps::all() {
@@ -121,7 +145,7 @@ pub fn finalize_and_exec(process: &Process, opts: Finalize) -> Result<Infallible
         }
     }
 
-    if process.no_new_privileges() == Some(true) {
+    if no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(|e| StepError::errno("no_new_privs", e))?;
     }
     umask(Mode::from_bits_truncate(user.umask().unwrap_or(0o022)));
@@ -132,7 +156,14 @@ pub fn finalize_and_exec(process: &Process, opts: Finalize) -> Result<Infallible
     let binary = lookup(&program, &path_var)?;
     let binary = cstring(binary.as_os_str().as_bytes(), "program path")?;
     sys::reset_signals().map_err(|e| StepError::errno("reset signals", e))?;
+    if let Some(profile) = process.apparmor_profile() {
+        crate::apparmor::apply_on_exec(profile)
+            .map_err(|e| StepError::io(format!("apply the AppArmor profile {profile:?}"), &e))?;
+    }
     sys::cloexec_from(3).map_err(|e| StepError::errno("close inherited descriptors", e))?;
+    if load_late {
+        load_seccomp()?;
+    }
     let Err(err) = execve(&binary, &args, &env);
     Err(StepError::errno(format!("exec {program:?}"), err))
 }

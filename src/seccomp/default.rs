@@ -1,0 +1,571 @@
+//! The `RuntimeDefault` profile: an allowlist with the same effect as the
+//! default profiles of containerd and moby, so a workload that runs there
+//! runs here, and what they deny (namespaces, mounts, kernel modules,
+//! `personality` beyond the Linux and 32-bit personas, AF_VSOCK...) is
+//! denied here too. Everything not listed fails with EPERM.
+//!
+//! Syscalls that only a capability makes useful are allowed only with
+//! that capability ([`CAP_RULES`]), as in moby's profile: a container
+//! given CAP_SYS_ADMIN may `mount` and `unshare`, one without it may not.
+
+use super::profile::{Arg, Condition, Profile, Rule};
+
+/// Allowed for every container.
+const ALLOWED: &[&str] = &[
+    "accept",
+    "accept4",
+    "access",
+    "adjtimex",
+    "alarm",
+    "bind",
+    "brk",
+    "cachestat",
+    "capget",
+    "capset",
+    "chdir",
+    "chmod",
+    "chown",
+    "chown32",
+    "clock_adjtime",
+    "clock_adjtime64",
+    "clock_getres",
+    "clock_getres_time64",
+    "clock_gettime",
+    "clock_gettime64",
+    "clock_nanosleep",
+    "clock_nanosleep_time64",
+    "close",
+    "close_range",
+    "connect",
+    "copy_file_range",
+    "creat",
+    "dup",
+    "dup2",
+    "dup3",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_ctl_old",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_wait",
+    "epoll_wait_old",
+    "eventfd",
+    "eventfd2",
+    "execve",
+    "execveat",
+    "exit",
+    "exit_group",
+    "faccessat",
+    "faccessat2",
+    "fadvise64",
+    "fadvise64_64",
+    "fallocate",
+    "fanotify_mark",
+    "fchdir",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "fchown",
+    "fchown32",
+    "fchownat",
+    "fcntl",
+    "fcntl64",
+    "fdatasync",
+    "fgetxattr",
+    "flistxattr",
+    "flock",
+    "fork",
+    "fremovexattr",
+    "fsetxattr",
+    "fstat",
+    "fstat64",
+    "fstatat64",
+    "fstatfs",
+    "fstatfs64",
+    "fsync",
+    "ftruncate",
+    "ftruncate64",
+    "futex",
+    "futex_requeue",
+    "futex_time64",
+    "futex_wait",
+    "futex_waitv",
+    "futex_wake",
+    "futimesat",
+    "getcpu",
+    "getcwd",
+    "getdents",
+    "getdents64",
+    "getegid",
+    "getegid32",
+    "geteuid",
+    "geteuid32",
+    "getgid",
+    "getgid32",
+    "getgroups",
+    "getgroups32",
+    "getitimer",
+    "getpeername",
+    "getpgid",
+    "getpgrp",
+    "getpid",
+    "getppid",
+    "getpriority",
+    "getrandom",
+    "getresgid",
+    "getresgid32",
+    "getresuid",
+    "getresuid32",
+    "getrlimit",
+    "get_robust_list",
+    "getrusage",
+    "getsid",
+    "getsockname",
+    "getsockopt",
+    "get_thread_area",
+    "gettid",
+    "gettimeofday",
+    "getuid",
+    "getuid32",
+    "getxattr",
+    "inotify_add_watch",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_rm_watch",
+    "io_cancel",
+    "ioctl",
+    "io_destroy",
+    "io_getevents",
+    "io_pgetevents",
+    "io_pgetevents_time64",
+    "ioprio_get",
+    "ioprio_set",
+    "io_setup",
+    "io_submit",
+    "ipc",
+    "kill",
+    "landlock_add_rule",
+    "landlock_create_ruleset",
+    "landlock_restrict_self",
+    "lchown",
+    "lchown32",
+    "lgetxattr",
+    "link",
+    "linkat",
+    "listen",
+    "listxattr",
+    "llistxattr",
+    "_llseek",
+    "lremovexattr",
+    "lseek",
+    "lsetxattr",
+    "lstat",
+    "lstat64",
+    "madvise",
+    "map_shadow_stack",
+    "membarrier",
+    "memfd_create",
+    "memfd_secret",
+    "mincore",
+    "mkdir",
+    "mkdirat",
+    "mknod",
+    "mknodat",
+    "mlock",
+    "mlock2",
+    "mlockall",
+    "mmap",
+    "mmap2",
+    "mprotect",
+    "mq_getsetattr",
+    "mq_notify",
+    "mq_open",
+    "mq_timedreceive",
+    "mq_timedreceive_time64",
+    "mq_timedsend",
+    "mq_timedsend_time64",
+    "mq_unlink",
+    "mremap",
+    "msgctl",
+    "msgget",
+    "msgrcv",
+    "msgsnd",
+    "msync",
+    "munlock",
+    "munlockall",
+    "munmap",
+    "name_to_handle_at",
+    "nanosleep",
+    "newfstatat",
+    "_newselect",
+    "open",
+    "openat",
+    "openat2",
+    "pause",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pipe",
+    "pipe2",
+    "pkey_alloc",
+    "pkey_free",
+    "pkey_mprotect",
+    "poll",
+    "ppoll",
+    "ppoll_time64",
+    "prctl",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "prlimit64",
+    "process_mrelease",
+    "pselect6",
+    "pselect6_time64",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "read",
+    "readahead",
+    "readlink",
+    "readlinkat",
+    "readv",
+    "recv",
+    "recvfrom",
+    "recvmmsg",
+    "recvmmsg_time64",
+    "recvmsg",
+    "remap_file_pages",
+    "removexattr",
+    "rename",
+    "renameat",
+    "renameat2",
+    "restart_syscall",
+    "rmdir",
+    "rseq",
+    "rt_sigaction",
+    "rt_sigpending",
+    "rt_sigprocmask",
+    "rt_sigqueueinfo",
+    "rt_sigreturn",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "rt_sigtimedwait_time64",
+    "rt_tgsigqueueinfo",
+    "sched_getaffinity",
+    "sched_getattr",
+    "sched_getparam",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_getscheduler",
+    "sched_rr_get_interval",
+    "sched_rr_get_interval_time64",
+    "sched_setaffinity",
+    "sched_setattr",
+    "sched_setparam",
+    "sched_setscheduler",
+    "sched_yield",
+    "seccomp",
+    "select",
+    "semctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semtimedop_time64",
+    "send",
+    "sendfile",
+    "sendfile64",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "setfsgid",
+    "setfsgid32",
+    "setfsuid",
+    "setfsuid32",
+    "setgid",
+    "setgid32",
+    "setgroups",
+    "setgroups32",
+    "setitimer",
+    "setpgid",
+    "setpriority",
+    "setregid",
+    "setregid32",
+    "setresgid",
+    "setresgid32",
+    "setresuid",
+    "setresuid32",
+    "setreuid",
+    "setreuid32",
+    "setrlimit",
+    "set_robust_list",
+    "setsid",
+    "setsockopt",
+    "set_thread_area",
+    "set_tid_address",
+    "setuid",
+    "setuid32",
+    "setxattr",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
+    "shutdown",
+    "sigaltstack",
+    "signalfd",
+    "signalfd4",
+    "sigprocmask",
+    "sigreturn",
+    "socketcall",
+    "socketpair",
+    "splice",
+    "stat",
+    "stat64",
+    "statfs",
+    "statfs64",
+    "statx",
+    "symlink",
+    "symlinkat",
+    "sync",
+    "sync_file_range",
+    "syncfs",
+    "sysinfo",
+    "tee",
+    "tgkill",
+    "time",
+    "timer_create",
+    "timer_delete",
+    "timer_getoverrun",
+    "timer_gettime",
+    "timer_gettime64",
+    "timer_settime",
+    "timer_settime64",
+    "timerfd_create",
+    "timerfd_gettime",
+    "timerfd_gettime64",
+    "timerfd_settime",
+    "timerfd_settime64",
+    "times",
+    "tkill",
+    "truncate",
+    "truncate64",
+    "ugetrlimit",
+    "umask",
+    "uname",
+    "unlink",
+    "unlinkat",
+    "utime",
+    "utimensat",
+    "utimensat_time64",
+    "utimes",
+    "vfork",
+    "vmsplice",
+    "wait4",
+    "waitid",
+    "waitpid",
+    "write",
+    "writev",
+];
+
+/// Syscalls a capability unlocks (the capability in the container's
+/// bounding set, as the spec gives it).
+const CAP_RULES: &[(&str, &[&str])] = &[
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "bpf",
+            "clone",
+            "clone3",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    ("CAP_SYS_BOOT", &["reboot"]),
+    ("CAP_SYS_CHROOT", &["chroot"]),
+    (
+        "CAP_SYS_MODULE",
+        &["delete_module", "init_module", "finit_module"],
+    ),
+    ("CAP_SYS_PACCT", &["acct"]),
+    (
+        "CAP_SYS_PTRACE",
+        &[
+            "kcmp",
+            "pidfd_getfd",
+            "process_madvise",
+            "process_vm_readv",
+            "process_vm_writev",
+            "ptrace",
+        ],
+    ),
+    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+    (
+        "CAP_SYS_TIME",
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
+    ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
+    (
+        "CAP_SYS_NICE",
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
+    ("CAP_SYSLOG", &["syslog"]),
+    ("CAP_BPF", &["bpf"]),
+    ("CAP_PERFMON", &["perf_event_open"]),
+];
+
+/// Syscalls of one architecture family (Go's names, as in [`Condition::arches`]).
+const ARCH_RULES: &[(&[&str], &[&str])] = &[
+    (&["amd64", "x32"], &["arch_prctl"]),
+    (&["amd64", "x32", "386"], &["modify_ldt"]),
+    (
+        &["arm", "arm64"],
+        &[
+            "arm_fadvise64_64",
+            "arm_sync_file_range",
+            "sync_file_range2",
+            "breakpoint",
+            "cacheflush",
+            "set_tls",
+        ],
+    ),
+    (&["ppc64le"], &["sync_file_range2", "swapcontext"]),
+    (
+        &["s390", "s390x"],
+        &[
+            "s390_pci_mmio_read",
+            "s390_pci_mmio_write",
+            "s390_runtime_instr",
+        ],
+    ),
+    (&["riscv64"], &["riscv_flush_icache"]),
+];
+
+/// `personality(2)` personas a container may switch to: PER_LINUX,
+/// PER_LINUX32, UNAME26, PER_LINUX32|UNAME26 and the query 0xffffffff.
+const PERSONAS: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+
+/// The clone(2) flags that make namespaces: without CAP_SYS_ADMIN a clone
+/// with any of them is denied (moby's mask 0x7E020000).
+const CLONE_NAMESPACE_FLAGS: u64 = libc::CLONE_NEWNS as u64
+    | libc::CLONE_NEWUTS as u64
+    | libc::CLONE_NEWIPC as u64
+    | libc::CLONE_NEWUSER as u64
+    | libc::CLONE_NEWPID as u64
+    | libc::CLONE_NEWNET as u64
+    | libc::CLONE_NEWCGROUP as u64;
+
+/// AF_VSOCK: sockets of this family reach the hypervisor's host.
+const AF_VSOCK: u64 = 40;
+
+fn allow(names: &[&str]) -> Rule {
+    Rule {
+        names: names.iter().map(|s| s.to_string()).collect(),
+        action: "SCMP_ACT_ALLOW".into(),
+        ..Default::default()
+    }
+}
+
+fn arg(index: u32, value: u64, op: &str) -> Arg {
+    Arg {
+        index,
+        value,
+        value_two: 0,
+        op: op.into(),
+    }
+}
+
+fn caps(names: &[&str]) -> Condition {
+    Condition {
+        caps: names.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The profile before the container's capabilities and architecture pick
+/// its conditional rules (see [`Profile::resolve`]).
+pub fn profile() -> Profile {
+    let mut syscalls = vec![allow(ALLOWED)];
+    syscalls.push(Rule {
+        args: vec![arg(0, AF_VSOCK, "SCMP_CMP_NE")],
+        ..allow(&["socket"])
+    });
+    for persona in PERSONAS {
+        syscalls.push(Rule {
+            args: vec![arg(0, *persona, "SCMP_CMP_EQ")],
+            ..allow(&["personality"])
+        });
+    }
+    for (arches, names) in ARCH_RULES {
+        syscalls.push(Rule {
+            includes: Condition {
+                arches: arches.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+            ..allow(names)
+        });
+    }
+    for (cap, names) in CAP_RULES {
+        syscalls.push(Rule {
+            includes: caps(&[cap]),
+            ..allow(names)
+        });
+    }
+    // Without CAP_SYS_ADMIN: clone without namespace flags (s390 swaps the
+    // first two arguments), and clone3 answers ENOSYS, whose flags sit in
+    // memory a filter cannot read, so that libc falls back to clone.
+    syscalls.push(Rule {
+        args: vec![arg(0, CLONE_NAMESPACE_FLAGS, "SCMP_CMP_MASKED_EQ")],
+        excludes: Condition {
+            caps: vec!["CAP_SYS_ADMIN".into()],
+            arches: vec!["s390".into(), "s390x".into()],
+            ..Default::default()
+        },
+        ..allow(&["clone"])
+    });
+    syscalls.push(Rule {
+        args: vec![arg(1, CLONE_NAMESPACE_FLAGS, "SCMP_CMP_MASKED_EQ")],
+        includes: Condition {
+            arches: vec!["s390".into(), "s390x".into()],
+            ..Default::default()
+        },
+        excludes: caps(&["CAP_SYS_ADMIN"]),
+        ..allow(&["clone"])
+    });
+    syscalls.push(Rule {
+        names: vec!["clone3".into()],
+        action: "SCMP_ACT_ERRNO".into(),
+        errno_ret: Some(libc::ENOSYS as u32),
+        excludes: caps(&["CAP_SYS_ADMIN"]),
+        ..Default::default()
+    });
+    Profile {
+        default_action: "SCMP_ACT_ERRNO".into(),
+        default_errno_ret: Some(libc::EPERM as u32),
+        arch_map: super::profile::default_arch_map(),
+        syscalls,
+        ..Default::default()
+    }
+}
