@@ -203,7 +203,7 @@ impl ContainerStreams {
         if req.tty
             && let Some(size) = first_size(&mut io.resize).await
         {
-            process.set_console_size(console_size(size));
+            process.process.set_console_size(console_size(size));
         }
         let spawner = Spawner {
             exe: self.containers.exe().to_owned(),

@@ -168,11 +168,12 @@ pub fn spawn(
     stderr: Stdio,
 ) -> Result<ExecHandle, ExecError> {
     let io = |context| move |source| ExecError::Io { context, source };
-    let json = serde_json::to_vec(&process.into()).map_err(ExecError::Encode)?;
+    let process: ExecProcess = process.into();
+    let json = serde_json::to_vec(&process).map_err(ExecError::Encode)?;
     let (spec_r, spec_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create a pipe")(e.into()))?;
     let (status_r, status_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create a pipe")(e.into()))?;
-    let terminal = process.terminal() == Some(true);
+    let terminal = process.process.terminal() == Some(true);
     let console = terminal
         .then(super::console::channel)
         .transpose()
