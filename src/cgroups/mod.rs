@@ -82,6 +82,7 @@
     expect(dead_code, reason = "stats and OOM API awaiting its callers")
 )]
 
+pub(crate) mod container_fs;
 mod error;
 mod files;
 pub mod parse;
@@ -102,6 +103,7 @@ use std::time::Duration;
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 use nix::unistd::Pid;
 
+pub use container_fs::CgroupFs;
 pub use error::{CgroupError, Result};
 pub use path::{container_cgroup_path, normalize};
 pub use resources::{HugepageLimit, Resources};
@@ -194,6 +196,15 @@ impl CgroupManager {
         match &*self.layout {
             Layout::V1(_) => CgroupVersion::V1,
             Layout::V2(_) => CgroupVersion::V2,
+        }
+    }
+
+    /// How a container mounts this host's cgroup filesystems at
+    /// `/sys/fs/cgroup` (see [`CgroupFs`]).
+    pub fn container_fs(&self) -> CgroupFs {
+        match &*self.layout {
+            Layout::V1(v) => CgroupFs::v1(&v.hierarchies),
+            Layout::V2(_) => CgroupFs::V2,
         }
     }
 

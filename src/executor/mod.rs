@@ -63,8 +63,9 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, pipe2};
 use oci_spec::runtime::{Process, Spec};
 
+use crate::cgroups::CgroupManager;
 use crate::sys;
-use mount_plan::MountPlan;
+use mount_plan::{CgroupMounts, MountPlan};
 use namespaces::NamespacePlan;
 use step::StepError;
 
@@ -144,7 +145,12 @@ pub(crate) struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    pub fn new(bundle: &Path, spec: &'a Spec) -> Result<Self, ExecutorError> {
+    /// `cgroup_dirs` are the container's cgroups (see [`StartRequest`]).
+    pub fn new(
+        bundle: &Path,
+        spec: &'a Spec,
+        cgroup_dirs: &[PathBuf],
+    ) -> Result<Self, ExecutorError> {
         let invalid = |m: &str| ExecutorError::InvalidSpec(m.to_owned());
         let process = spec
             .process()
@@ -163,12 +169,13 @@ impl<'a> Plan<'a> {
         })?;
         let linux = spec.linux().as_ref().ok_or_else(|| invalid("no linux"))?;
         let namespaces = NamespacePlan::new(linux)?;
+        let mut warnings = Vec::new();
+        let cgroups = cgroup_mounts(spec, &namespaces, cgroup_dirs, &mut warnings);
         // A spec the container's process would refuse at its mount steps
         // is refused with the same words before anything is made.
-        let mounts =
-            MountPlan::new(&rootfs, spec).map_err(|e| ExecutorError::Start(e.to_string()))?;
+        let mounts = MountPlan::new(&rootfs, spec, &cgroups)
+            .map_err(|e| ExecutorError::Start(e.to_string()))?;
 
-        let mut warnings = Vec::new();
         // An absent value means 0: inheriting the runtime's own (often
         // -999 under systemd) would shield the container from the OOM killer.
         let (adj, warning) = process::clamp_oom_score_adj(process.oom_score_adj().unwrap_or(0));
@@ -197,7 +204,7 @@ impl<'a> Plan<'a> {
 
 impl Executor for Builtin {
     fn start(&self, req: &StartRequest<'_>) -> Result<StartedProcess, ExecutorError> {
-        let plan = Plan::new(req.bundle, req.spec)?;
+        let plan = Plan::new(req.bundle, req.spec, req.cgroup_dirs)?;
         let sys = |context| move |source| ExecutorError::Sys { context, source };
         let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
         let (pid_r, pid_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
@@ -244,6 +251,40 @@ impl Executor for Builtin {
                 }
             }
         }
+    }
+}
+
+/// What the spec's `cgroup` mount needs: the host's cgroup filesystems
+/// (looked up only when the spec has such a mount), whether the container
+/// has a cgroup namespace of its own, and its cgroup directories. A host
+/// without cgroups runs the container without the mount, and says so.
+fn cgroup_mounts(
+    spec: &Spec,
+    namespaces: &NamespacePlan,
+    cgroup_dirs: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> CgroupMounts {
+    let wanted = spec
+        .mounts()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m.typ().as_deref() == Some("cgroup"));
+    let fs = if wanted {
+        match CgroupManager::detect() {
+            Ok(manager) => Some(manager.container_fs()),
+            Err(e) => {
+                warnings.push(format!("no cgroup filesystem to mount: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    CgroupMounts {
+        fs,
+        namespaced: namespaces.own_cgroup_ns(),
+        dirs: cgroup_dirs.to_vec(),
     }
 }
 
