@@ -54,6 +54,12 @@ fn privileged(mut config: ContainerConfig) -> ContainerConfig {
     let linux = config.linux.get_or_insert_with(Default::default);
     linux.security_context = Some(LinuxContainerSecurityContext {
         privileged: true,
+        // Hosts whose bounding set lacks it (a daemon started without
+        // CAP_SYS_RESOURCE) cannot hand it on; the test is about cgroups.
+        capabilities: Some(Capability {
+            drop_capabilities: vec!["SYS_RESOURCE".into()],
+            ..Default::default()
+        }),
         ..Default::default()
     });
     config
@@ -74,7 +80,10 @@ fn out(r: &ExecSyncResponse) -> String {
 fn assert_at_root(proc_cgroup: &str) {
     assert!(!proc_cgroup.is_empty(), "no /proc/self/cgroup");
     for line in proc_cgroup.lines() {
-        assert!(line.ends_with(":/"), "not at its namespace's root: {line:?}");
+        assert!(
+            line.ends_with(":/"),
+            "not at its namespace's root: {line:?}"
+        );
     }
 }
 
@@ -127,16 +136,24 @@ async fn a_container_reads_its_limits_from_sys_fs_cgroup() {
         .lines()
         .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(""))
         .collect();
-    let (limits, cgroup) = content
-        .split_at(content.iter().position(|l| *l == "---").expect("marker"));
+    let (limits, cgroup) =
+        content.split_at(content.iter().position(|l| *l == "---").expect("marker"));
     assert_eq!(limits.join("\n"), expected_limits(), "log: {text}");
     assert_at_root(&cgroup[1..].join("\n"));
 
     // An exec joins the same namespace and sees the same.
-    assert_eq!(out(&sh(&mut env, &id, limit_script()).await), expected_limits());
+    assert_eq!(
+        out(&sh(&mut env, &id, limit_script()).await),
+        expected_limits()
+    );
     assert_at_root(&out(&sh(&mut env, &id, "cat /proc/self/cgroup").await));
     // The host's tree is out of sight: the root holds only the container.
-    let procs = out(&sh(&mut env, &id, "cat /sys/fs/cgroup/memory/cgroup.procs 2>/dev/null || cat /sys/fs/cgroup/cgroup.procs").await);
+    let procs = out(&sh(
+        &mut env,
+        &id,
+        "cat /sys/fs/cgroup/memory/cgroup.procs 2>/dev/null || cat /sys/fs/cgroup/cgroup.procs",
+    )
+    .await);
     let procs: Vec<&str> = procs.lines().collect();
     assert!(
         procs.len() <= 3 && procs.contains(&"1"),
@@ -179,7 +196,12 @@ async fn only_a_privileged_container_writes_to_its_cgroup() {
     };
     assert_ne!(sh(&mut env, &plain, limit).await.exit_code, 0);
 
-    let admin = privileged(limited("admin", &env.busybox(), &["sleep", "1000"], 64 * MIB));
+    let admin = privileged(limited(
+        "admin",
+        &env.busybox(),
+        &["sleep", "1000"],
+        64 * MIB,
+    ));
     let admin = env.run_container(&pod, admin).await;
     let made = sh(&mut env, &admin, &mkdir).await;
     assert_eq!(
@@ -190,7 +212,10 @@ async fn only_a_privileged_container_writes_to_its_cgroup() {
     );
     // Still its own cgroup, not the host's root.
     assert_at_root(&out(&sh(&mut env, &admin, "cat /proc/self/cgroup").await));
-    assert_eq!(out(&sh(&mut env, &admin, limit_script()).await), expected_limits());
+    assert_eq!(
+        out(&sh(&mut env, &admin, limit_script()).await),
+        expected_limits()
+    );
 
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
@@ -209,6 +234,14 @@ async fn a_container_past_its_memory_limit_is_oom_killed() {
     let mut env = Env::start().await;
     let pod = env.run_pod("oom").await;
     let config = limited("hog", &env.busybox(), &["sh", "-c", HOG], 32 * MIB);
+    let id = env.run_container(&pod, config).await;
+    let status = env.wait_exited(&id).await;
+    assert_eq!(status.exit_code, 137);
+    assert_eq!(status.reason, "OOMKilled");
+
+    // Behind a shell, which exits 137 when the program it ran was killed.
+    let wrapped = format!("sh -c '{HOG}'; exit $?");
+    let config = limited("wrapped", &env.busybox(), &["sh", "-c", &wrapped], 32 * MIB);
     let id = env.run_container(&pod, config).await;
     let status = env.wait_exited(&id).await;
     assert_eq!(status.exit_code, 137);
@@ -255,7 +288,12 @@ async fn an_oom_kill_while_ketch_is_down_is_reported() {
 
     env.daemon.stop().await;
     std::fs::write(trigger.join("go"), "").unwrap();
-    let exit_file = env.daemon.state_dir.join("containers").join(&id).join("exit");
+    let exit_file = env
+        .daemon
+        .state_dir
+        .join("containers")
+        .join(&id)
+        .join("exit");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !exit_file.exists() {
         assert!(

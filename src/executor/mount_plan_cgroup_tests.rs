@@ -158,7 +158,13 @@ fn v2_in_a_cgroup_namespace_is_one_cgroup2_mount() {
     };
     assert_eq!(
         cgroup_steps(RO, &cgroups),
-        fresh("/sys/fs/cgroup", "cgroup2", None, DEFAULT | MsFlags::MS_RDONLY).to_vec()
+        fresh(
+            "/sys/fs/cgroup",
+            "cgroup2",
+            None,
+            DEFAULT | MsFlags::MS_RDONLY
+        )
+        .to_vec()
     );
     assert_eq!(
         cgroup_steps(RW, &cgroups),
