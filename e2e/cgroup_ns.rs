@@ -147,6 +147,17 @@ async fn a_container_reads_its_limits_from_sys_fs_cgroup() {
         expected_limits()
     );
     assert_at_root(&out(&sh(&mut env, &id, "cat /proc/self/cgroup").await));
+    // Every v1 hierarchy of the host is there, the named systemd one too.
+    if !host_is_v2() {
+        let inside = out(&sh(&mut env, &id, "ls /sys/fs/cgroup").await);
+        let inside: Vec<&str> = inside.lines().collect();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for line in mountinfo.lines().filter(|l| l.contains(" - cgroup ")) {
+            let point = line.split(' ').nth(4).unwrap();
+            let name = point.rsplit('/').next().unwrap();
+            assert!(inside.contains(&name), "{name} missing: {inside:?}");
+        }
+    }
     // The host's tree is out of sight: the root holds only the container.
     let procs = out(&sh(
         &mut env,
