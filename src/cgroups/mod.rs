@@ -42,9 +42,13 @@
 //! - ContainerStats / PodSandboxStats: `cg.stats()`; the pod's through
 //!   `cgroups.open(&parent_cgroup_path(driver, &pod.cgroup_parent)?)`. CPU
 //!   nano-cores come from two samples.
-//! - When the container process exits (in the monitor, which records the
-//!   exit status): `cg.oom_killed()` gives the `OOMKilled` reason. Read it
-//!   before `destroy`, which discards the counter.
+//! - When the container process exits, the monitor compares the memory
+//!   cgroup's `oom_kill` count with the one it took before the start, for
+//!   the `OOMKilled` reason (`monitor::run`); `cg.oom_killed()` says the
+//!   same of a cgroup that is not watched. Read either before `destroy`,
+//!   which discards the counter.
+//! - Inside the container, `/sys/fs/cgroup` shows its own cgroup as the
+//!   root of its cgroup namespace ([`CgroupFs`], `executor::mount_plan`).
 //! - StopContainer: signal the main process; at the timeout `cg.kill_all()`
 //!   kills every process in the cgroup (also those the main process left
 //!   behind, which a single kill would miss).
@@ -75,8 +79,10 @@
 //! an eBPF device program, which ketch does not load yet.
 // The stats, OOM and process half of this API (`Cgroup::stats`,
 // `oom_killed`, `add_process`, `version`, `controllers`) has no caller
-// outside the tests until the stats RPCs and the containers' own cgroup
-// namespaces are built on it; the expectation fails the build once it has.
+// outside the tests until the stats RPCs are built on it (the monitor
+// counts OOM kills itself: it knows the container's directories, not its
+// cgroup path, and must take the count before the start); the
+// expectation fails the build once it has.
 #![cfg_attr(
     not(test),
     expect(dead_code, reason = "stats and OOM API awaiting its callers")
