@@ -322,3 +322,38 @@ async fn an_oom_kill_while_ketch_is_down_is_reported() {
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
 }
+
+/// A container whose monitor was killed, so nobody recorded its exit, is
+/// still reported `OOMKilled` when its memory cgroup counted the kill.
+#[tokio::test]
+async fn an_oom_kill_nobody_recorded_is_read_from_the_cgroup() {
+    if !memory_controller_or_skip() {
+        return;
+    }
+    let mut env = Env::start().await;
+    let pod = env.run_pod("oom-lost").await;
+    let trigger = env.daemon.dir.path().join("trigger-lost");
+    std::fs::create_dir_all(&trigger).unwrap();
+    let script = format!("while [ ! -e /trigger/go ]; do sleep 0.05; done; {HOG}");
+    let mut config = limited("hog", &env.busybox(), &["sh", "-c", &script], 32 * MIB);
+    config.mounts.push(Mount {
+        container_path: "/trigger".into(),
+        host_path: trigger.display().to_string(),
+        ..Default::default()
+    });
+    let id = env.run_container(&pod, config).await;
+    let bundle = env.daemon.root_dir.join("containers").join(&id);
+    let monitors = crate::harness::daemon::pids_referencing(&bundle.display().to_string());
+    assert_eq!(monitors.len(), 1, "one monitor: {monitors:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitors[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::fs::write(trigger.join("go"), "").unwrap();
+    let status = env.wait_exited(&id).await;
+    assert_eq!(status.reason, "OOMKilled", "{}", status.message);
+
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
