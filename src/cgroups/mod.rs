@@ -44,9 +44,11 @@
 //!   nano-cores come from two samples.
 //! - When the container process exits, the monitor compares the memory
 //!   cgroup's `oom_kill` count with the one it took before the start, for
-//!   the `OOMKilled` reason (`monitor::run`); `cg.oom_killed()` says the
-//!   same of a cgroup that is not watched. Read either before `destroy`,
-//!   which discards the counter.
+//!   the `OOMKilled` reason (`monitor::run`: it knows the container's
+//!   directories, not its cgroup path, and must count before the start);
+//!   `cg.oom_killed()` answers for an exit no monitor recorded
+//!   (`container::status`). Read either before `destroy`, which discards
+//!   the counter.
 //! - Inside the container, `/sys/fs/cgroup` shows its own cgroup as the
 //!   root of its cgroup namespace ([`CgroupFs`], `executor::mount_plan`).
 //! - StopContainer: signal the main process; at the timeout `cg.kill_all()`
@@ -77,12 +79,10 @@
 //!
 //! Device access rules ([`DeviceRule`]) are enforced on v1 only; v2 needs
 //! an eBPF device program, which ketch does not load yet.
-// The stats, OOM and process half of this API (`Cgroup::stats`,
-// `oom_killed`, `add_process`, `version`, `controllers`) has no caller
-// outside the tests until the stats RPCs are built on it (the monitor
-// counts OOM kills itself: it knows the container's directories, not its
-// cgroup path, and must take the count before the start); the
-// expectation fails the build once it has.
+// The stats and process half of this API (`Cgroup::stats`,
+// `add_process`, `version`, `controllers`) has no caller outside the tests
+// until the stats RPCs are built on it; the expectation fails the build
+// once it has.
 #![cfg_attr(
     not(test),
     expect(dead_code, reason = "stats and OOM API awaiting its callers")
