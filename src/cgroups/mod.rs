@@ -85,7 +85,7 @@
 // once it has.
 #![cfg_attr(
     not(test),
-    expect(dead_code, reason = "stats and OOM API awaiting its callers")
+    expect(dead_code, reason = "stats API awaiting its callers")
 )]
 
 pub(crate) mod container_fs;
