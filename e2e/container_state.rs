@@ -170,32 +170,14 @@ fn reported(status: &ContainerStatus) -> LinuxContainerResources {
         .expect("resources reported")
 }
 
-/// The memory limit the container's own cgroup holds, read inside.
+/// The memory limit the container's own cgroup holds, read inside: its
+/// cgroup namespace has it at the root of /sys/fs/cgroup (v1: the memory
+/// hierarchy's `memory.limit_in_bytes`; v2: `memory.max`).
 async fn cgroup_memory_limit(env: &mut Env, id: &str) -> Option<i64> {
-    let script = "cat /proc/self/cgroup";
+    let script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null \
+                  || cat /sys/fs/cgroup/memory.max";
     let out = env.exec(id, &["sh", "-c", script], 10).await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // v1: "N:memory:/path"; v2: "0::/path".
-    let (v1, path) = text
-        .lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == "memory")
-                .then(|| (true, path.to_owned()))
-        })
-        .or_else(|| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("0::").map(|p| (false, p.to_owned())))
-        })?;
-    let file = if v1 {
-        format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
-    } else {
-        format!("/sys/fs/cgroup{path}/memory.max")
-    };
-    std::fs::read_to_string(&file).ok()?.trim().parse().ok()
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// UpdateContainerResources while CREATED changes what ContainerStatus

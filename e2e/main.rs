@@ -2,6 +2,7 @@
 //! a real CRI client, against real registries. Run as root:
 //! `cargo test --test e2e`.
 
+mod cgroup_ns;
 mod container_state;
 mod containers;
 mod cri136;

@@ -42,9 +42,15 @@
 //! - ContainerStats / PodSandboxStats: `cg.stats()`; the pod's through
 //!   `cgroups.open(&parent_cgroup_path(driver, &pod.cgroup_parent)?)`. CPU
 //!   nano-cores come from two samples.
-//! - When the container process exits (in the monitor, which records the
-//!   exit status): `cg.oom_killed()` gives the `OOMKilled` reason. Read it
-//!   before `destroy`, which discards the counter.
+//! - When the container process exits, the monitor compares the memory
+//!   cgroup's `oom_kill` count with the one it took before the start, for
+//!   the `OOMKilled` reason (`monitor::run`: it knows the container's
+//!   directories, not its cgroup path, and must count before the start);
+//!   `cg.oom_killed()` answers for an exit no monitor recorded
+//!   (`container::status`). Read either before `destroy`, which discards
+//!   the counter.
+//! - Inside the container, `/sys/fs/cgroup` shows its own cgroup as the
+//!   root of its cgroup namespace ([`CgroupFs`], `executor::mount_plan`).
 //! - StopContainer: signal the main process; at the timeout `cg.kill_all()`
 //!   kills every process in the cgroup (also those the main process left
 //!   behind, which a single kill would miss).
@@ -74,6 +80,7 @@
 //! Device access rules ([`DeviceRule`]) are enforced on v1 only; v2 needs
 //! an eBPF device program, which ketch does not load yet.
 
+pub(crate) mod container_fs;
 mod error;
 mod files;
 pub mod parse;
@@ -94,6 +101,7 @@ use std::time::Duration;
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 use nix::unistd::Pid;
 
+pub use container_fs::CgroupFs;
 pub use error::{CgroupError, Result};
 pub use path::{container_cgroup_path, normalize, parent_cgroup_path};
 pub use resources::{HugepageLimit, Resources};
@@ -186,6 +194,15 @@ impl CgroupManager {
         match &*self.layout {
             Layout::V1(_) => CgroupVersion::V1,
             Layout::V2(_) => CgroupVersion::V2,
+        }
+    }
+
+    /// How a container mounts this host's cgroup filesystems at
+    /// `/sys/fs/cgroup` (see [`CgroupFs`]).
+    pub fn container_fs(&self) -> CgroupFs {
+        match &*self.layout {
+            Layout::V1(v) => CgroupFs::v1(&v.hierarchies),
+            Layout::V2(_) => CgroupFs::V2,
         }
     }
 

@@ -364,6 +364,14 @@ pub fn mounts(config: &ContainerConfig, pod: &PodContext) -> Result<Vec<Mount>, 
             Path::new("sysfs"),
             &["nosuid", "noexec", "nodev", sys_mode],
         )?,
+        // The container's own cgroup, as the root of its cgroup namespace:
+        // runtimes (JVM, Go, .NET) size themselves from its limits.
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            Path::new("cgroup"),
+            &["nosuid", "noexec", "nodev", "relatime", sys_mode],
+        )?,
         mount(
             "/dev/shm",
             "bind",
@@ -697,9 +705,14 @@ pub fn build(
         process.set_oom_score_adj(Some(adj.clamp(-1000, 1000) as i32));
     }
 
+    // A cgroup namespace of its own for every container: the CRI has no
+    // way to ask for the node's.
     let mut namespaces = vec![
         LinuxNamespaceBuilder::default()
             .typ(LinuxNamespaceType::Mount)
+            .build()?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Cgroup)
             .build()?,
     ];
     let mut join = |typ, path: &Option<PathBuf>| -> Result<(), SpecError> {
@@ -934,7 +947,14 @@ mod tests {
         );
         assert!(find(LinuxNamespaceType::Pid).unwrap().path().is_none());
         assert!(find(LinuxNamespaceType::Mount).is_some());
+        assert!(find(LinuxNamespaceType::Cgroup).unwrap().path().is_none());
         let mounts = spec.mounts().as_ref().unwrap();
+        let cgroup = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+            .unwrap();
+        assert_eq!(cgroup.typ().as_deref(), Some("cgroup"));
+        assert!(cgroup.options().as_ref().unwrap().contains(&"ro".into()));
         let data = mounts
             .iter()
             .find(|m| m.destination() == Path::new("/data"))

@@ -63,7 +63,7 @@ impl ContainerManager {
                 // again so an exit between the two reads is not lost.
                 match monitor::read_exit_file(&exit_file) {
                     Ok(Some(status)) => Some(Exit::from_status(&status)),
-                    Ok(None) => Some(Exit::unknown(crate::clock::now_unix_nanos())),
+                    Ok(None) => Some(self.unrecorded_exit(record)),
                     Err(e) => {
                         tracing::warn!(container = %record.id, "unreadable exit file: {e}");
                         None
@@ -75,6 +75,27 @@ impl ContainerManager {
                 None
             }
         }
+    }
+
+    /// The exit of a container whose monitor ended without recording one
+    /// (killed, or lost with the node's memory): `Unknown`, unless the
+    /// container's memory cgroup counted an OOM kill, the one cause the
+    /// kernel still remembers; its code stays unknown.
+    fn unrecorded_exit(&self, record: &ContainerRecord) -> Exit {
+        let mut exit = Exit::unknown(crate::clock::now_unix_nanos());
+        let oom = self
+            .cgroups
+            .as_ref()
+            .filter(|_| !record.cgroup_path.is_empty())
+            .and_then(|m| m.open(&record.cgroup_path).ok())
+            .is_some_and(|cg| cg.oom_killed().unwrap_or(false));
+        if oom {
+            exit.reason = crate::monitor::exit_reason(exit.code, true).into();
+            exit.message = "the container's monitor ended without recording an exit \
+                            status; its memory cgroup counted an OOM kill"
+                .into();
+        }
+        exit
     }
 
     /// The record with its state brought up to date (persisted when it

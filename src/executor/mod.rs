@@ -72,8 +72,9 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, pipe2};
 use oci_spec::runtime::{Process, Spec};
 
+use crate::cgroups::CgroupManager;
 use crate::sys;
-use mount_plan::MountPlan;
+use mount_plan::{CgroupMounts, MountPlan};
 use namespaces::NamespacePlan;
 use step::StepError;
 
@@ -169,7 +170,13 @@ pub(crate) struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    pub fn new(bundle: &Path, spec: &'a Spec, stdio: &Stdio<'_>) -> Result<Self, ExecutorError> {
+    /// `cgroup_dirs` are the container's cgroups (see [`StartRequest`]).
+    pub fn new(
+        bundle: &Path,
+        spec: &'a Spec,
+        stdio: &Stdio<'_>,
+        cgroup_dirs: &[PathBuf],
+    ) -> Result<Self, ExecutorError> {
         let invalid = |m: &str| ExecutorError::InvalidSpec(m.to_owned());
         let process = spec
             .process()
@@ -196,12 +203,13 @@ impl<'a> Plan<'a> {
         })?;
         let linux = spec.linux().as_ref().ok_or_else(|| invalid("no linux"))?;
         let namespaces = NamespacePlan::new(linux)?;
+        let mut warnings = Vec::new();
+        let cgroups = cgroup_mounts(spec, &namespaces, cgroup_dirs, &mut warnings);
         // A spec the container's process would refuse at its mount steps
         // is refused with the same words before anything is made.
-        let mounts =
-            MountPlan::new(&rootfs, spec).map_err(|e| ExecutorError::Start(e.to_string()))?;
+        let mounts = MountPlan::new(&rootfs, spec, &cgroups)
+            .map_err(|e| ExecutorError::Start(e.to_string()))?;
 
-        let mut warnings = Vec::new();
         // An absent value means 0: inheriting the runtime's own (often
         // -999 under systemd) would shield the container from the OOM killer.
         let (adj, warning) = process::clamp_oom_score_adj(process.oom_score_adj().unwrap_or(0));
@@ -231,7 +239,7 @@ impl<'a> Plan<'a> {
 
 impl Executor for Builtin {
     fn start(&self, req: &StartRequest<'_>) -> Result<StartedProcess, ExecutorError> {
-        let plan = Plan::new(req.bundle, req.spec, &req.stdio)?;
+        let plan = Plan::new(req.bundle, req.spec, &req.stdio, req.cgroup_dirs)?;
         let sys = |context| move |source| ExecutorError::Sys { context, source };
         let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
         let console = match req.stdio {
@@ -302,6 +310,40 @@ impl Executor for Builtin {
     }
 }
 
+/// What the spec's `cgroup` mount needs: the host's cgroup filesystems
+/// (looked up only when the spec has such a mount), whether the container
+/// has a cgroup namespace of its own, and its cgroup directories. A host
+/// without cgroups runs the container without the mount, and says so.
+fn cgroup_mounts(
+    spec: &Spec,
+    namespaces: &NamespacePlan,
+    cgroup_dirs: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> CgroupMounts {
+    let wanted = spec
+        .mounts()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m.typ().as_deref() == Some("cgroup"));
+    let fs = if wanted {
+        match CgroupManager::detect() {
+            Ok(manager) => Some(manager.container_fs()),
+            Err(e) => {
+                warnings.push(format!("no cgroup filesystem to mount: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    CgroupMounts {
+        fs,
+        namespaced: namespaces.own_cgroup_ns(),
+        dirs: cgroup_dirs.to_vec(),
+    }
+}
+
 fn read_pid(pipe: OwnedFd) -> Option<Pid> {
     let mut buf = [0u8; 4];
     let mut got = 0;
@@ -337,7 +379,7 @@ mod tests {
         let mut process = spec.process().clone().unwrap();
         process.set_terminal(Some(terminal));
         spec.set_process(Some(process));
-        match Plan::new(bundle.path(), &spec, stdio) {
+        match Plan::new(bundle.path(), &spec, stdio, &[]) {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         }

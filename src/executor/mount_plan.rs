@@ -15,6 +15,8 @@
 //! 3. The spec's mounts, in order. A bind mount ignores every flag but
 //!    `MS_BIND|MS_REC`, so `ro`, `nosuid` and the others take a second,
 //!    remounting call; propagation is a call of its own after either kind.
+//!    A `cgroup` mount becomes the host's cgroup filesystems as runc mounts
+//!    them ([`CgroupMounts`]).
 //! 4. A fresh /dev (a tmpfs on `/dev`) gets runc's default nodes, the
 //!    `/proc/self/fd` symlinks, `ptmx` pointing into its own devpts and the
 //!    console; then the spec's devices.
@@ -36,6 +38,7 @@ use nix::mount::MsFlags;
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 
 use super::step::StepError;
+use crate::cgroups::CgroupFs;
 
 /// Where a step acts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +173,26 @@ pub enum MountStep {
     ReadOnly { target: Target, bind_first: bool },
 }
 
+/// What a spec's `cgroup` mount (at `/sys/fs/cgroup`) needs to know.
+///
+/// With a cgroup namespace of its own (new or joined), the container gets
+/// fresh mounts of the host's hierarchies, which show the namespace's root:
+/// its own cgroup. Without one, a fresh mount would show the host's whole
+/// tree, so the container's own directories are bound instead (runc's
+/// choice for v1 without a cgroup namespace). Read-only unless the spec's
+/// options say `rw` (privileged containers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupMounts {
+    /// The host's cgroup filesystems; `None` on a host without any (the
+    /// mount is then left out).
+    pub fs: Option<CgroupFs>,
+    /// The container has a cgroup namespace of its own.
+    pub namespaced: bool,
+    /// The container's cgroup directories on the host, one per hierarchy
+    /// (for the bound form).
+    pub dirs: Vec<PathBuf>,
+}
+
 /// Every step of a container's mounts, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MountPlan {
@@ -199,8 +222,8 @@ const DEV_SYMLINKS: [(&str, &str); 4] = [
 
 impl MountPlan {
     /// The plan for `spec`, whose root filesystem is already at `rootfs`
-    /// (an absolute, canonical path).
-    pub fn new(rootfs: &Path, spec: &Spec) -> Result<Self, StepError> {
+    /// (an absolute, canonical path); `cgroups` serves its `cgroup` mount.
+    pub fn new(rootfs: &Path, spec: &Spec, cgroups: &CgroupMounts) -> Result<Self, StepError> {
         let slave_rec = MsFlags::MS_SLAVE | MsFlags::MS_REC;
         let mut steps = vec![
             MountStep::Mount(MountCall::propagation(Target::Host("/".into()), slave_rec)),
@@ -213,6 +236,10 @@ impl MountPlan {
             let target = Target::Rootfs(m.destination().clone());
             let options = MountOptions::parse(m.options().as_deref().unwrap_or_default());
             let typ = m.typ().as_deref().unwrap_or("bind");
+            if typ == "cgroup" {
+                steps.extend(cgroup_steps(target, &options, cgroups));
+                continue;
+            }
             if options.flags.contains(MsFlags::MS_BIND) || typ == "bind" {
                 let source = m.source().as_deref().ok_or_else(|| {
                     StepError::msg(
@@ -365,6 +392,83 @@ impl MountPlan {
     }
 }
 
+/// The steps of a `cgroup` mount at `target` (see [`CgroupMounts`]). The
+/// spec's flags (`nosuid`, `noexec`, `nodev`, `ro`) go to every mount; on
+/// v1 the tmpfs holding the hierarchies is made read-only last, once its
+/// mount points and symlinks are in place.
+fn cgroup_steps(target: Target, options: &MountOptions, cgroups: &CgroupMounts) -> Vec<MountStep> {
+    let Some(fs) = &cgroups.fs else {
+        return Vec::new();
+    };
+    let Target::Rootfs(base) = &target else {
+        return Vec::new();
+    };
+    let flags = options.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+    let bound = MountOptions {
+        flags: flags | MsFlags::MS_BIND | MsFlags::MS_REC,
+        ..MountOptions::default()
+    };
+    // The form of one hierarchy whose host mount point is `mount_point`.
+    let hierarchy = |at: Target, fstype: &str, data: Option<&str>, mount_point: Option<&Path>| {
+        if cgroups.namespaced {
+            return vec![
+                MountStep::MakeDir(at.clone()),
+                MountStep::Mount(MountCall {
+                    source: Some(PathBuf::from(fstype)),
+                    target: at,
+                    fstype: Some(fstype.to_owned()),
+                    flags,
+                    data: data.map(str::to_owned),
+                }),
+            ];
+        }
+        let own = cgroups
+            .dirs
+            .iter()
+            .find(|d| mount_point.is_none_or(|m| d.starts_with(m)));
+        match own {
+            Some(dir) => bind(dir, at, &bound),
+            // Not in this hierarchy: nothing of it to show.
+            None => Vec::new(),
+        }
+    };
+    match fs {
+        CgroupFs::V2 => hierarchy(target, "cgroup2", None, None),
+        CgroupFs::V1(hierarchies) => {
+            let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            let mut steps = vec![
+                MountStep::MakeDir(target.clone()),
+                MountStep::Mount(MountCall {
+                    source: Some("tmpfs".into()),
+                    target: target.clone(),
+                    fstype: Some("tmpfs".into()),
+                    flags: tmpfs_flags,
+                    data: Some("mode=755".into()),
+                }),
+            ];
+            for h in hierarchies {
+                let at = Target::Rootfs(base.join(&h.name));
+                steps.extend(hierarchy(at, "cgroup", Some(&h.data), Some(&h.mount_point)));
+                for alias in &h.aliases {
+                    steps.push(MountStep::Symlink {
+                        to: PathBuf::from(&h.name),
+                        path: Target::Rootfs(base.join(alias)),
+                        replace: false,
+                        only_if_exists: None,
+                    });
+                }
+            }
+            if flags.contains(MsFlags::MS_RDONLY) {
+                steps.push(MountStep::Mount(MountCall::bind_remount(
+                    target,
+                    tmpfs_flags | MsFlags::MS_RDONLY,
+                )));
+            }
+            steps
+        }
+    }
+}
+
 /// A bind mount's steps: its mount point, the bind, the remount that
 /// applies its other flags, its propagation.
 fn bind(source: &Path, target: Target, options: &MountOptions) -> Vec<MountStep> {
@@ -483,3 +587,7 @@ pub fn propagation_flag(word: &str) -> Option<MsFlags> {
 #[cfg(test)]
 #[path = "mount_plan_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "mount_plan_cgroup_tests.rs"]
+mod cgroup_tests;

@@ -114,7 +114,7 @@ fn spec(shape: Shape) -> Spec {
 }
 
 fn plan(shape: Shape) -> MountPlan {
-    MountPlan::new(Path::new(ROOTFS), &spec(shape)).unwrap()
+    MountPlan::new(Path::new(ROOTFS), &spec(shape), &CgroupMounts::default()).unwrap()
 }
 
 fn rootfs(path: &str) -> Target {
@@ -385,7 +385,7 @@ fn a_terminal_gets_the_console_and_devices_their_nodes() {
             .unwrap(),
     ]));
     spec.set_linux(Some(linux));
-    let plan = MountPlan::new(Path::new(ROOTFS), &spec).unwrap();
+    let plan = MountPlan::new(Path::new(ROOTFS), &spec, &CgroupMounts::default()).unwrap();
     let steps = &plan.before_pivot;
     let console = position(
         steps,
@@ -439,6 +439,7 @@ fn rootfs_propagation_comes_before_the_masks() {
             rootfs_propagation: Some("sideways"),
             ..Shape::default()
         }),
+        &CgroupMounts::default(),
     )
     .unwrap_err();
     assert_eq!(
@@ -464,6 +465,7 @@ fn a_bind_mount_needs_a_source() {
             mounts,
             ..Shape::default()
         }),
+        &CgroupMounts::default(),
     )
     .unwrap_err();
     assert_eq!(

@@ -72,6 +72,18 @@ impl NamespacePlan {
         Ok(Self { join, unshare })
     }
 
+    /// A cgroup namespace of the container's own, new or joined: a fresh
+    /// mount of the cgroup filesystem shows its root, not the host's tree.
+    /// A new one is made after A has entered the container's cgroups, so
+    /// its root is the container's own cgroup (cgroup_namespaces(7)).
+    pub fn own_cgroup_ns(&self) -> bool {
+        self.unshare.contains(CloneFlags::CLONE_NEWCGROUP)
+            || self
+                .join
+                .iter()
+                .any(|(flag, _)| *flag == CloneFlags::CLONE_NEWCGROUP)
+    }
+
     /// A new UTS namespace: the spec's hostname and domainname are set in
     /// it (in a joined or the host's one they are not ours to change).
     pub fn new_uts(&self) -> bool {
@@ -138,6 +150,18 @@ mod tests {
             CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP
         );
         assert!(!plan.new_uts());
+        assert!(plan.own_cgroup_ns());
+    }
+
+    #[test]
+    fn a_cgroup_namespace_is_the_containers_own_when_made_or_joined() {
+        use LinuxNamespaceType::*;
+        let own = |ns: &[(LinuxNamespaceType, Option<&str>)]| {
+            NamespacePlan::new(&linux(ns)).unwrap().own_cgroup_ns()
+        };
+        assert!(own(&[(Mount, None), (Cgroup, None)]));
+        assert!(own(&[(Mount, None), (Cgroup, Some("/proc/42/ns/cgroup"))]));
+        assert!(!own(&[(Mount, None), (Pid, None)]));
     }
 
     #[test]

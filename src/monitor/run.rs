@@ -207,6 +207,9 @@ impl Monitor {
             .set_nonblocking(true)
             .map_err(|e| format!("listen on {}: {e}", args.socket.display()))?;
         let log = CriLog::new(open_log(&args.log_path)?);
+        // Counted before the start: a container that runs out of memory at
+        // once is killed before a count taken after the start could see it.
+        let mut oom = OomWatch::new(&args.cgroup_dir);
 
         let started = executor::Builtin
             .start(&StartRequest {
@@ -241,7 +244,12 @@ impl Monitor {
         }
         let pid = started.pid;
         let start_time = sys::start_time(pid).unwrap_or(0);
-        let oom = OomWatch::new(pid);
+        if args.cgroup_dir.is_empty() {
+            // Left in our cgroups: watch them.
+            oom = executor::exec::cgroup_dirs(pid)
+                .ok()
+                .and_then(|dirs| OomWatch::new(&dirs));
+        }
         let report = StartReport {
             monitor_pid: Some(monitor_pid.as_raw()),
             monitor_start_time: sys::start_time(monitor_pid),
@@ -603,9 +611,8 @@ impl Monitor {
             Some(WaitStatus::Signaled(_, sig, _)) => (128 + sig as i32, Some(sig as i32)),
             _ => (-1, None),
         };
-        let oom_killed =
-            signal == Some(Signal::SIGKILL as i32) && self.oom.as_ref().is_some_and(|o| o.fired());
-        ExitStatus::new(exit_code, signal, finished, oom_killed)
+        let fired = self.oom.as_ref().is_some_and(|o| o.fired());
+        ExitStatus::new(exit_code, signal, finished, oom_killed(exit_code, fired))
     }
 }
 
@@ -646,6 +653,15 @@ fn open_log(path: &Path) -> Result<File, String> {
         .map_err(|e| format!("open the log {}: {e}", path.display()))
 }
 
+/// Whether an exit is reported as an OOM kill: the kernel's OOM killer
+/// killed a process of the container's cgroup while it ran, and the
+/// container did not end well. The killed process need not be the main
+/// one: a `sh -c` in front of the program it killed exits 137 itself
+/// (containerd and CRI-O report `OOMKilled` on the cgroup's OOM event too).
+fn oom_killed(exit_code: i32, oom_kills_seen: bool) -> bool {
+    oom_kills_seen && exit_code != 0
+}
+
 /// Counts the container's cgroup OOM kills, to tell an OOM kill from any
 /// other SIGKILL (cgroup v2 `memory.events`, v1 `memory.oom_control`).
 struct OomWatch {
@@ -654,8 +670,9 @@ struct OomWatch {
 }
 
 impl OomWatch {
-    fn new(pid: Pid) -> Option<Self> {
-        let dirs = executor::exec::cgroup_dirs(pid).ok()?;
+    /// Watches the memory cgroup among `dirs` (the container's cgroup
+    /// directories, one per hierarchy).
+    fn new(dirs: &[PathBuf]) -> Option<Self> {
         dirs.iter()
             .flat_map(|d| ["memory.events", "memory.oom_control"].map(|f| (d, f)))
             .find_map(|(dir, name)| {
@@ -679,4 +696,39 @@ fn oom_kills(file: &Path) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|n| n.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oom_kill_is_the_reason_of_an_exit_that_was_not_clean() {
+        assert!(oom_killed(137, true));
+        // The shell in front of the killed program exits with its status.
+        assert!(oom_killed(1, true));
+        assert!(!oom_killed(0, true), "it recovered and ended well");
+        assert!(!oom_killed(137, false), "a SIGKILL of someone else's");
+    }
+
+    #[test]
+    fn the_memory_cgroups_counter_is_watched_not_a_hierarchys_root() {
+        let root = tempfile::tempdir().unwrap();
+        let memory = root.path().join("memory");
+        let own = memory.join("ketch").join("c1");
+        std::fs::create_dir_all(&own).unwrap();
+        let control = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        std::fs::write(memory.join("memory.oom_control"), control).unwrap();
+        std::fs::write(memory.join("ketch").join("memory.oom_control"), control).unwrap();
+        std::fs::write(own.join("memory.oom_control"), control).unwrap();
+        let pids = root.path().join("pids").join("ketch").join("c1");
+        std::fs::create_dir_all(&pids).unwrap();
+        let watch = OomWatch::new(&[pids, own.clone()]).expect("the memory cgroup");
+        assert_eq!(watch.file, own.join("memory.oom_control"));
+        assert!(!watch.fired(), "kills before the start do not count");
+        std::fs::write(own.join("memory.oom_control"), "oom_kill 3\n").unwrap();
+        assert!(watch.fired());
+        // A hierarchy's root counts the whole host's kills: not watched.
+        assert!(OomWatch::new(&[memory]).is_none());
+    }
 }
