@@ -51,6 +51,7 @@ pub mod record;
 pub mod recover;
 pub mod remove;
 pub mod run;
+pub mod stats;
 pub mod stop;
 #[cfg(test)]
 mod tests;
