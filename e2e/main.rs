@@ -4,6 +4,7 @@
 
 mod container_state;
 mod containers;
+mod events;
 mod faults;
 mod faults_images;
 mod foundation;
@@ -12,4 +13,5 @@ mod images;
 mod network;
 mod pods;
 mod registry_harness;
+mod stats;
 mod streaming;

@@ -195,7 +195,7 @@ impl Metrics {
             self.containers.clear();
             for c in runtime.containers().list(&Default::default()) {
                 self.containers
-                    .get_or_create(&vec![("state", c.state.cri_name().to_lowercase())])
+                    .get_or_create(&vec![("state", state_label(c.state).to_owned())])
                     .inc();
             }
             self.event_subscribers
@@ -218,6 +218,15 @@ impl Metrics {
 pub fn get() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+fn state_label(state: crate::container::state::State) -> &'static str {
+    use crate::container::state::State;
+    match state {
+        State::Created => "created",
+        State::Running => "running",
+        State::Exited => "exited",
+    }
 }
 
 fn streaming_kind(method: &str) -> Option<&'static str> {

@@ -73,13 +73,13 @@
 //!
 //! Device access rules ([`DeviceRule`]) are enforced on v1 only; v2 needs
 //! an eBPF device program, which ketch does not load yet.
-// The stats, OOM and process half of this API (`Cgroup::stats`,
-// `oom_killed`, `add_process`, `version`, `controllers`) has no caller
-// outside the tests until the stats RPCs and the containers' own cgroup
-// namespaces are built on it; the expectation fails the build once it has.
+// The OOM and process half of this API (`oom_killed`, `add_process`,
+// `version`, `controllers`) has no caller outside the tests until the
+// containers' own cgroup namespaces are built on it (`Cgroup::stats` serves
+// the stats RPCs); the expectation fails the build once it has.
 #![cfg_attr(
     not(test),
-    expect(dead_code, reason = "stats and OOM API awaiting its callers")
+    expect(dead_code, reason = "OOM and process API awaiting its callers")
 )]
 
 mod error;
