@@ -5,13 +5,15 @@
 //! The writable layer (the overlay's upper dir) is measured by a walk,
 //! which on a container that writes much is costly: a measure is cached
 //! and served for [`LAYER_MAX_AGE`], then refreshed in the background (one
-//! walk per container at a time, at most [`LAYER_MAX_ENTRIES`] entries),
+//! walk per container at a time, [`MAX_BACKGROUND_WALKS`] over all, at
+//! most [`LAYER_MAX_ENTRIES`] entries each),
 //! so a stats call never waits on a walk but the first of a container.
 //! containerd measures its snapshots the same way, on a timer.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,11 @@ pub const LAYER_MAX_AGE: Duration = Duration::from_secs(30);
 /// Entries a walk of a writable layer counts at most; past it the measure
 /// is a lower bound.
 pub const LAYER_MAX_ENTRIES: u64 = 1_000_000;
+
+/// Background walks running at once, over all containers; a stale
+/// measure whose refresh finds no slot is served again and retried at the
+/// next call.
+pub const MAX_BACKGROUND_WALKS: usize = 2;
 
 /// A CPU sample kept for the next rate: less than this apart, a sample is
 /// not kept (the rate over a few milliseconds is noise).
@@ -72,6 +79,7 @@ struct LayerEntry {
 pub(crate) struct StatsCache {
     cpu: Mutex<HashMap<String, CpuSample>>,
     layers: Mutex<HashMap<String, LayerEntry>>,
+    walks: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,6 +91,15 @@ impl StatsCache {
     pub(crate) fn forget(&self, id: &str) {
         lock(&self.cpu).remove(id);
         lock(&self.layers).remove(id);
+    }
+
+    /// Claims one of the [`MAX_BACKGROUND_WALKS`] slots.
+    fn take_walk_slot(&self) -> bool {
+        self.walks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_BACKGROUND_WALKS).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// The rate since the kept sample, keeping `cur` when the kept one is
@@ -241,7 +258,11 @@ impl ContainerManager {
             let mut layers = lock(&self.stats_cache.layers);
             let entry = layers.entry(record.id.clone()).or_default();
             let stale = entry.measured.is_none_or(|t| t.elapsed() >= LAYER_MAX_AGE);
-            let start = stale && !entry.refreshing;
+            // The first measure is taken now, whatever the slots; a
+            // refresh only in a free one.
+            let start = stale
+                && !entry.refreshing
+                && (entry.usage.is_none() || self.stats_cache.take_walk_slot());
             if start {
                 entry.refreshing = true;
             }
@@ -274,11 +295,19 @@ impl ContainerManager {
         match (cached, stale) {
             (None, true) => measure(),
             (cached, true) => {
-                let _ = std::thread::Builder::new()
+                let cache = self.stats_cache.clone();
+                let spawned = std::thread::Builder::new()
                     .name("ketch-layer-du".into())
                     .spawn(move || {
                         measure();
+                        cache.walks.fetch_sub(1, Ordering::SeqCst);
                     });
+                if spawned.is_err() {
+                    self.stats_cache.walks.fetch_sub(1, Ordering::SeqCst);
+                    if let Some(e) = lock(&self.stats_cache.layers).get_mut(&record.id) {
+                        e.refreshing = false;
+                    }
+                }
                 cached
             }
             (cached, false) => cached,
@@ -330,6 +359,17 @@ mod tests {
         );
         cache.forget("c");
         assert_eq!(cache.cpu_rate("c", s(0, 0)), None);
+    }
+
+    #[test]
+    fn background_walks_are_bounded() {
+        let cache = StatsCache::default();
+        for _ in 0..MAX_BACKGROUND_WALKS {
+            assert!(cache.take_walk_slot());
+        }
+        assert!(!cache.take_walk_slot());
+        cache.walks.fetch_sub(1, Ordering::SeqCst);
+        assert!(cache.take_walk_slot());
     }
 
     #[test]
