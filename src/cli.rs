@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Cgroup driver reported to kubelet (`cgroup_driver`).
     #[arg(long)]
     pub cgroup_driver: Option<CgroupDriver>,
+    /// Address and port of the Prometheus `/metrics` endpoint
+    /// (`metrics.listen`).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// CNI config directory (`cni.conf_dirs`; repeat for several).
     #[arg(long = "cni-conf-dir")]
     pub cni_conf_dirs: Vec<PathBuf>,
@@ -120,6 +124,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.cgroup_driver {
             config.cgroup_driver = v;
+        }
+        if let Some(v) = &self.metrics_listen {
+            config.metrics.listen = v.clone();
         }
         if !self.cni_conf_dirs.is_empty() {
             config.cni.conf_dirs = self.cni_conf_dirs.clone();

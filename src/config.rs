@@ -84,6 +84,7 @@ pub struct Config {
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
     pub image: ImageConfig,
+    pub metrics: MetricsConfig,
     /// Per-registry settings, keyed by host[:port] as written in references.
     pub registries: BTreeMap<String, RegistryConfig>,
 }
@@ -130,6 +131,13 @@ pub struct ImageConfig {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` of the Prometheus `/metrics` endpoint; empty: off.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Mirrors (`https://host[:port]`) tried in order before the origin.
     pub mirrors: Vec<String>,
@@ -151,6 +159,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             streaming: StreamingConfig::default(),
             image: ImageConfig::default(),
+            metrics: MetricsConfig::default(),
             registries: BTreeMap::new(),
         }
     }
@@ -262,6 +271,15 @@ impl Config {
                 "streaming.address",
                 &self.streaming.address,
                 "must be an IP address",
+            ));
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics.listen",
+                &self.metrics.listen,
+                "must be an address and port (127.0.0.1:9100, [::1]:9100), or empty",
             ));
         }
         if self.streaming.token_ttl_secs == 0 {

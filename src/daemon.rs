@@ -47,6 +47,11 @@ pub enum DaemonError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("cannot start the streaming server: {0}")]
     Streaming(#[from] StreamError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -73,6 +78,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .into_services();
 
     crate::memory::spawn_trimmer();
+    spawn_exit_watch(&runtime);
+    runtime
+        .containers()
+        .events()
+        .observe(Box::new(|event| crate::metrics::get().observe_event(event)));
+    let metrics_addr = runtime.config().metrics.listen.clone();
+    if !metrics_addr.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&metrics_addr)
+            .await
+            .map_err(|source| DaemonError::Metrics {
+                addr: metrics_addr.clone(),
+                source,
+            })?;
+        tracing::info!(address = %metrics_addr, "serving Prometheus metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(listener, runtime.clone()));
+    }
     let signal = shutdown_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -91,6 +112,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let incoming = UnixListenerStream::new(listener).map(|s| s.map(AnyAuthority::new));
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .layer(crate::metrics::RpcMetricsLayer)
         .add_service(runtime_service)
         .add_service(image_service)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -122,6 +144,28 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("ketch stopped; containers keep running");
     Ok(())
+}
+
+/// How often running containers are checked for an exit, so a STOPPED
+/// event (and the exit metrics) follow an exit within this, without a
+/// client asking for the container's status.
+const EXIT_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checks running containers for exits in the background (the exit files
+/// the monitors write: one open per running container and tick).
+fn spawn_exit_watch(runtime: &Arc<Runtime>) {
+    let runtime = Arc::downgrade(runtime);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EXIT_WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(runtime) = runtime.upgrade() else {
+                return;
+            };
+            runtime.containers().poll_exits();
+        }
+    });
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {

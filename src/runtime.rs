@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::container::config::ContainerConfig;
 use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
+use crate::container::stats::ContainerStats;
 use crate::container::stream::{PodNetwork, PodNetworks};
 use crate::container::{
     ContainerError, ContainerManager, ContainerRecord, ImageInfo, PodInfo, VolumeImage,
@@ -50,6 +51,19 @@ pub enum RuntimeError {
     PodPid(#[from] PodPidError),
     #[error("cannot generate a container ID: {0}")]
     Random(String),
+}
+
+/// A pod's sample: its own cgroup's (or its containers' summed), its
+/// containers' and its network interfaces'.
+#[derive(Debug, Clone)]
+pub struct PodStats {
+    pub pod: Arc<PodSandbox>,
+    pub cgroup: Option<crate::cgroups::Stats>,
+    /// The containers' CPU rates summed.
+    pub usage_nano_cores: Option<u64>,
+    pub containers: Vec<(ContainerRecord, ContainerStats)>,
+    /// `None` for a pod on the host's network or one not ready.
+    pub network: Option<Vec<crate::sandbox::stats::InterfaceUsage>>,
 }
 
 pub struct Runtime {
@@ -379,6 +393,64 @@ impl Runtime {
             "rootfs": record.overlay.target,
             "runtimeSpec": spec,
         })
+    }
+
+    /// The stats of every pod in `pods`, with their containers'.
+    pub async fn pod_stats(
+        &self,
+        pods: Vec<Arc<PodSandbox>>,
+    ) -> Result<Vec<PodStats>, RuntimeError> {
+        let netns: Vec<_> = pods
+            .iter()
+            .filter(|p| p.is_ready() && !p.config.host_network())
+            .filter_map(|p| p.namespaces.net.clone().map(|n| (p.id.clone(), n)))
+            .collect();
+        let usage =
+            crate::sandbox::stats::network_usage(netns.iter().map(|(_, n)| n.clone()).collect())
+                .await;
+        let mut networks: std::collections::HashMap<_, _> =
+            netns.into_iter().map(|(id, _)| id).zip(usage).collect();
+        let mut out = Vec::with_capacity(pods.len());
+        for pod in pods {
+            let filter = crate::container::ContainerFilter {
+                pod_id: Some(pod.id.clone()),
+                ..Default::default()
+            };
+            let containers = self.containers.stats_list(&filter).await?;
+            // A pod given a cgroup parent has a cgroup of its own, the
+            // parent of its containers' (kubelet's pod cgroup).
+            let own = match containers.first() {
+                Some((record, _)) if !pod.config.linux.cgroup_parent.is_empty() => {
+                    match record.cgroup_path.rsplit_once('/') {
+                        Some((parent, _)) if !parent.is_empty() => {
+                            self.containers.cgroup_stats(parent.to_owned()).await
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let cgroup = own.or_else(|| {
+                let samples: Vec<_> = containers
+                    .iter()
+                    .filter_map(|(_, s)| s.cgroup.as_ref())
+                    .collect();
+                crate::sandbox::stats::sum(&samples)
+            });
+            let rates: Vec<u64> = containers
+                .iter()
+                .filter_map(|(_, s)| s.usage_nano_cores)
+                .collect();
+            let usage_nano_cores = (!rates.is_empty()).then(|| rates.iter().sum());
+            out.push(PodStats {
+                network: networks.remove(&pod.id).flatten(),
+                pod,
+                cgroup,
+                usage_nano_cores,
+                containers,
+            });
+        }
+        Ok(out)
     }
 
     pub fn config(&self) -> &Config {

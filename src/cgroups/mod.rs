@@ -87,7 +87,7 @@ pub mod parse;
 mod path;
 mod plan;
 mod resources;
-mod stats;
+pub mod stats;
 mod v1;
 mod v2;
 

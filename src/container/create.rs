@@ -10,6 +10,7 @@ use super::record::{ContainerRecord, SCHEMA};
 use super::rootfs::{ImageVolume, Overlay, VOLUMES_DIR};
 use super::state::State;
 use super::{signal, spec, user};
+use crate::events::EventKind;
 use crate::store::StoreError;
 use crate::task::blocking;
 use crate::{cgroups, names};
@@ -156,10 +157,12 @@ impl ContainerManager {
             config,
         };
         crate::sandbox::crash_point("create-container-before-record");
+        let event = super::manager::event_of(&record, EventKind::Created);
         if let Err(e) = self.store.insert(reservation, record) {
             self.remove_files(id, &overlay.target);
             return Err(e.into());
         }
+        self.events.publish(event);
         crate::sandbox::crash_point("create-container-after-record");
         Ok(())
     }

@@ -20,13 +20,18 @@
 //! - the record, in the container store (`<root_dir>/store/containers`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::{ContainerError, io_err};
 use super::record::ContainerRecord;
 use super::rootfs;
 use super::spec::{ImageRunConfig, PodContext};
+use super::state::State;
+use super::stats::StatsCache;
+use super::status::ContainerFilter;
 use crate::cgroups::{self, CgroupManager};
 use crate::config::CgroupDriver;
+use crate::events::{ContainerEvent, EventKind, Events};
 use crate::store::Store;
 
 /// The pod a container is made in, as the container module needs it.
@@ -74,6 +79,8 @@ pub struct ContainerManager {
     pub(super) cgroups: Option<CgroupManager>,
     pub(super) driver: CgroupDriver,
     exe: PathBuf,
+    pub(super) stats_cache: Arc<StatsCache>,
+    pub(super) events: Events,
 }
 
 impl ContainerManager {
@@ -106,6 +113,8 @@ impl ContainerManager {
             cgroups,
             driver,
             exe,
+            stats_cache: super::stats::new_cache(),
+            events: Events::new(),
         };
         manager.reconcile().await?;
         Ok(manager)
@@ -137,6 +146,27 @@ impl ContainerManager {
     /// and the driver naming paths in them.
     pub fn cgroups(&self) -> (Option<&CgroupManager>, CgroupDriver) {
         (self.cgroups.as_ref(), self.driver)
+    }
+
+    /// The hub of this manager's lifecycle events.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Publishes `kind` for `record` (a `Stopped` event carries the exit's
+    /// reason).
+    pub(super) fn emit(&self, record: &ContainerRecord, kind: EventKind) {
+        self.events.publish(event_of(record, kind));
+    }
+
+    /// Checks every running container for an exit: an exit seen is
+    /// recorded (and so published) in the background.
+    pub fn poll_exits(&self) {
+        let running = ContainerFilter {
+            state: Some(State::Running),
+            ..Default::default()
+        };
+        let _ = self.list(&running);
     }
 
     /// The ketch binary that exec helpers (`ketch exec`) run.
@@ -174,5 +204,17 @@ impl ContainerManager {
             }
         }
         let _ = std::fs::remove_file(self.socket(id));
+    }
+}
+
+/// The event of `kind` for `record`.
+pub(super) fn event_of(record: &ContainerRecord, kind: EventKind) -> ContainerEvent {
+    let exit = record.exit.as_ref().filter(|_| kind == EventKind::Stopped);
+    ContainerEvent {
+        kind,
+        container_id: record.id.clone(),
+        pod_id: record.pod_id.clone(),
+        at: exit.map_or_else(crate::clock::now_unix_nanos, |e| e.finished_at),
+        exit_reason: exit.map(|e| e.reason.clone()),
     }
 }

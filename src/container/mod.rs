@@ -4,7 +4,8 @@
 //! record (`record`) and the lifecycle rules (`state`), and the
 //! [`ContainerManager`] with one file per operation: `create`, `start`,
 //! `stop`, `remove`, `exec`, `reopen_log`, `update`, `status`,
-//! `reconcile`. `stream` serves exec and attach sessions.
+//! `reconcile`, `stats`; lifecycle changes are published as
+//! `crate::events`. `stream` serves exec and attach sessions.
 
 pub mod config;
 mod create;
@@ -20,6 +21,7 @@ pub mod signal;
 pub mod spec;
 mod start;
 pub mod state;
+pub mod stats;
 mod status;
 mod stop;
 pub mod stream;

@@ -13,6 +13,7 @@ use super::manager::ContainerManager;
 use super::record::ContainerRecord;
 use super::state::{Exit, State, Transition};
 use super::status::Probe;
+use crate::events::EventKind;
 
 impl ContainerManager {
     pub(super) async fn reconcile(&self) -> Result<(), ContainerError> {
@@ -37,11 +38,15 @@ impl ContainerManager {
                 self.refresh(&mut record, Probe::Processes);
                 if record.state != State::Running {
                     self.store.persist(&record)?;
+                    self.events
+                        .publish_recovered(super::manager::event_of(&record, EventKind::Stopped));
                 }
             }
             if record.starting {
                 self.abandon_start(&mut record);
                 self.store.persist(&record)?;
+                self.events
+                    .publish_recovered(super::manager::event_of(&record, EventKind::Stopped));
             }
             self.store.adopt(reservation, record)?;
         }

@@ -8,6 +8,7 @@ use super::manager::ContainerManager;
 use super::record::ContainerRecord;
 use super::state::State;
 use super::status::Probe;
+use crate::events::EventKind;
 use crate::store::StoreError;
 use crate::task::blocking;
 
@@ -24,6 +25,8 @@ impl ContainerManager {
         self.refresh(&mut record, Probe::Processes);
         if record.state == State::Running {
             self.kill(&record, Duration::ZERO).await?;
+            self.refresh(&mut record, Probe::Processes);
+            self.emit(&record, EventKind::Stopped);
         }
         let manager = self.clone();
         let r = record.clone();
@@ -37,6 +40,8 @@ impl ContainerManager {
         })
         .await?;
         guard.remove()?;
+        self.stats_cache.forget(&record.id);
+        self.emit(&record, EventKind::Deleted);
         Ok(Some(record))
     }
 }

@@ -10,6 +10,7 @@ use super::record::ContainerRecord;
 use super::spec;
 use super::state::{Exit, Transition};
 use crate::cgroups::Resources;
+use crate::events::EventKind;
 use crate::monitor::{self, MonitorSpec, Started};
 use crate::task::blocking;
 
@@ -41,7 +42,8 @@ impl ContainerManager {
                 record
                     .apply(Transition::Start(started))
                     .map_err(ContainerError::transition(&id))?;
-                guard.save(record)?;
+                guard.save(record.clone())?;
+                self.emit(&record, EventKind::Started);
                 Ok(())
             }
             Err(e) => {
@@ -50,7 +52,8 @@ impl ContainerManager {
                 record
                     .apply(Transition::FailStart(exit))
                     .map_err(ContainerError::transition(&id))?;
-                guard.save(record)?;
+                guard.save(record.clone())?;
+                self.emit(&record, EventKind::Stopped);
                 Err(ContainerError::StartFailed { id, message })
             }
         }

@@ -7,6 +7,7 @@ use super::error::ContainerError;
 use super::manager::ContainerManager;
 use super::record::ContainerRecord;
 use super::state::{Exit, State, Transition};
+use crate::events::EventKind;
 use crate::monitor;
 
 /// Filters of ListContainers, in domain terms.
@@ -124,10 +125,11 @@ impl ContainerManager {
                 let mut record = (*guard.get()).clone();
                 if record.state == State::Running {
                     manager.refresh(&mut record, Probe::Processes);
-                    if record.state != State::Running
-                        && let Err(e) = guard.save(record)
-                    {
-                        tracing::warn!(container = %id, "cannot record exit: {e}");
+                    if record.state != State::Running {
+                        match guard.save(record.clone()) {
+                            Ok(_) => manager.emit(&record, EventKind::Stopped),
+                            Err(e) => tracing::warn!(container = %id, "cannot record exit: {e}"),
+                        }
                     }
                 }
             }

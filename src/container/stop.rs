@@ -11,6 +11,7 @@ use super::record::ContainerRecord;
 use super::signal;
 use super::state::{Exit, State, Transition};
 use super::status::Probe;
+use crate::events::EventKind;
 use crate::monitor;
 use crate::store::StoreError;
 use crate::task::blocking;
@@ -39,7 +40,8 @@ impl ContainerManager {
                 .map_err(ContainerError::transition(&record.id.clone()))?;
         }
         if record.state != guard.get().state {
-            guard.save(record)?;
+            guard.save(record.clone())?;
+            self.emit(&record, EventKind::Stopped);
         }
         Ok(())
     }

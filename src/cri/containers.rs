@@ -481,7 +481,7 @@ fn to_container(record: &ContainerRecord) -> cri::Container {
     }
 }
 
-fn to_status(record: &ContainerRecord) -> cri::ContainerStatus {
+pub(super) fn to_status(record: &ContainerRecord) -> cri::ContainerStatus {
     let exit = record.exit.clone().unwrap_or_default();
     cri::ContainerStatus {
         id: record.id.clone(),

@@ -125,7 +125,9 @@ pub(super) async fn pull(
         Some(a) => auth_from_cri(a)?,
         None => None,
     };
+    let started = std::time::Instant::now();
     let image = cri.runtime.images().pull(&reference, auth).await?;
+    crate::metrics::get().observe_pull(image.size, image.layers.len(), started.elapsed());
     Ok(PullImageResponse {
         image_ref: image.id,
     })

@@ -5,17 +5,19 @@
 //! `runtime_service.rs` and `image_service.rs` are the tonic trait impls
 //! and only dispatch: every RPC is a function `(cri, request) ->
 //! Result<response, Status>` in the file of its group (`runtime_status`,
-//! `pods`, `containers`, `streaming`, `images`), which converts the
+//! `pods`, `containers`, `streaming`, `images`, `stats`, `events`), which converts the
 //! request, calls the domain and converts the answer. Domain errors become
 //! `tonic::Status` in `status`, in one place.
 
 pub mod api;
 mod containers;
+mod events;
 mod image_service;
 mod images;
 mod pods;
 mod runtime_service;
 mod runtime_status;
+mod stats;
 mod status;
 mod streaming;
 

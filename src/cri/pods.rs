@@ -262,7 +262,7 @@ fn map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String
 }
 
 /// The PodSandboxStatus reply for `pod`.
-fn pod_status(
+pub(super) fn pod_status(
     pod: &PodSandbox,
     verbose: bool,
 ) -> Result<cri::PodSandboxStatusResponse, SandboxError> {

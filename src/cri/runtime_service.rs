@@ -7,8 +7,8 @@ use super::api::*;
 use tonic::{Request, Response, Status};
 
 use super::{
-    CriService, ReplyStream, containers, not_implemented, pods, runtime_status, stream_in_chunks,
-    streaming,
+    CriService, ReplyStream, containers, events, not_implemented, pods, runtime_status, stats,
+    stream_in_chunks, streaming,
 };
 
 #[tonic::async_trait]
@@ -234,23 +234,48 @@ impl RuntimeService for CriService {
 
     async fn stream_container_stats(
         &self,
-        _request: Request<StreamContainerStatsRequest>,
+        request: Request<StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
-        not_implemented("StreamContainerStats")
+        let filter = request.into_inner().filter;
+        let stats = stats::list_container_stats(self, ListContainerStatsRequest { filter })
+            .await?
+            .stats;
+        Ok(Response::new(stream_in_chunks(stats, |stats| {
+            StreamContainerStatsResponse {
+                container_stats: stats,
+            }
+        })))
     }
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _request: Request<StreamPodSandboxStatsRequest>,
+        request: Request<StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        not_implemented("StreamPodSandboxStats")
+        let filter = request.into_inner().filter;
+        let stats = stats::list_pod_sandbox_stats(self, ListPodSandboxStatsRequest { filter })
+            .await?
+            .stats;
+        Ok(Response::new(stream_in_chunks(stats, |stats| {
+            StreamPodSandboxStatsResponse {
+                pod_sandbox_stats: stats,
+            }
+        })))
     }
 
     async fn stream_pod_sandbox_metrics(
         &self,
-        _request: Request<StreamPodSandboxMetricsRequest>,
+        request: Request<StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        not_implemented("StreamPodSandboxMetrics")
+        let _ = request.into_inner();
+        let pod_metrics = stats::list_pod_sandbox_metrics(self, ListPodSandboxMetricsRequest {})
+            .await?
+            .pod_metrics;
+        Ok(Response::new(stream_in_chunks(
+            pod_metrics,
+            |pod_metrics| StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics: pod_metrics,
+            },
+        )))
     }
 
     async fn update_pod_sandbox_resources(
@@ -264,37 +289,48 @@ impl RuntimeService for CriService {
 
     async fn get_container_events(
         &self,
-        _request: Request<GetEventsRequest>,
+        request: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        not_implemented("GetContainerEvents")
+        Ok(Response::new(events::get_container_events(
+            self,
+            request.into_inner(),
+        )))
     }
 
     async fn container_stats(
         &self,
-        _request: Request<ContainerStatsRequest>,
+        request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        not_implemented("ContainerStats")
+        stats::container_stats(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<ListContainerStatsRequest>,
+        request: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        not_implemented("ListContainerStats")
+        stats::list_container_stats(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<PodSandboxStatsRequest>,
+        request: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        not_implemented("PodSandboxStats")
+        stats::pod_sandbox_stats(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<ListPodSandboxStatsRequest>,
+        request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        not_implemented("ListPodSandboxStats")
+        stats::list_pod_sandbox_stats(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn checkpoint_container(
@@ -306,15 +342,19 @@ impl RuntimeService for CriService {
 
     async fn list_metric_descriptors(
         &self,
-        _request: Request<ListMetricDescriptorsRequest>,
+        request: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        not_implemented("ListMetricDescriptors")
+        stats::list_metric_descriptors(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
-        _request: Request<ListPodSandboxMetricsRequest>,
+        request: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        not_implemented("ListPodSandboxMetrics")
+        stats::list_pod_sandbox_metrics(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -57,6 +57,7 @@ pub mod recover;
 pub mod remove;
 pub mod resources;
 pub mod run;
+pub mod stats;
 pub mod stop;
 #[cfg(test)]
 mod tests;

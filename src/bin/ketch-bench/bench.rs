@@ -77,6 +77,7 @@ mod key {
     pub const EXEC: &str = "exec.echo";
     pub const LIST_CONTAINERS: &str = "list.containers";
     pub const LIST_PODS: &str = "list.pods";
+    pub const LIST_STATS: &str = "list.container_stats";
     pub const PULL_COLD: &str = "pull.cold";
     pub const PULL_WARM: &str = "pull.warm";
     pub const MEM_IDLE: &str = "memory.daemon_idle";
@@ -162,6 +163,12 @@ impl Bench {
             key::LIST_PODS,
             g,
             &format!("ListPodSandbox, {n} pods"),
+            Unit::Ms,
+        );
+        r.declare(
+            key::LIST_STATS,
+            g,
+            &format!("ListContainerStats, {n} running containers"),
             Unit::Ms,
         );
         let g = "image pull";
@@ -562,6 +569,7 @@ impl Bench {
             key::MEM_PER_CTR_PSS,
             key::LIST_CONTAINERS,
             key::LIST_PODS,
+            key::LIST_STATS,
         ];
         if let Some(reason) = self.no_image.clone() {
             self.block_all(&keys, &reason);
@@ -580,7 +588,7 @@ impl Bench {
 
         if let Err(e) = self.grow(&mut fleet, self.p.list_containers).await {
             self.block_all(
-                &[key::LIST_CONTAINERS, key::LIST_PODS],
+                &[key::LIST_CONTAINERS, key::LIST_PODS, key::LIST_STATS],
                 &e.blocking_reason(),
             );
             teardown_all(&self.cri, fleet, self.p.setup_parallelism).await;
@@ -678,6 +686,7 @@ impl Bench {
         for (k, rpc) in [
             (key::LIST_CONTAINERS, "ListContainers"),
             (key::LIST_PODS, "ListPodSandbox"),
+            (key::LIST_STATS, "ListContainerStats"),
         ] {
             let mut consecutive = 0;
             for i in 0..self.p.warmup + self.p.iterations {
@@ -691,6 +700,14 @@ impl Bench {
                     )
                     .await
                     .map(|(r, d)| (r.containers.len(), d))
+                } else if rpc == "ListContainerStats" {
+                    timed(
+                        rpc,
+                        t,
+                        rt.list_container_stats(ListContainerStatsRequest { filter: None }),
+                    )
+                    .await
+                    .map(|(r, d)| (r.stats.len(), d))
                 } else {
                     timed(
                         rpc,
