@@ -126,6 +126,7 @@ fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             cgroup_parent: linux.cgroup_parent.clone(),
+            privileged: linux.security.privileged,
         },
     })
 }

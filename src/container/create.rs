@@ -39,6 +39,7 @@ impl ContainerManager {
                 config.security.privileged,
             )?;
         }
+        spec::validate(&config, &pod.context)?;
         if !pod.ready {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
         }
@@ -89,6 +90,15 @@ impl ContainerManager {
                 self.exit_dir(id),
             );
             blocking(move || {
+                if config
+                    .mounts
+                    .iter()
+                    .any(|m| m.propagation != Propagation::Private)
+                {
+                    let info = Path::new("/proc/self/mountinfo");
+                    let text = std::fs::read_to_string(info).map_err(io_err("read", info))?;
+                    spec::check_mount_propagation(&config, &text)?;
+                }
                 std::fs::create_dir_all(&bundle).map_err(io_err("create", &bundle))?;
                 std::fs::create_dir_all(&exit_dir).map_err(io_err("create", &exit_dir))?;
                 overlay.mount()?;
@@ -101,21 +111,25 @@ impl ContainerManager {
                     &user,
                     &overlay.target,
                     &cgroup_path,
+                    &spec::held_capabilities(),
                 )?;
                 spec::write(&bundle, &spec)?;
-                Ok::<_, ContainerError>(())
+                Ok::<_, ContainerError>(user)
             })
             .await
         };
-        if let Err(e) = prepared {
-            let (manager, id, target) = (self.clone(), id.to_owned(), overlay.target.clone());
-            let _ = blocking(move || {
-                manager.remove_files(&id, &target);
-                Ok::<_, ContainerError>(())
-            })
-            .await;
-            return Err(e);
-        }
+        let user = match prepared {
+            Ok(user) => user,
+            Err(e) => {
+                let (manager, id, target) = (self.clone(), id.to_owned(), overlay.target.clone());
+                let _ = blocking(move || {
+                    manager.remove_files(&id, &target);
+                    Ok::<_, ContainerError>(())
+                })
+                .await;
+                return Err(e);
+            }
+        };
 
         let record = ContainerRecord {
             schema: SCHEMA,
@@ -133,6 +147,7 @@ impl ContainerManager {
             overlay: overlay.clone(),
             stop_signal,
             starting: false,
+            user: Some(user),
             config,
         };
         crate::sandbox::crash_point("create-container-before-record");

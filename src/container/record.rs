@@ -47,6 +47,10 @@ pub struct ContainerRecord {
     /// cut off by a crash.
     #[serde(default)]
     pub starting: bool,
+    /// Who the process runs as, resolved at creation (ContainerStatus.user);
+    /// `None` in records written before it was kept.
+    #[serde(default)]
+    pub user: Option<super::spec::ResolvedUser>,
 }
 
 impl Record for ContainerRecord {
@@ -406,6 +410,7 @@ mod legacy {
                 overlay: r.overlay,
                 stop_signal: r.stop_signal,
                 starting: r.starting,
+                user: None,
             }
         }
     }

@@ -52,12 +52,12 @@ pub(super) async fn status(
         runtime_handlers: vec![cri::RuntimeHandler {
             name: String::new(),
             features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: crate::sys::has_mount_setattr(),
                 user_namespaces: false,
             }),
         }],
         features: Some(cri::RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
             user_namespaces_host_network: false,
         }),
     })

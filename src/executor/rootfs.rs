@@ -165,6 +165,13 @@ fn execute_step(rootfs: &Path, step: &MountStep, console: Option<&Path>) -> Resu
                 .map_err(|e| StepError::io(format!("set sysctl {key}={value}"), &e))
         }
         MountStep::Mask(target) => mask(&resolve(target)?),
+        MountStep::RecursiveReadOnly(target) => {
+            let path = resolve(target)?;
+            crate::sys::mount_setattr_readonly_recursive(&path).map_err(|e| {
+                StepError::errno(format!("make {} read-only recursively", path.display()), e)
+            })
+        }
+        MountStep::PrivateParent(target) => private_parent(&resolve(target)?),
         MountStep::ReadOnly { target, bind_first } => readonly(&resolve(target)?, *bind_first),
     }
 }
@@ -270,6 +277,34 @@ fn mask(path: &Path) -> Result<(), StepError> {
             None,
         ),
     }
+}
+
+/// Makes the mount `path` lives on private: the first of `path` and its
+/// ancestors that is a mount point (mount(2) fails with EINVAL on any
+/// other directory), as runc's `rootfsParentMountPrivate` does.
+fn private_parent(path: &Path) -> Result<(), StepError> {
+    for dir in path.ancestors() {
+        match mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINVAL) => continue,
+            Err(e) => {
+                return Err(StepError::errno(
+                    format!("make the mount of {} private", path.display()),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(StepError::msg(
+        format!("make the mount of {} private", path.display()),
+        "no mount point found",
+    ))
 }
 
 /// Makes a path read-only, keeping the nosuid/nodev/noexec it has (a bind
