@@ -12,4 +12,5 @@ mod images;
 mod network;
 mod pods;
 mod registry_harness;
+mod security_context;
 mod streaming;

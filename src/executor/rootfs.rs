@@ -156,7 +156,7 @@ fn execute_step(rootfs: &Path, step: &MountStep, console: Option<&Path>) -> Resu
             let dir = resolve(target)?;
             chdir(&dir).map_err(|e| StepError::errno(format!("chdir {}", dir.display()), e))
         }
-        MountStep::PivotRoot => pivot_root(".", ".").map_err(|e| StepError::errno("pivot_root", e)),
+        MountStep::PivotRoot => pivot(),
         MountStep::DetachOldRoot => umount2(".", MntFlags::MNT_DETACH)
             .map_err(|e| StepError::errno("unmount the old root", e)),
         MountStep::Sysctl { key, value } => {
@@ -174,6 +174,18 @@ fn execute_step(rootfs: &Path, step: &MountStep, console: Option<&Path>) -> Resu
         MountStep::PrivateParent(target) => private_parent(&resolve(target)?),
         MountStep::ReadOnly { target, bind_first } => readonly(&resolve(target)?, *bind_first),
     }
+}
+
+/// `pivot_root(".", ".")`, then into the old root, as runc does: the
+/// kernel keeps the working directory on the new root's mount, and a
+/// mount(2) of "." then acts on it, not on the old root stacked on top
+/// (only umount(2) looks past it). Without this, the old root's `rslave`
+/// made every container mount a slave, and a Bidirectional mount stopped
+/// reaching the host.
+fn pivot() -> Result<(), StepError> {
+    let old_root = std::fs::File::open("/").map_err(|e| StepError::io("open the old root", &e))?;
+    pivot_root(".", ".").map_err(|e| StepError::errno("pivot_root", e))?;
+    nix::unistd::fchdir(&old_root).map_err(|e| StepError::errno("chdir to the old root", e))
 }
 
 /// The path a target names, in this process's current view.
