@@ -584,6 +584,53 @@ fn device_numbers(path: &str) -> Result<(LinuxDeviceType, i64, i64, u32), SpecEr
     ))
 }
 
+/// The host's device nodes under /dev, for a privileged container: the
+/// directories of other filesystems (`pts`, `shm`, `mqueue`) and the
+/// descriptor links skipped, `console` too (the container gets its own),
+/// as containerd's `HostDevices` does. A node that vanishes meanwhile is
+/// skipped.
+fn host_devices() -> Vec<(PathBuf, (LinuxDeviceType, i64, i64, u32))> {
+    const SKIP: &[&str] = &[
+        "pts",
+        "shm",
+        "fd",
+        "mqueue",
+        ".lxc",
+        ".lxd-mounts",
+        ".udev",
+        "console",
+    ];
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::from("/dev")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| SKIP.contains(&n) && dir == Path::new("/dev"))
+            {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                dirs.push(path);
+            } else if !kind.is_symlink() {
+                if let Ok(numbers) = device_numbers(&path.display().to_string()) {
+                    out.push((path, numbers));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// The device cgroup rules: deny all (allow all when privileged), then the
 /// container's devices with their permissions (runc style; the cgroups
 /// module adds the devices every container may use: null, zero, tty...).
@@ -784,6 +831,30 @@ pub fn build(
     }
 
     let mut devices = Vec::new();
+    if privileged {
+        // Every device node of the host, as containerd's
+        // `WithHostDevices`; the CRI's own devices below still win by path.
+        for (path, (typ, major, minor, mode)) in host_devices() {
+            if config
+                .devices
+                .iter()
+                .any(|d| Path::new(&d.container_path) == path)
+            {
+                continue;
+            }
+            devices.push(
+                LinuxDeviceBuilder::default()
+                    .path(path)
+                    .typ(typ)
+                    .major(major)
+                    .minor(minor)
+                    .file_mode(mode)
+                    .uid(0u32)
+                    .gid(0u32)
+                    .build()?,
+            );
+        }
+    }
     for device in &config.devices {
         let (typ, major, minor, mode) = device_numbers(&device.host_path)?;
         devices.push(
