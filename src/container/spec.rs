@@ -288,7 +288,7 @@ fn parse_capability(name: &str) -> Result<Capability, SpecError> {
         .map_err(|_| SpecError::Capability(name.to_owned()))
 }
 
-fn is_all(name: &String) -> bool {
+fn is_all(name: &str) -> bool {
     name.eq_ignore_ascii_case("ALL") || name.eq_ignore_ascii_case("CAP_ALL")
 }
 
@@ -320,10 +320,10 @@ pub fn capabilities(
         .copied()
         .filter(|c| held.contains(c))
         .collect();
-    if sc.add_capabilities.iter().any(is_all) {
+    if sc.add_capabilities.iter().any(|n| is_all(n)) {
         caps.extend(held);
     }
-    if sc.drop_capabilities.iter().any(is_all) {
+    if sc.drop_capabilities.iter().any(|n| is_all(n)) {
         caps.clear();
     }
     for cap in &drop {
@@ -502,15 +502,14 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        let octal = (bytes[i] == b'\\' && i + 4 <= bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 4]).ok())
+            .flatten()
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        if let Some(v) = octal {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -620,10 +619,11 @@ fn host_devices() -> Vec<(PathBuf, (LinuxDeviceType, i64, i64, u32))> {
             };
             if kind.is_dir() {
                 dirs.push(path);
-            } else if !kind.is_symlink() {
-                if let Ok(numbers) = device_numbers(&path.display().to_string()) {
-                    out.push((path, numbers));
-                }
+            } else if let Some(numbers) = (!kind.is_symlink())
+                .then(|| device_numbers(&path.display().to_string()).ok())
+                .flatten()
+            {
+                out.push((path, numbers));
             }
         }
     }
