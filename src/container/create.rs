@@ -40,6 +40,21 @@ impl ContainerManager {
             )?;
         }
         spec::validate(&config, &pod.context)?;
+        if let Some(label) = config
+            .security
+            .selinux
+            .as_ref()
+            .filter(|l| !l.r#type.is_empty() || !l.level.is_empty())
+        {
+            // Accepted, as containerd does where SELinux is off; logged so the
+            // label asked for is not silently lost.
+            tracing::info!(
+                container = %config.name,
+                selinux_type = %label.r#type,
+                selinux_level = %label.level,
+                "SELinux options accepted but not applied: ketch does not label processes or mounts"
+            );
+        }
         if !pod.ready {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
         }
