@@ -16,6 +16,7 @@ mod network;
 mod pods;
 mod registry_harness;
 mod seccomp;
+mod security_context;
 mod stats;
 mod streaming;
 mod tty;

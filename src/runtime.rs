@@ -153,6 +153,7 @@ fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
             cgroup_parent: linux.cgroup_parent.clone(),
             seccomp: linux.security.seccomp.as_ref().map(profile),
             apparmor: linux.security.apparmor.as_ref().map(profile),
+            privileged: linux.security.privileged,
         },
     })
 }

@@ -40,6 +40,22 @@ impl ContainerManager {
                 config.security.privileged,
             )?;
         }
+        spec::validate(&config, &pod.context)?;
+        if let Some(label) = config
+            .security
+            .selinux
+            .as_ref()
+            .filter(|l| !l.r#type.is_empty() || !l.level.is_empty())
+        {
+            // Accepted, as containerd does where SELinux is off; logged so the
+            // label asked for is not silently lost.
+            tracing::info!(
+                container = %config.name,
+                selinux_type = %label.r#type,
+                selinux_level = %label.level,
+                "SELinux options accepted but not applied: ketch does not label processes or mounts"
+            );
+        }
         if !pod.ready {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
         }
@@ -101,6 +117,15 @@ impl ContainerManager {
                 image_volumes.clone(),
             );
             blocking(move || {
+                if config
+                    .mounts
+                    .iter()
+                    .any(|m| m.propagation != Propagation::Private)
+                {
+                    let info = Path::new("/proc/self/mountinfo");
+                    let text = std::fs::read_to_string(info).map_err(io_err("read", info))?;
+                    spec::check_mount_propagation(&config, &text)?;
+                }
                 std::fs::create_dir_all(&bundle).map_err(io_err("create", &bundle))?;
                 std::fs::create_dir_all(&exit_dir).map_err(io_err("create", &exit_dir))?;
                 overlay.mount()?;
@@ -113,6 +138,7 @@ impl ContainerManager {
                     &user,
                     &overlay.target,
                     &cgroup_path,
+                    &spec::held_capabilities(),
                 )?;
                 for volume in &volumes {
                     volume.mount()?;
@@ -123,19 +149,22 @@ impl ContainerManager {
                     .collect();
                 spec::add_image_volumes(&mut spec, &config, &sources)?;
                 spec::write(&bundle, &spec)?;
-                Ok::<_, ContainerError>(())
+                Ok::<_, ContainerError>(user)
             })
             .await
         };
-        if let Err(e) = prepared {
-            let (manager, id, target) = (self.clone(), id.to_owned(), overlay.target.clone());
-            let _ = blocking(move || {
-                manager.remove_files(&id, &target);
-                Ok::<_, ContainerError>(())
-            })
-            .await;
-            return Err(e);
-        }
+        let user = match prepared {
+            Ok(user) => user,
+            Err(e) => {
+                let (manager, id, target) = (self.clone(), id.to_owned(), overlay.target.clone());
+                let _ = blocking(move || {
+                    manager.remove_files(&id, &target);
+                    Ok::<_, ContainerError>(())
+                })
+                .await;
+                return Err(e);
+            }
+        };
 
         let record = ContainerRecord {
             schema: SCHEMA,
@@ -154,6 +183,7 @@ impl ContainerManager {
             stop_signal,
             starting: false,
             image_volumes,
+            user: Some(user),
             config,
         };
         crate::sandbox::crash_point("create-container-before-record");

@@ -51,6 +51,10 @@ pub struct ContainerRecord {
     /// after a reboot, as the overlay is).
     #[serde(default)]
     pub image_volumes: Vec<ImageVolume>,
+    /// Who the process runs as, resolved at creation (ContainerStatus.user);
+    /// `None` in records written before it was kept.
+    #[serde(default)]
+    pub user: Option<super::spec::ResolvedUser>,
 }
 
 impl Record for ContainerRecord {
@@ -371,6 +375,7 @@ mod legacy {
                 stop_signal: r.stop_signal,
                 starting: r.starting,
                 image_volumes: Vec::new(),
+                user: None,
             }
         }
     }

@@ -65,14 +65,29 @@ pub struct PodContext {
     /// their own.
     pub seccomp: Option<SecurityProfile>,
     pub apparmor: Option<SecurityProfile>,
+    /// The pod's security context is privileged: only then may its
+    /// containers be.
+    pub privileged: bool,
 }
 
 /// The numeric identity the process runs as.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ResolvedUser {
     pub uid: u32,
     pub gid: u32,
+    /// The supplementary groups besides `gid`.
     pub additional_gids: Vec<u32>,
+}
+
+impl ResolvedUser {
+    /// The process's supplementary groups: its primary group and the
+    /// others, as containerd passes them to setgroups(2) and reports them
+    /// in ContainerStatus.user.
+    pub fn groups(&self) -> Vec<u32> {
+        let mut groups = vec![self.gid];
+        groups.extend(self.additional_gids.iter().filter(|g| **g != self.gid));
+        groups
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +115,13 @@ pub enum SpecError {
     Device { path: String, reason: String },
     #[error("unknown capability {0:?}")]
     Capability(String),
+    #[error("invalid security context: {0}")]
+    Security(String),
+    #[error("mount {container_path:?}: {reason}")]
+    Mount {
+        container_path: String,
+        reason: String,
+    },
     #[error("building the OCI spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
     #[error(transparent)]
@@ -110,6 +132,66 @@ pub enum SpecError {
     Load { path: PathBuf, message: String },
     #[error("write the OCI spec {path}: {message}")]
     Write { path: PathBuf, message: String },
+}
+
+/// The checks of a container's security context and mounts that need no
+/// system: what the CRI forbids, refused before anything is made.
+pub fn validate(config: &ContainerConfig, pod: &PodContext) -> Result<(), SpecError> {
+    let sc = &config.security;
+    let bad = |m: &str| Err(SpecError::Security(m.to_owned()));
+    if sc.privileged && !pod.privileged {
+        // containerd: "no privileged container allowed in sandbox".
+        return bad("a privileged container needs a privileged pod sandbox");
+    }
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        // The CRI: run_as_group "should only be specified when
+        // run_as_user or run_as_username is specified".
+        return bad("run_as_group is set without run_as_user or run_as_username");
+    }
+    if let Some(uid) = sc.run_as_user.filter(|u| u32::try_from(*u).is_err()) {
+        return Err(SpecError::Security(format!(
+            "run_as_user {uid} is not a valid uid"
+        )));
+    }
+    if let Some(gid) = sc.run_as_group.filter(|g| u32::try_from(*g).is_err()) {
+        return Err(SpecError::Security(format!(
+            "run_as_group {gid} is not a valid gid"
+        )));
+    }
+    if let Some(gid) = sc
+        .supplemental_groups
+        .iter()
+        .find(|g| u32::try_from(**g).is_err())
+    {
+        return Err(SpecError::Security(format!(
+            "supplemental group {gid} is not a valid gid"
+        )));
+    }
+    if !matches!(
+        sc.supplemental_groups_policy.as_str(),
+        "" | "Merge" | "Strict"
+    ) {
+        return Err(SpecError::Security(format!(
+            "unknown supplemental_groups_policy {:?}",
+            sc.supplemental_groups_policy
+        )));
+    }
+    for m in &config.mounts {
+        let reason = if !m.recursive_read_only {
+            continue;
+        } else if !m.readonly {
+            "recursive_read_only needs readonly"
+        } else if m.propagation != super::config::Propagation::Private {
+            "recursive_read_only needs private propagation"
+        } else {
+            continue;
+        };
+        return Err(SpecError::Mount {
+            container_path: m.container_path.clone(),
+            reason: reason.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The argv per Kubernetes: command replaces Entrypoint, args replace Cmd;
@@ -193,49 +275,25 @@ const DEFAULT_CAPABILITIES: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
-const ALL_CAPABILITIES: &[Capability] = &[
-    Capability::AuditControl,
-    Capability::AuditRead,
-    Capability::AuditWrite,
-    Capability::BlockSuspend,
-    Capability::Bpf,
-    Capability::CheckpointRestore,
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::DacReadSearch,
-    Capability::Fowner,
-    Capability::Fsetid,
-    Capability::IpcLock,
-    Capability::IpcOwner,
-    Capability::Kill,
-    Capability::Lease,
-    Capability::LinuxImmutable,
-    Capability::MacAdmin,
-    Capability::MacOverride,
-    Capability::Mknod,
-    Capability::NetAdmin,
-    Capability::NetBindService,
-    Capability::NetBroadcast,
-    Capability::NetRaw,
-    Capability::Perfmon,
-    Capability::Setgid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::Setuid,
-    Capability::SysAdmin,
-    Capability::SysBoot,
-    Capability::SysChroot,
-    Capability::SysModule,
-    Capability::SysNice,
-    Capability::SysPacct,
-    Capability::SysPtrace,
-    Capability::SysRawio,
-    Capability::SysResource,
-    Capability::SysTime,
-    Capability::SysTtyConfig,
-    Capability::Syslog,
-    Capability::WakeAlarm,
-];
+/// The capabilities this process may hand on: its bounding set. "ALL" and
+/// privileged mean these, never a fixed list, as in runc and containerd
+/// (`cap.GetAllCapabilities`): a host whose bounding set lacks one (say
+/// `CAP_SYS_RESOURCE`) would otherwise fail every privileged start with
+/// `capset: Operation not permitted`. A capability this build's OCI types
+/// do not name is left out.
+pub fn held_capabilities() -> HashSet<Capability> {
+    caps::read(None, caps::CapSet::Bounding)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|cap| {
+            let name = cap.to_string();
+            name.strip_prefix("CAP_")
+                .unwrap_or(&name)
+                .parse::<Capability>()
+                .ok()
+        })
+        .collect()
+}
 
 fn parse_capability(name: &str) -> Result<Capability, SpecError> {
     let upper = name.to_ascii_uppercase();
@@ -244,66 +302,71 @@ fn parse_capability(name: &str) -> Result<Capability, SpecError> {
         .map_err(|_| SpecError::Capability(name.to_owned()))
 }
 
-/// The capability set: the default (or all when privileged), with the
-/// security context's adds and drops; "ALL" works in either list.
-pub fn capabilities(config: &ContainerConfig) -> Result<HashSet<Capability>, SpecError> {
-    let cap = &config.security;
-    let mut caps: HashSet<Capability> = if cap.privileged {
-        ALL_CAPABILITIES.iter().copied().collect()
-    } else {
-        DEFAULT_CAPABILITIES.iter().copied().collect()
+fn is_all(name: &str) -> bool {
+    name.eq_ignore_ascii_case("ALL") || name.eq_ignore_ascii_case("CAP_ALL")
+}
+
+/// The capability set: the default (`held`, the runtime's own bounding
+/// set, when privileged), with the security context's adds and drops.
+/// "ALL" works on either side; adds win over a drop of ALL, as Kubernetes
+/// means `drop: [ALL], add: [NET_BIND_SERVICE]`. Every name is checked,
+/// so an unknown one is refused even when ALL makes it moot.
+pub fn capabilities(
+    config: &ContainerConfig,
+    held: &HashSet<Capability>,
+) -> Result<HashSet<Capability>, SpecError> {
+    let sc = &config.security;
+    let parse_all = |names: &[String]| -> Result<Vec<Capability>, SpecError> {
+        names
+            .iter()
+            .filter(|n| !is_all(n))
+            .map(|n| parse_capability(n))
+            .collect()
     };
-    for name in &cap.add_capabilities {
-        if name.eq_ignore_ascii_case("ALL") {
-            caps.extend(ALL_CAPABILITIES);
-        } else {
-            caps.insert(parse_capability(name)?);
-        }
+    let add = parse_all(&sc.add_capabilities)?;
+    let drop = parse_all(&sc.drop_capabilities)?;
+    parse_all(&sc.add_ambient_capabilities)?;
+    if sc.privileged {
+        return Ok(held.clone());
     }
-    for name in &cap.drop_capabilities {
-        if name.eq_ignore_ascii_case("ALL") {
-            caps.clear();
-        } else {
-            caps.remove(&parse_capability(name)?);
-        }
-    }
-    // Kubernetes applies adds after a drop of ALL.
-    if cap
-        .drop_capabilities
+    let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES
         .iter()
-        .any(|n| n.eq_ignore_ascii_case("ALL"))
-    {
-        for name in &cap.add_capabilities {
-            if !name.eq_ignore_ascii_case("ALL") {
-                caps.insert(parse_capability(name)?);
-            }
-        }
+        .copied()
+        .filter(|c| held.contains(c))
+        .collect();
+    if sc.add_capabilities.iter().any(|n| is_all(n)) {
+        caps.extend(held);
     }
+    if sc.drop_capabilities.iter().any(|n| is_all(n)) {
+        caps.clear();
+    }
+    for cap in &drop {
+        caps.remove(cap);
+    }
+    caps.extend(add.iter().filter(|c| held.contains(c)));
     Ok(caps)
 }
 
-/// Paths hidden from unprivileged containers (containerd's defaults).
-const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+/// The ambient capabilities asked for, each also kept in the other sets
+/// (the kernel raises an ambient capability only when it is permitted and
+/// inheritable), and only those the runtime holds.
+pub fn ambient_capabilities(
+    config: &ContainerConfig,
+    held: &HashSet<Capability>,
+) -> Result<HashSet<Capability>, SpecError> {
+    let mut ambient = HashSet::new();
+    for name in &config.security.add_ambient_capabilities {
+        if is_all(name) {
+            ambient.extend(held);
+        } else {
+            let cap = parse_capability(name)?;
+            if held.contains(&cap) {
+                ambient.insert(cap);
+            }
+        }
+    }
+    Ok(ambient)
+}
 
 fn mount(
     destination: &str,
@@ -421,12 +484,11 @@ pub fn mounts(config: &ContainerConfig, pod: &PodContext) -> Result<Vec<Mount>, 
             destination
         };
         mounts.retain(|existing| existing.destination() != Path::new(destination));
-        mounts.push(mount(
-            destination,
-            "bind",
-            &source,
-            &["rbind", propagation, mode],
-        )?);
+        let mut options = vec!["rbind", propagation, mode];
+        if m.recursive_read_only {
+            options.push("rro");
+        }
+        mounts.push(mount(destination, "bind", &source, &options)?);
     }
     Ok(mounts)
 }
@@ -506,6 +568,97 @@ pub fn add_image_volumes(
     Ok(())
 }
 
+/// The propagation of the mount a path lives on, from the text of
+/// `/proc/self/mountinfo` (proc(5)): the mount point whose path is the
+/// longest prefix of `path` (the last one listed wins, as it is on top),
+/// and whether it is shared and whether it is a slave.
+pub fn mount_propagation_of(mountinfo: &str, path: &Path) -> Option<(PathBuf, bool, bool)> {
+    let mut best: Option<(PathBuf, bool, bool)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(point) = fields.get(4) else { continue };
+        // Spaces and the like are octal escapes (`\040`).
+        let point = PathBuf::from(unescape_mountinfo(point));
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let optional = fields.iter().skip(6).take_while(|f| **f != "-");
+        let (mut shared, mut slave) = (false, false);
+        for f in optional {
+            shared |= f.starts_with("shared:");
+            slave |= f.starts_with("master:");
+        }
+        let longer = best
+            .as_ref()
+            .is_none_or(|(b, _, _)| point.as_os_str().len() >= b.as_os_str().len());
+        if longer {
+            best = Some((point, shared, slave));
+        }
+    }
+    best
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = (bytes[i] == b'\\' && i + 4 <= bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 4]).ok())
+            .flatten()
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        if let Some(v) = octal {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks that each HostToContainer mount's source lives on a shared or
+/// slave mount and each Bidirectional one's on a shared mount: otherwise
+/// nothing would propagate and the container would silently see less
+/// than it asked for (containerd's `ensureShared`/`ensureSharedOrSlave`).
+/// `mountinfo` is the text of the daemon's `/proc/self/mountinfo`.
+pub fn check_mount_propagation(config: &ContainerConfig, mountinfo: &str) -> Result<(), SpecError> {
+    use super::config::Propagation;
+    for m in &config.mounts {
+        let need_shared = match m.propagation {
+            Propagation::Private => continue,
+            Propagation::HostToContainer => false,
+            Propagation::Bidirectional => true,
+        };
+        let source =
+            std::fs::canonicalize(&m.host_path).map_err(|source| SpecError::MountSource {
+                path: m.host_path.clone(),
+                source,
+            })?;
+        let Some((point, shared, slave)) = mount_propagation_of(mountinfo, &source) else {
+            continue;
+        };
+        let ok = if need_shared { shared } else { shared || slave };
+        if !ok {
+            let wanted = if need_shared {
+                "a shared mount (Bidirectional propagation)"
+            } else {
+                "a shared or slave mount (HostToContainer propagation)"
+            };
+            return Err(SpecError::Mount {
+                container_path: m.container_path.clone(),
+                reason: format!(
+                    "host path {} is on mount {}, which is not {wanted}",
+                    m.host_path,
+                    point.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn device_numbers(path: &str) -> Result<(LinuxDeviceType, i64, i64, u32), SpecError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let meta = std::fs::metadata(path).map_err(|e| SpecError::Device {
@@ -529,6 +682,54 @@ fn device_numbers(path: &str) -> Result<(LinuxDeviceType, i64, i64, u32), SpecEr
         i64::from(nix::sys::stat::minor(rdev) as u32),
         meta.mode() & 0o7777,
     ))
+}
+
+/// The host's device nodes under /dev, for a privileged container: the
+/// directories of other filesystems (`pts`, `shm`, `mqueue`) and the
+/// descriptor links skipped, `console` too (the container gets its own),
+/// as containerd's `HostDevices` does. A node that vanishes meanwhile is
+/// skipped.
+fn host_devices() -> Vec<(PathBuf, (LinuxDeviceType, i64, i64, u32))> {
+    const SKIP: &[&str] = &[
+        "pts",
+        "shm",
+        "fd",
+        "mqueue",
+        ".lxc",
+        ".lxd-mounts",
+        ".udev",
+        "console",
+    ];
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::from("/dev")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| SKIP.contains(&n) && dir == Path::new("/dev"))
+            {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                dirs.push(path);
+            } else if let Some(numbers) = (!kind.is_symlink())
+                .then(|| device_numbers(&path.display().to_string()).ok())
+                .flatten()
+            {
+                out.push((path, numbers));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 /// The device cgroup rules: deny all (allow all when privileged), then the
@@ -653,17 +854,20 @@ pub fn build(
     user: &ResolvedUser,
     rootfs: &Path,
     cgroup_path: &str,
+    held: &HashSet<Capability>,
 ) -> Result<Spec, SpecError> {
     let security = &config.security;
     let privileged = security.privileged;
 
-    let caps = capabilities(config)?;
+    let mut caps = capabilities(config, held)?;
+    let ambient = ambient_capabilities(config, held)?;
+    caps.extend(&ambient);
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps.clone())
-        .inheritable(HashSet::new())
-        .ambient(HashSet::new())
+        .inheritable(ambient.clone())
+        .ambient(ambient)
         .build()?;
 
     let cwd = if !config.working_dir.is_empty() {
@@ -680,7 +884,7 @@ pub fn build(
             UserBuilder::default()
                 .uid(user.uid)
                 .gid(user.gid)
-                .additional_gids(user.additional_gids.clone())
+                .additional_gids(user.groups())
                 .build()?,
         )
         .args(argv(config, image)?)
@@ -740,6 +944,30 @@ pub fn build(
     }
 
     let mut devices = Vec::new();
+    if privileged {
+        // Every device node of the host, as containerd's
+        // `WithHostDevices`; the CRI's own devices below still win by path.
+        for (path, (typ, major, minor, mode)) in host_devices() {
+            if config
+                .devices
+                .iter()
+                .any(|d| Path::new(&d.container_path) == path)
+            {
+                continue;
+            }
+            devices.push(
+                LinuxDeviceBuilder::default()
+                    .path(path)
+                    .typ(typ)
+                    .major(major)
+                    .minor(minor)
+                    .file_mode(mode)
+                    .uid(0u32)
+                    .gid(0u32)
+                    .build()?,
+            );
+        }
+    }
     for device in &config.devices {
         let (typ, major, minor, mode) = device_numbers(&device.host_path)?;
         devices.push(
@@ -760,21 +988,19 @@ pub fn build(
         .devices(devices)
         .resources(resources(config)?)
         .sysctl(pod.sysctls.clone());
-    if !privileged {
-        linux = linux
-            .masked_paths(
-                MASKED_PATHS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .readonly_paths(
-                READONLY_PATHS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            );
-    }
+    // Exactly the paths the CRI sends: kubelet sends the defaults for
+    // `procMount: Default` and none for `Unmasked`; a privileged container
+    // gets none (containerd's `WithPrivileged` clears them too). Always
+    // set: oci-spec's default `Linux` carries a list of its own.
+    let (masked, readonly) = if privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            security.masked_paths.clone(),
+            security.readonly_paths.clone(),
+        )
+    };
+    linux = linux.masked_paths(masked).readonly_paths(readonly);
     if !cgroup_path.is_empty() {
         linux = linux.cgroups_path(PathBuf::from(cgroup_path));
     }
@@ -782,6 +1008,22 @@ pub fn build(
         crate::seccomp::choose(security.seccomp.as_ref(), pod.seccomp.as_ref(), privileged)?;
     if let Some(seccomp) = crate::seccomp::for_container(&seccomp, &caps)? {
         linux = linux.seccomp(seccomp);
+    }
+    // As containerd: a Bidirectional mount needs the container's mounts to
+    // stay peers of the host's (`rshared`), a HostToContainer one slaves.
+    use super::config::Propagation;
+    if config
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::Bidirectional)
+    {
+        linux = linux.rootfs_propagation("rshared");
+    } else if config
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::HostToContainer)
+    {
+        linux = linux.rootfs_propagation("rslave");
     }
 
     let root = RootBuilder::default()
@@ -847,7 +1089,16 @@ mod tests {
             cgroup_parent: String::new(),
             seccomp: None,
             apparmor: None,
+            privileged: false,
         }
+    }
+
+    /// Every capability this build names: a host whose bounding set is full.
+    fn all_held() -> HashSet<Capability> {
+        caps::all()
+            .into_iter()
+            .filter_map(|c| c.to_string()[4..].parse::<Capability>().ok())
+            .collect()
     }
 
     #[test]
@@ -894,16 +1145,211 @@ mod tests {
 
     #[test]
     fn capabilities_add_drop_all() {
+        let held = all_held();
         let mut c = ContainerConfig::default();
-        let caps = capabilities(&c).unwrap();
+        let caps = capabilities(&c, &held).unwrap();
         assert!(caps.contains(&Capability::Chown));
         assert!(!caps.contains(&Capability::SysAdmin));
         c.security.add_capabilities = vec!["NET_ADMIN".into()];
         c.security.drop_capabilities = vec!["ALL".into()];
-        let caps = capabilities(&c).unwrap();
+        let caps = capabilities(&c, &held).unwrap();
         assert_eq!(caps, HashSet::from([Capability::NetAdmin]));
         c.security.add_capabilities = vec!["CAP_BOGUS".into()];
-        assert!(matches!(capabilities(&c), Err(SpecError::Capability(_))));
+        assert!(matches!(
+            capabilities(&c, &held),
+            Err(SpecError::Capability(_))
+        ));
+    }
+
+    #[test]
+    fn all_means_what_the_runtime_holds() {
+        // A bounding set without SYS_RESOURCE, as on some hosts.
+        let mut held = all_held();
+        held.remove(&Capability::SysResource);
+        let mut c = ContainerConfig::default();
+        c.security.add_capabilities = vec!["ALL".into()];
+        let caps = capabilities(&c, &held).unwrap();
+        assert_eq!(caps, held);
+        c.security.add_capabilities = vec!["all".into(), "cap_sys_resource".into()];
+        assert_eq!(capabilities(&c, &held).unwrap(), held);
+        c.security = Default::default();
+        c.security.privileged = true;
+        assert_eq!(capabilities(&c, &held).unwrap(), held);
+        c.security.drop_capabilities = vec!["SYS_ADMIN".into()];
+        assert_eq!(
+            capabilities(&c, &held).unwrap(),
+            held,
+            "privileged ignores drops, as containerd"
+        );
+        // Names with or without CAP_, any case; an unknown one is named.
+        let mut c = ContainerConfig::default();
+        c.security.drop_capabilities = vec!["all".into()];
+        c.security.add_capabilities = vec!["cap_net_bind_service".into()];
+        assert_eq!(
+            capabilities(&c, &held).unwrap(),
+            HashSet::from([Capability::NetBindService])
+        );
+        c.security.add_ambient_capabilities = vec!["CAP_NOPE".into()];
+        let err = capabilities(&c, &held).unwrap_err().to_string();
+        assert!(err.contains("CAP_NOPE"), "{err}");
+    }
+
+    #[test]
+    fn ambient_capabilities_are_inheritable_and_permitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ContainerConfig::default();
+        c.security.drop_capabilities = vec!["ALL".into()];
+        c.security.add_ambient_capabilities = vec!["NET_BIND_SERVICE".into()];
+        let spec = build(
+            &c,
+            &image(),
+            &pod(dir.path()),
+            &ResolvedUser::default(),
+            Path::new("/r"),
+            "",
+            &all_held(),
+        )
+        .unwrap();
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        let only = HashSet::from([Capability::NetBindService]);
+        assert_eq!(caps.ambient().as_ref(), Some(&only));
+        assert_eq!(caps.inheritable().as_ref(), Some(&only));
+        assert_eq!(caps.permitted().as_ref(), Some(&only));
+        assert_eq!(caps.effective().as_ref(), Some(&only));
+    }
+
+    #[test]
+    fn masked_and_readonly_paths_are_exactly_the_requested_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ContainerConfig::default();
+        c.security.masked_paths = vec!["/bin/ls".into()];
+        c.security.readonly_paths = vec!["/tmp".into()];
+        let held = all_held();
+        let build_it = |c: &ContainerConfig| {
+            build(
+                c,
+                &image(),
+                &pod(dir.path()),
+                &ResolvedUser::default(),
+                Path::new("/r"),
+                "",
+                &held,
+            )
+            .unwrap()
+        };
+        let spec = build_it(&c);
+        let linux = spec.linux().clone().unwrap();
+        assert_eq!(
+            linux.masked_paths().as_deref(),
+            Some(&["/bin/ls".to_string()][..])
+        );
+        assert_eq!(
+            linux.readonly_paths().as_deref(),
+            Some(&["/tmp".to_string()][..])
+        );
+        // procMount: Unmasked sends none: none are applied.
+        let spec = build_it(&ContainerConfig::default());
+        let linux = spec.linux().clone().unwrap();
+        assert!(linux.masked_paths().as_ref().is_none_or(|p| p.is_empty()));
+        // A privileged container gets none, whatever is sent.
+        c.security.privileged = true;
+        let spec = build_it(&c);
+        let linux = spec.linux().clone().unwrap();
+        assert!(linux.masked_paths().as_ref().is_none_or(|p| p.is_empty()));
+        assert!(linux.readonly_paths().as_ref().is_none_or(|p| p.is_empty()));
+    }
+
+    #[test]
+    fn the_primary_group_leads_the_supplementary_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = ResolvedUser {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![1234, 50000],
+        };
+        let spec = build(
+            &ContainerConfig::default(),
+            &image(),
+            &pod(dir.path()),
+            &user,
+            Path::new("/r"),
+            "",
+            &all_held(),
+        )
+        .unwrap();
+        let u = spec.process().as_ref().unwrap().user().clone();
+        assert_eq!(
+            u.additional_gids().as_deref(),
+            Some(&[1000, 1234, 50000][..])
+        );
+    }
+
+    #[test]
+    fn security_rules_of_the_cri_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pod(dir.path());
+        let mut c = ContainerConfig::default();
+        c.security.run_as_group = Some(10);
+        let err = validate(&c, &p).unwrap_err().to_string();
+        assert!(err.contains("run_as_group"), "{err}");
+        c.security.run_as_username = "www".into();
+        validate(&c, &p).unwrap();
+        c.security.privileged = true;
+        let err = validate(&c, &p).unwrap_err().to_string();
+        assert!(err.contains("privileged pod"), "{err}");
+        p.privileged = true;
+        validate(&c, &p).unwrap();
+        c.security.supplemental_groups_policy = "Loose".into();
+        assert!(validate(&c, &p).unwrap_err().to_string().contains("Loose"));
+        c.security.supplemental_groups_policy = "Strict".into();
+        c.mounts = vec![MountRequest {
+            container_path: "/mnt".into(),
+            host_path: "/tmp".into(),
+            recursive_read_only: true,
+            ..Default::default()
+        }];
+        let err = validate(&c, &p).unwrap_err().to_string();
+        assert!(
+            err.contains("/mnt") && err.contains("needs readonly"),
+            "{err}"
+        );
+        c.mounts[0].readonly = true;
+        c.mounts[0].propagation = Propagation::HostToContainer;
+        let err = validate(&c, &p).unwrap_err().to_string();
+        assert!(err.contains("private propagation"), "{err}");
+        c.mounts[0].propagation = Propagation::Private;
+        validate(&c, &p).unwrap();
+        let m = mounts(&c, &p).unwrap();
+        let opts = m.last().unwrap().options().clone().unwrap();
+        assert!(opts.contains(&"rro".to_string()), "{opts:?}");
+    }
+
+    #[test]
+    fn propagation_of_the_mount_a_path_lives_on() {
+        let info = "\
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+51 22 254:0 /x /tmp/shared rw,relatime shared:1 - ext4 /dev/vda rw
+52 22 254:0 /y /tmp/slave rw master:3 - ext4 /dev/vda rw
+53 22 0:5 / /tmp/with\\040space rw shared:9 master:2 - tmpfs none rw
+";
+        let of = |p: &str| mount_propagation_of(info, Path::new(p)).unwrap();
+        assert_eq!(of("/etc"), (PathBuf::from("/"), false, false));
+        assert_eq!(
+            of("/tmp/shared/a"),
+            (PathBuf::from("/tmp/shared"), true, false)
+        );
+        assert_eq!(of("/tmp/slave"), (PathBuf::from("/tmp/slave"), false, true));
+        assert_eq!(
+            of("/tmp/with space/z"),
+            (PathBuf::from("/tmp/with space"), true, true)
+        );
+        assert_eq!(of("/tmp/sharedx"), (PathBuf::from("/"), false, false));
     }
 
     #[test]
@@ -931,6 +1377,7 @@ mod tests {
             &ResolvedUser::default(),
             Path::new("/rootfs"),
             "/ketch/c1",
+            &all_held(),
         )
         .unwrap();
         let ns = spec
@@ -1007,6 +1454,7 @@ mod tests {
             &ResolvedUser::default(),
             Path::new("/r"),
             "",
+            &all_held(),
         )
         .unwrap();
         let ns = spec
@@ -1054,6 +1502,7 @@ mod tests {
             &ResolvedUser::default(),
             Path::new("/r"),
             "",
+            &all_held(),
         )
         .unwrap();
         let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
@@ -1092,6 +1541,7 @@ mod tests {
             &ResolvedUser::default(),
             Path::new("/r"),
             "",
+            &all_held(),
         )
         .unwrap();
         c.resources = Some(ContainerResources {

@@ -148,12 +148,15 @@ pub fn resolve(
             }
         };
     }
-    if let Some(g) = run_as_group {
-        gid = g as u32;
+    if let Some(g) = run_as_group.and_then(|g| u32::try_from(g).ok()) {
+        gid = g;
     }
 
     let mut additional_gids: Vec<u32> = Vec::new();
-    if let Some(name) = &username {
+    // `Strict`: only the groups the CRI sends; `Merge` (the default): the
+    // user's groups in the image's /etc/group as well (KEP-3619).
+    let strict = security.supplemental_groups_policy == "Strict";
+    if let Some(name) = username.as_ref().filter(|_| !strict) {
         for g in groups
             .iter()
             .filter(|g| g.members.iter().any(|m| m == name))
@@ -161,7 +164,12 @@ pub fn resolve(
             additional_gids.push(g.gid);
         }
     }
-    additional_gids.extend(security.supplemental_groups.iter().map(|g| *g as u32));
+    additional_gids.extend(
+        security
+            .supplemental_groups
+            .iter()
+            .filter_map(|g| u32::try_from(*g).ok()),
+    );
     additional_gids.retain(|g| *g != gid);
     additional_gids.sort_unstable();
     additional_gids.dedup();
@@ -227,6 +235,22 @@ mod tests {
         let u = resolve(r.path(), "root", &sc).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 3000));
         assert_eq!(u.additional_gids, vec![5, 2000]);
+    }
+
+    #[test]
+    fn strict_policy_leaves_out_the_image_groups() {
+        let r = rootfs();
+        let mut sc = SecurityContext {
+            run_as_user: Some(1000),
+            supplemental_groups: vec![1234],
+            ..Default::default()
+        };
+        let merge = resolve(r.path(), "", &sc).unwrap();
+        assert_eq!((merge.gid, merge.additional_gids), (1001, vec![1234, 2000]));
+        sc.supplemental_groups_policy = "Strict".into();
+        let strict = resolve(r.path(), "", &sc).unwrap();
+        assert_eq!((strict.gid, &strict.additional_gids), (1001, &vec![1234]));
+        assert_eq!(strict.groups(), vec![1001, 1234]);
     }
 
     #[test]

@@ -508,7 +508,13 @@ pub(super) fn to_status(record: &ContainerRecord) -> cri::ContainerStatus {
                 windows: None,
             }),
         image_id: record.image_id.clone(),
-        user: None,
+        user: record.user.as_ref().map(|u| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: i64::from(u.uid),
+                gid: i64::from(u.gid),
+                supplemental_groups: u.groups().into_iter().map(i64::from).collect(),
+            }),
+        }),
         stop_signal: stop_signal_to_cri(&record.stop_signal),
     }
 }
@@ -681,8 +687,21 @@ mod tests {
             stop_signal: String::new(),
             starting: false,
             image_volumes: Vec::new(),
+            user: Some(crate::container::spec::ResolvedUser {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![1234, 50000],
+            }),
         };
         let status = to_status(&record);
+        assert_eq!(
+            status.user.clone().and_then(|u| u.linux),
+            Some(cri::LinuxContainerUser {
+                uid: 1000,
+                gid: 1000,
+                supplemental_groups: vec![1000, 1234, 50000],
+            })
+        );
         assert_eq!(status.mounts, config.mounts);
         assert_eq!(
             status.resources.unwrap().linux,

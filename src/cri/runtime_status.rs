@@ -70,8 +70,8 @@ fn runtime_handlers() -> Vec<cri::RuntimeHandler> {
 fn handler_features() -> cri::RuntimeHandlerFeatures {
     cri::RuntimeHandlerFeatures {
         // `recursive_read_only` mounts need mount_setattr(MOUNT_ATTR_RDONLY,
-        // AT_RECURSIVE), which the executor does not apply yet.
-        recursive_read_only_mounts: false,
+        // AT_RECURSIVE) (Linux 5.12): probed on this kernel.
+        recursive_read_only_mounts: crate::sys::has_mount_setattr(),
         // RunPodSandbox refuses user namespace options other than NODE.
         user_namespaces: false,
     }
@@ -83,7 +83,7 @@ fn handler_features() -> cri::RuntimeHandlerFeatures {
 /// namespace.
 fn runtime_features() -> cri::RuntimeFeatures {
     cri::RuntimeFeatures {
-        supplemental_groups_policy: false,
+        supplemental_groups_policy: true,
         user_namespaces_host_network: false,
     }
 }

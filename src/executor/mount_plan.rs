@@ -8,7 +8,11 @@
 //! 1. `/` is made rslave recursively before anything is mounted or
 //!    unmounted, so nothing done in the container's mount namespace ever
 //!    propagates to the host (an unmount that reaches the host takes its
-//!    /proc, /sys and cgroups).
+//!    /proc, /sys and cgroups). Only a spec whose `rootfsPropagation` is
+//!    shared (a Bidirectional mount) makes `/` rshared instead, so its
+//!    mounts stay peers of the host's; the mount the rootfs lives on is
+//!    then made private first, so the container's own mounts under the
+//!    rootfs do not reach the host (runc's `rootfsParentMountPrivate`).
 //! 2. The rootfs is bind-mounted onto itself: pivot_root(2) needs a mount
 //!    point. (The container module mounts the overlay there before start;
 //!    overlays are not mounted here.)
@@ -167,6 +171,13 @@ pub enum MountStep {
     /// Hides a path: a file gets /dev/null bound on top, a directory an
     /// empty read-only tmpfs; a missing path needs no mask.
     Mask(Target),
+    /// mount_setattr(2) of `MOUNT_ATTR_RDONLY` with `AT_RECURSIVE`: the
+    /// bind mount and every mount below it read-only (a plain `ro` bind
+    /// leaves the submounts writable).
+    RecursiveReadOnly(Target),
+    /// Makes the mount `path` lives on private (not recursive): the
+    /// nearest ancestor that is a mount point.
+    PrivateParent(Target),
     /// Makes a path read-only (bound onto itself first when `bind_first`),
     /// keeping the nosuid/nodev/noexec it has: a bind remount that drops a
     /// locked flag fails. A missing path is skipped.
@@ -225,10 +236,30 @@ impl MountPlan {
     /// (an absolute, canonical path); `cgroups` serves its `cgroup` mount.
     pub fn new(rootfs: &Path, spec: &Spec, cgroups: &CgroupMounts) -> Result<Self, StepError> {
         let slave_rec = MsFlags::MS_SLAVE | MsFlags::MS_REC;
-        let mut steps = vec![
-            MountStep::Mount(MountCall::propagation(Target::Host("/".into()), slave_rec)),
-            MountStep::Mount(MountCall::bind(rootfs, Target::Host(rootfs.into()), true)),
-        ];
+        let linux = spec.linux().as_ref();
+        let root_shared = linux
+            .and_then(|l| l.rootfs_propagation().as_deref())
+            .and_then(propagation_flag)
+            .is_some_and(|f| f.contains(MsFlags::MS_SHARED));
+        let mut steps = if root_shared {
+            vec![
+                MountStep::Mount(MountCall::propagation(
+                    Target::Host("/".into()),
+                    MsFlags::MS_SHARED | MsFlags::MS_REC,
+                )),
+                MountStep::PrivateParent(Target::Host(rootfs.into())),
+            ]
+        } else {
+            vec![MountStep::Mount(MountCall::propagation(
+                Target::Host("/".into()),
+                slave_rec,
+            ))]
+        };
+        steps.push(MountStep::Mount(MountCall::bind(
+            rootfs,
+            Target::Host(rootfs.into()),
+            true,
+        )));
 
         let mut dev_tmpfs = false;
         let mut devpts = false;
@@ -269,6 +300,9 @@ impl MountPlan {
             });
             for p in &options.propagation {
                 steps.push(MountStep::Mount(MountCall::propagation(target.clone(), *p)));
+            }
+            if options.recursive_readonly {
+                steps.push(MountStep::RecursiveReadOnly(target.clone()));
             }
             dev_tmpfs |= m.destination() == Path::new("/dev") && typ == "tmpfs";
             devpts |= typ == "devpts";
@@ -314,7 +348,6 @@ impl MountPlan {
                 steps.push(MountStep::BindConsole(Target::Dev("console".into())));
             }
         }
-        let linux = spec.linux().as_ref();
         for d in linux
             .and_then(|l| l.devices().as_deref())
             .unwrap_or_default()
@@ -490,6 +523,9 @@ fn bind(source: &Path, target: Target, options: &MountOptions) -> Vec<MountStep>
             extra,
         )));
     }
+    if options.recursive_readonly {
+        steps.push(MountStep::RecursiveReadOnly(target.clone()));
+    }
     for p in &options.propagation {
         steps.push(MountStep::Mount(MountCall::propagation(target.clone(), *p)));
     }
@@ -504,6 +540,8 @@ pub struct MountOptions {
     pub clear: MsFlags,
     pub propagation: Vec<MsFlags>,
     pub data: Vec<String>,
+    /// `rro` (runc's word): read-only recursively, by mount_setattr(2).
+    pub recursive_readonly: bool,
 }
 
 impl Default for MountOptions {
@@ -513,6 +551,7 @@ impl Default for MountOptions {
             clear: MsFlags::empty(),
             propagation: Vec::new(),
             data: Vec::new(),
+            recursive_readonly: false,
         }
     }
 }
@@ -524,6 +563,10 @@ impl MountOptions {
             let option = option.as_ref();
             let (set, clear) = match option {
                 "defaults" => (MsFlags::empty(), MsFlags::empty()),
+                "rro" => {
+                    out.recursive_readonly = true;
+                    continue;
+                }
                 "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
                 "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
                 "bind" => (MsFlags::MS_BIND, MsFlags::empty()),

@@ -486,3 +486,67 @@ fn mount_options_split_flags_propagation_and_data() {
     let o = MountOptions::parse(&["ro", "rw"]);
     assert!(!o.flags.contains(MsFlags::MS_RDONLY));
 }
+
+#[test]
+fn a_shared_rootfs_propagation_keeps_the_host_peers_and_privatises_the_rootfs_mount() {
+    let shared = plan(Shape {
+        rootfs_propagation: Some("rshared"),
+        ..Shape::default()
+    });
+    assert_eq!(
+        shared.before_pivot[..3],
+        [
+            MountStep::Mount(MountCall::propagation(
+                Target::Host("/".into()),
+                MsFlags::MS_SHARED | MsFlags::MS_REC
+            )),
+            MountStep::PrivateParent(Target::Host(ROOTFS.into())),
+            MountStep::Mount(MountCall::bind(ROOTFS, Target::Host(ROOTFS.into()), true)),
+        ]
+    );
+    // Anything else keeps `/` rslave, with nothing made private.
+    let slave = plan(Shape {
+        rootfs_propagation: Some("rslave"),
+        ..Shape::default()
+    });
+    assert!(
+        !slave
+            .before_pivot
+            .iter()
+            .any(|s| matches!(s, MountStep::PrivateParent(_)))
+    );
+}
+
+#[test]
+fn rro_makes_a_bind_read_only_recursively_after_the_bind() {
+    let mut mounts = default_mounts();
+    mounts.push(
+        oci_spec::runtime::MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source("/srv/data")
+            .options(vec![
+                "rbind".into(),
+                "rprivate".into(),
+                "ro".into(),
+                "rro".into(),
+            ])
+            .build()
+            .unwrap(),
+    );
+    let plan = plan(Shape {
+        mounts,
+        ..Shape::default()
+    });
+    let steps = &plan.before_pivot;
+    let bind = position(
+        steps,
+        &MountStep::Mount(MountCall::bind("/srv/data", rootfs("/data"), true)),
+    );
+    let rro = position(steps, &MountStep::RecursiveReadOnly(rootfs("/data")));
+    assert!(bind < rro);
+    assert!(
+        MountOptions::parse(&["rro"]).data.is_empty(),
+        "rro is not passed to mount(2) as data"
+    );
+}

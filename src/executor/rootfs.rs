@@ -156,7 +156,7 @@ fn execute_step(rootfs: &Path, step: &MountStep, console: Option<&Path>) -> Resu
             let dir = resolve(target)?;
             chdir(&dir).map_err(|e| StepError::errno(format!("chdir {}", dir.display()), e))
         }
-        MountStep::PivotRoot => pivot_root(".", ".").map_err(|e| StepError::errno("pivot_root", e)),
+        MountStep::PivotRoot => pivot(),
         MountStep::DetachOldRoot => umount2(".", MntFlags::MNT_DETACH)
             .map_err(|e| StepError::errno("unmount the old root", e)),
         MountStep::Sysctl { key, value } => {
@@ -165,8 +165,27 @@ fn execute_step(rootfs: &Path, step: &MountStep, console: Option<&Path>) -> Resu
                 .map_err(|e| StepError::io(format!("set sysctl {key}={value}"), &e))
         }
         MountStep::Mask(target) => mask(&resolve(target)?),
+        MountStep::RecursiveReadOnly(target) => {
+            let path = resolve(target)?;
+            crate::sys::mount_setattr_readonly_recursive(&path).map_err(|e| {
+                StepError::errno(format!("make {} read-only recursively", path.display()), e)
+            })
+        }
+        MountStep::PrivateParent(target) => private_parent(&resolve(target)?),
         MountStep::ReadOnly { target, bind_first } => readonly(&resolve(target)?, *bind_first),
     }
+}
+
+/// `pivot_root(".", ".")`, then into the old root, as runc does: the
+/// kernel keeps the working directory on the new root's mount, and a
+/// mount(2) of "." then acts on it, not on the old root stacked on top
+/// (only umount(2) looks past it). Without this, the old root's `rslave`
+/// made every container mount a slave, and a Bidirectional mount stopped
+/// reaching the host.
+fn pivot() -> Result<(), StepError> {
+    let old_root = std::fs::File::open("/").map_err(|e| StepError::io("open the old root", &e))?;
+    pivot_root(".", ".").map_err(|e| StepError::errno("pivot_root", e))?;
+    nix::unistd::fchdir(&old_root).map_err(|e| StepError::errno("chdir to the old root", e))
 }
 
 /// The path a target names, in this process's current view.
@@ -270,6 +289,34 @@ fn mask(path: &Path) -> Result<(), StepError> {
             None,
         ),
     }
+}
+
+/// Makes the mount `path` lives on private: the first of `path` and its
+/// ancestors that is a mount point (mount(2) fails with EINVAL on any
+/// other directory), as runc's `rootfsParentMountPrivate` does.
+fn private_parent(path: &Path) -> Result<(), StepError> {
+    for dir in path.ancestors() {
+        match mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINVAL) => continue,
+            Err(e) => {
+                return Err(StepError::errno(
+                    format!("make the mount of {} private", path.display()),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(StepError::msg(
+        format!("make the mount of {} private", path.display()),
+        "no mount point found",
+    ))
 }
 
 /// Makes a path read-only, keeping the nosuid/nodev/noexec it has (a bind

@@ -214,10 +214,44 @@ fn validate(config: &PodConfig) -> Result<(), SandboxError> {
     if let Some(dns) = &config.dns {
         files::validate_dns(dns)?;
     }
+    for key in config.linux.sysctls.keys() {
+        let host_ipc = ns.ipc == NamespaceMode::Node;
+        let host_net = ns.network == NamespaceMode::Node;
+        if let Err(reason) = sysctl_allowed(key, host_net, host_ipc) {
+            return Err(SandboxError::invalid(format!("sysctls[{key:?}]"), reason));
+        }
+    }
     if !config.host_network() {
         network::validate(config)?;
     }
     Ok(())
+}
+
+/// Whether a pod may set sysctl `key`: only the namespaced ones, which
+/// a pod's own namespaces scope (Kubernetes' `sysctl` allowlist rules,
+/// `pkg/kubelet/sysctl`): the IPC ones (`kernel.shm*`, `kernel.msg*`,
+/// `kernel.sem`, `fs.mqueue.*`) not with the node's IPC namespace, `net.*`
+/// not with the node's network namespace. Anything else would change the
+/// node for every pod.
+pub(crate) fn sysctl_allowed(key: &str, host_net: bool, host_ipc: bool) -> Result<(), String> {
+    // Both spellings: `net.ipv4.ip_forward` and `net/ipv4/ip_forward`.
+    let key = key.replace('/', ".");
+    let ipc = key.starts_with("kernel.shm")
+        || key.starts_with("kernel.msg")
+        || key == "kernel.sem"
+        || key.starts_with("fs.mqueue.");
+    let net = key.starts_with("net.");
+    if key.is_empty() || key.contains("..") {
+        Err("is not a sysctl name".to_owned())
+    } else if ipc && host_ipc {
+        Err("is an IPC sysctl and the pod uses the node's IPC namespace".to_owned())
+    } else if net && host_net {
+        Err("is a network sysctl and the pod uses the node's network namespace".to_owned())
+    } else if !ipc && !net {
+        Err("is not a namespaced sysctl: only kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* and net.* may be set by a pod".to_owned())
+    } else {
+        Ok(())
+    }
 }
 
 /// The hostname the pod's containers see: the node's for host network,
@@ -230,4 +264,25 @@ fn effective_hostname(config: &PodConfig) -> Result<String, SandboxError> {
     }
     files::validate_hostname(&config.hostname)?;
     Ok(config.hostname.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_namespaced_sysctls_pass() {
+        assert!(sysctl_allowed("net.ipv4.ip_forward", false, false).is_ok());
+        assert!(sysctl_allowed("net/ipv4/ping_group_range", false, false).is_ok());
+        assert!(sysctl_allowed("kernel.shm_rmid_forced", false, false).is_ok());
+        assert!(sysctl_allowed("kernel.sem", false, false).is_ok());
+        assert!(sysctl_allowed("fs.mqueue.msg_max", false, false).is_ok());
+        assert!(sysctl_allowed("kernel.domainname", false, false).is_err());
+        assert!(sysctl_allowed("vm.swappiness", false, false).is_err());
+        assert!(sysctl_allowed("kernel.semx", false, false).is_err());
+        let net = sysctl_allowed("net.core.somaxconn", true, false).unwrap_err();
+        assert!(net.contains("network namespace"), "{net}");
+        let ipc = sysctl_allowed("kernel.msgmax", false, true).unwrap_err();
+        assert!(ipc.contains("IPC namespace"), "{ipc}");
+    }
 }
