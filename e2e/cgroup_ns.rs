@@ -192,7 +192,8 @@ async fn only_a_privileged_container_writes_to_its_cgroup() {
         return;
     }
     let mut env = Env::start().await;
-    let pod = env.run_pod("cgns-rw").await;
+    // A privileged pod, so it may hold the privileged container too.
+    let pod = env.run_privileged_pod("cgns-rw").await;
     let plain = limited("plain", &env.busybox(), &["sleep", "1000"], 64 * MIB);
     let plain = env.run_container(&pod, plain).await;
     let mkdir = format!("mkdir {} && rmdir {}", child_cgroup(), child_cgroup());

@@ -152,12 +152,20 @@ async fn in_flight_calls_finish_on_sigterm() {
     let mut client = daemon.runtime().await;
     let pid = daemon.pid().unwrap() as i32;
     // A stream of calls racing with SIGTERM: each either succeeds or fails
-    // to connect; none is cut off with an internal error.
+    // to connect; none is cut off with an internal error. SIGTERM goes once
+    // the calls flow (the first one answered), however loaded the machine.
+    let (flowing, first_answered) = tokio::sync::oneshot::channel();
     let calls = tokio::spawn(async move {
         let mut ok = 0;
+        let mut flowing = Some(flowing);
         for _ in 0..200 {
             match client.status(StatusRequest { verbose: true }).await {
-                Ok(_) => ok += 1,
+                Ok(_) => {
+                    ok += 1;
+                    if let Some(tx) = flowing.take() {
+                        let _ = tx.send(());
+                    }
+                }
                 Err(status) => {
                     assert_ne!(status.code(), tonic::Code::Internal, "{status:?}");
                     break;
@@ -166,7 +174,7 @@ async fn in_flight_calls_finish_on_sigterm() {
         }
         ok
     });
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    first_answered.await.expect("the first call is answered");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,

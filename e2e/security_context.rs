@@ -12,18 +12,8 @@ use tonic::Code;
 use crate::harness::cri::{container_config, namespace_options, pod_config, unique};
 use crate::harness::env::Env;
 
-/// A pod whose security context is privileged (only such a pod may hold
-/// privileged containers).
 async fn privileged_pod(env: &mut Env, name: &str) -> (String, PodSandboxConfig) {
-    let mut config = pod_config(&unique(name), &env.log_dir());
-    if let Some(sc) = config
-        .linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-    {
-        sc.privileged = true;
-    }
-    env.run_pod_with(config).await
+    env.run_privileged_pod(name).await
 }
 
 fn security(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {

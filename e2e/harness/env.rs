@@ -89,6 +89,19 @@ impl Env {
         (id, config)
     }
 
+    /// A pod whose security context is privileged (only such a pod may
+    /// hold privileged containers).
+    pub async fn run_privileged_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
+        let mut config = pod_config(&unique(name), &self.log_dir());
+        config
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+        self.run_pod_with(config).await
+    }
+
     pub async fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
         let config = pod_config(&unique(name), &self.log_dir());
         self.run_pod_with(config).await

@@ -10,8 +10,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::api as cri;
-use super::{CriService, ReplyStream, containers, pods};
-use crate::container::ContainerFilter;
+use super::{CriService, ReplyStream, pods};
 use crate::events::{ContainerEvent, EventKind};
 
 pub(super) fn get_container_events(
@@ -40,17 +39,7 @@ fn to_response(cri: &CriService, event: &ContainerEvent) -> cri::ContainerEventR
         .ok()
         .and_then(|pod| pods::pod_status(&pod, false).ok())
         .and_then(|r| r.status);
-    let filter = ContainerFilter {
-        pod_id: Some(event.pod_id.clone()),
-        ..Default::default()
-    };
-    let containers_statuses = cri
-        .runtime
-        .containers()
-        .list(&filter)
-        .iter()
-        .map(containers::to_status)
-        .collect();
+    let containers_statuses = pods::container_statuses(cri, &event.pod_id);
     cri::ContainerEventResponse {
         container_id: event.container_id.clone(),
         container_event_type: event_type(event.kind) as i32,

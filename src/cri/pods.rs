@@ -8,6 +8,7 @@ use super::api as cri;
 use tonic::Status;
 
 use super::CriService;
+use crate::container::ContainerFilter;
 use crate::runtime::Runtime;
 use crate::sandbox::{
     DnsConfig, LinuxPodConfig, NamespaceMode, NamespaceOptions, PodConfig, PodFilter, PodMetadata,
@@ -58,7 +59,27 @@ pub(super) async fn status(
     req: cri::PodSandboxStatusRequest,
 ) -> Result<cri::PodSandboxStatusResponse, Status> {
     let pod = cri.runtime.sandboxes().get(&req.pod_sandbox_id)?;
-    Ok(pod_status(&pod, req.verbose)?)
+    let mut reply = pod_status(&pod, req.verbose)?;
+    // kubelet's Evented PLEG takes the pod's containers from here, with
+    // the timestamp: an empty list would read as "no containers" and make
+    // it create them again and again.
+    reply.containers_statuses = container_statuses(cri, &pod.id);
+    Ok(reply)
+}
+
+/// The statuses of a pod's containers, as PodSandboxStatus and the
+/// container events carry them.
+pub(super) fn container_statuses(cri: &CriService, pod_id: &str) -> Vec<cri::ContainerStatus> {
+    let filter = ContainerFilter {
+        pod_id: Some(pod_id.to_owned()),
+        ..Default::default()
+    };
+    cri.runtime
+        .containers()
+        .list(&filter)
+        .iter()
+        .map(super::containers::to_status)
+        .collect()
 }
 
 pub(super) async fn list(
