@@ -578,7 +578,7 @@ pub fn mount_propagation_of(mountinfo: &str, path: &Path) -> Option<(PathBuf, bo
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(point) = fields.get(4) else { continue };
         // Spaces and the like are octal escapes (`\040`).
-        let point = PathBuf::from(unescape_mountinfo(point));
+        let point = PathBuf::from(crate::cgroups::parse::unescape_octal(point));
         if !path.starts_with(&point) {
             continue;
         }
@@ -596,26 +596,6 @@ pub fn mount_propagation_of(mountinfo: &str, path: &Path) -> Option<(PathBuf, bo
         }
     }
     best
-}
-
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = (bytes[i] == b'\\' && i + 4 <= bytes.len())
-            .then(|| std::str::from_utf8(&bytes[i + 1..i + 4]).ok())
-            .flatten()
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        if let Some(v) = octal {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Checks that each HostToContainer mount's source lives on a shared or

@@ -70,16 +70,14 @@ pub(super) async fn list(
     req: cri::ListContainersRequest,
 ) -> Result<cri::ListContainersResponse, Status> {
     let filter = req.filter.unwrap_or_default();
-    let filter = ContainerFilter {
-        id: Some(filter.id).filter(|s| !s.is_empty()),
-        pod_id: cri
-            .runtime
-            .resolve_pod_filter(&filter.pod_sandbox_id)
-            .map_or(Some(filter.pod_sandbox_id.clone()), Some)
-            .filter(|s| !s.is_empty()),
-        state: filter.state.and_then(|s| state_from_cri(s.state)),
-        labels: filter.label_selector.into_iter().collect(),
-    };
+    let state = filter.state.and_then(|s| state_from_cri(s.state));
+    let filter = container_filter(
+        cri,
+        filter.id,
+        &filter.pod_sandbox_id,
+        state,
+        filter.label_selector,
+    );
     let containers = cri
         .runtime
         .containers()
@@ -154,6 +152,27 @@ pub(super) async fn update_resources(
 }
 
 // CRI → domain.
+
+/// A ListContainers-style filter: an ID or prefix, a pod ID or prefix, a
+/// state, labels.
+pub(super) fn container_filter(
+    cri: &CriService,
+    id: String,
+    pod_sandbox_id: &str,
+    state: Option<State>,
+    labels: HashMap<String, String>,
+) -> ContainerFilter {
+    ContainerFilter {
+        id: Some(id).filter(|s| !s.is_empty()),
+        pod_id: cri
+            .runtime
+            .resolve_pod_filter(pod_sandbox_id)
+            .map_or(Some(pod_sandbox_id.to_owned()), Some)
+            .filter(|s| !s.is_empty()),
+        state,
+        labels: labels.into_iter().collect(),
+    }
+}
 
 fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Status> {
     let metadata = c

@@ -13,8 +13,8 @@ use tonic::Status;
 
 use super::{CriService, require};
 use crate::cgroups::Stats;
+use crate::container::ContainerRecord;
 use crate::container::stats::ContainerStats;
-use crate::container::{ContainerFilter, ContainerRecord};
 use crate::runtime::PodStats;
 use crate::sandbox::PodFilter;
 use crate::sandbox::stats::{DEFAULT_INTERFACE, InterfaceUsage};
@@ -39,16 +39,13 @@ pub(super) async fn list_container_stats(
     req: cri::ListContainerStatsRequest,
 ) -> Result<cri::ListContainerStatsResponse, Status> {
     let filter = req.filter.unwrap_or_default();
-    let filter = ContainerFilter {
-        id: Some(filter.id).filter(|s| !s.is_empty()),
-        pod_id: cri
-            .runtime
-            .resolve_pod_filter(&filter.pod_sandbox_id)
-            .map_or(Some(filter.pod_sandbox_id.clone()), Some)
-            .filter(|s| !s.is_empty()),
-        state: None,
-        labels: filter.label_selector.into_iter().collect(),
-    };
+    let filter = super::containers::container_filter(
+        cri,
+        filter.id,
+        &filter.pod_sandbox_id,
+        None,
+        filter.label_selector,
+    );
     let root = &cri.runtime.config().root_dir;
     let stats = cri
         .runtime
