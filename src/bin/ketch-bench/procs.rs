@@ -119,10 +119,12 @@ mod tests {
             .arg(&marker)
             .spawn()
             .unwrap();
-        // The child's command line is ours until it has exec'd: wait for it.
+        // The child's command line is ours until it has exec'd, and a
+        // process the shell forks carries the shell's until it execs in
+        // turn: wait until only the child matches.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut found = matching(&["/bin/".to_owned(), marker.clone()]);
-        while found.is_empty() && std::time::Instant::now() < deadline {
+        while found != [child.id()] && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
             found = matching(&["/bin/".to_owned(), marker.clone()]);
         }
