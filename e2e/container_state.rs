@@ -256,20 +256,11 @@ async fn a_realtime_stop_signal_reaches_the_container() {
     let mut env = Env::start().await;
     let reference = pull_with_stop_signal(&mut env, "rtstop", "SIGRTMIN+3").await;
     let pod = env.run_pod("rtstop").await;
-    // SIGRTMIN+3 is signal 37 (glibc reserves two real-time signals).
-    let script = "trap 'exit 42' 37; echo ready; while true; do sleep 0.1; done";
+    let script = crate::harness::env::EXIT_42_ON_SIGRTMIN_3;
     let config = container_config("systemd-like", &reference, &["sh", "-c", script]);
-    let id = env.create(&pod, config).await.expect("create");
-    env.start_container(&id).await.expect("start");
+    let id = env.run_container(&pod, config).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    env.rt
-        .stop_container(StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 20,
-        })
-        .await
-        .expect("stop");
-    let status = env.wait_exited(&id).await;
+    let status = env.stop_and_wait(&id, 20).await;
     assert_eq!(
         status.exit_code, 42,
         "the trap ran: SIGRTMIN+3 was sent, not SIGTERM then SIGKILL"

@@ -426,8 +426,7 @@ async fn image_volume_refusals() {
 async fn a_cri_stop_signal_sigrtmin_plus_3_reaches_the_container() {
     let mut env = Env::start().await;
     let pod = env.run_pod("cri-rtstop").await;
-    // SIGRTMIN+3 is signal 37 (glibc reserves two real-time signals).
-    let script = "trap 'exit 42' 37; while true; do sleep 0.1; done";
+    let script = crate::harness::env::EXIT_42_ON_SIGRTMIN_3;
     let mut config = container_config("systemd-like", &env.busybox(), &["sh", "-c", script]);
     config.stop_signal = Signal::Sigrtminplus3 as i32;
     let id = env.run_container(&pod, config).await;
@@ -436,14 +435,7 @@ async fn a_cri_stop_signal_sigrtmin_plus_3_reaches_the_container() {
         Signal::Sigrtminplus3 as i32
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    env.rt
-        .stop_container(StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 20,
-        })
-        .await
-        .expect("stop");
-    let status = env.wait_exited(&id).await;
+    let status = env.stop_and_wait(&id, 20).await;
     assert_eq!(
         status.exit_code, 42,
         "the trap ran: SIGRTMIN+3 was sent, not SIGTERM then SIGKILL"

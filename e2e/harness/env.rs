@@ -15,6 +15,11 @@ use super::images::TestImages;
 use super::registry::Registry;
 use super::{Daemon, DaemonOptions};
 
+/// A shell command that exits 42 on SIGRTMIN+3 (signal 37: glibc keeps
+/// two real-time signals for itself) and otherwise waits: a stop signal
+/// test's container.
+pub const EXIT_42_ON_SIGRTMIN_3: &str = "trap 'exit 42' 37; while true; do sleep 0.1; done";
+
 /// A daemon, a registry with the standard images, busybox pulled.
 pub struct Env {
     pub daemon: Daemon,
@@ -169,6 +174,19 @@ impl Env {
     }
 
     /// Stops and removes a pod; a failure fails the test.
+    /// StopContainer with `timeout` (seconds), then the status once the
+    /// container has exited.
+    pub async fn stop_and_wait(&mut self, id: &str, timeout: i64) -> ContainerStatus {
+        self.rt
+            .stop_container(StopContainerRequest {
+                container_id: id.to_owned(),
+                timeout,
+            })
+            .await
+            .expect("stop container");
+        self.wait_exited(id).await
+    }
+
     /// ExecSync, its status returned.
     pub async fn exec(
         &mut self,
