@@ -65,15 +65,8 @@ async fn a_container_recorded_before_a_crash_keeps_its_layers() {
     let layers = layer_count(&env);
     assert!(layers > 0);
 
-    env.img
-        .remove_image(RemoveImageRequest {
-            image: Some(ImageSpec {
-                image: env.busybox(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("remove the image");
+    let busybox = env.busybox();
+    env.remove_image(&busybox).await;
     // Give a garbage collection the time to run, had it anything to take.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(layer_count(&env), layers, "the container's layers stay");

@@ -339,15 +339,7 @@ async fn image_volumes_with_and_without_a_sub_path() {
         assert!(lease.contains(&volume_id), "{volume_id} not in {lease}");
     }
     // RemoveImage: the running container still reads its volume.
-    env.img
-        .remove_image(RemoveImageRequest {
-            image: Some(ImageSpec {
-                image: whole.clone(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("remove image");
+    env.remove_image(&whole).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (code, text) = output(&mut env, &id, &["cat", "/whole/top.txt"]).await;
     assert_eq!((code, text.as_str()), (0, "top\n"));

@@ -65,6 +65,19 @@ impl Env {
             .unwrap_or_else(|e| panic!("pull {reference}: {e}"));
     }
 
+    /// RemoveImage of `reference`, which must succeed.
+    pub async fn remove_image(&mut self, reference: &str) {
+        self.img
+            .remove_image(RemoveImageRequest {
+                image: Some(ImageSpec {
+                    image: reference.to_owned(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("remove image {reference}: {e}"));
+    }
+
     pub fn busybox(&self) -> String {
         self.images.busybox.reference.clone()
     }
