@@ -748,3 +748,76 @@ fn v1_parallel_creates_share_a_parent() {
         assert!(cg.dirs().iter().all(|d| d.path.is_dir()));
     }
 }
+
+/// The same rules on cgroup v2, through the eBPF device program: /dev/null
+/// opens, /dev/kmsg does not, a cgroup without rules opens both; an update
+/// replaces the program rather than adding a second one.
+#[test]
+fn v2_device_rules_are_enforced() {
+    let Some(mut fx) = Fixture::v2("dev") else {
+        return;
+    };
+    let mut devices = vec![DeviceRule {
+        allow: false,
+        kind: DeviceKind::All,
+        major: None,
+        minor: None,
+        access: "rwm".into(),
+    }];
+    devices.extend(DeviceRule::default_allowed());
+    let confined = fx
+        .manager
+        .create(
+            &fx.path("confined"),
+            &Resources {
+                devices: devices.clone(),
+                ..Default::default()
+            },
+        )
+        .expect("create confined");
+    let open = fx
+        .manager
+        .create(&fx.path("open"), &Resources::default())
+        .expect("create open");
+    let dir = &confined.dirs()[0].path;
+    let programs = |dir: &Path| {
+        let f = std::fs::File::open(dir).expect("open cgroup dir");
+        crate::sys::bpf_attached_device_programs(std::os::fd::AsFd::as_fd(&f)).expect("query")
+    };
+    assert_eq!(programs(dir).len(), 1, "one device program attached");
+    assert!(programs(&open.dirs()[0].path).is_empty());
+
+    let mut run = |cg: &Cgroup, script: &str| {
+        let pid = fx.spawn_gated(script);
+        cg.add_process(pid).expect("add");
+        fx.release(pid);
+        fx.wait_exit(pid)
+    };
+    assert!(run(&confined, "exec 3</dev/null").success());
+    assert!(!run(&confined, "exec 3</dev/kmsg").success(), "kmsg opened");
+    assert!(run(&open, "exec 3</dev/kmsg").success(), "control case");
+
+    // Now allow /dev/kmsg (1:11) for reading only.
+    devices.push(DeviceRule {
+        allow: true,
+        kind: DeviceKind::Char,
+        major: Some(1),
+        minor: Some(11),
+        access: "r".into(),
+    });
+    confined
+        .update(&Resources {
+            devices,
+            ..Default::default()
+        })
+        .expect("update devices");
+    assert_eq!(programs(dir).len(), 1, "the update replaced the program");
+    assert!(
+        run(&confined, "exec 3</dev/kmsg").success(),
+        "kmsg readable"
+    );
+    assert!(
+        !run(&confined, "exec 3<>/dev/kmsg").success(),
+        "kmsg writable"
+    );
+}

@@ -124,10 +124,10 @@ impl V2 {
             writes.push(Write::setting(&dir, file, h.limit.to_string()));
         }
         if !r.devices.is_empty() {
-            tracing::warn!(
-                cgroup = path,
-                "device rules are not enforced on cgroup v2 (no eBPF device filter yet)"
-            );
+            writes.push(Write::DeviceFilter {
+                dir: dir.clone(),
+                rules: r.devices.clone(),
+            });
         }
         // Last, so a raw value wins over the typed one for the same file.
         for (key, value) in &r.unified {
