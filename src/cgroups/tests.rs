@@ -390,6 +390,47 @@ fn v2_cpu_usage_grows() {
     }
 }
 
+/// More spinning processes than CPUs stall each other: the cgroup's CPU
+/// pressure shows it; memory and IO pressure are read too.
+#[test]
+fn v2_pressure_is_sampled() {
+    let Some(mut fx) = Fixture::v2("psi") else {
+        return;
+    };
+    if !Path::new("/proc/pressure/cpu").exists() {
+        eprintln!("skipped: v2_pressure_is_sampled: this kernel keeps no PSI");
+        return;
+    }
+    let cg = fx
+        .manager
+        .create(&fx.path("stall"), &Resources::default())
+        .expect("create");
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pids: Vec<Pid> = (0..=cpus)
+        .map(|_| fx.spawn_gated("while :; do :; done"))
+        .collect();
+    for &pid in &pids {
+        cg.add_process(pid).expect("add");
+        fx.release(pid);
+    }
+    let stalled = wait_until(Duration::from_secs(5), || {
+        cg.stats()
+            .expect("stats")
+            .pressure
+            .cpu
+            .is_some_and(|p| p.some.total_micros > 0)
+    });
+    let pressure = cg.stats().expect("stats").pressure;
+    assert!(stalled, "no CPU stall recorded: {pressure:?}");
+    assert!(pressure.memory.is_some(), "{pressure:?}");
+    assert!(pressure.io.is_some(), "{pressure:?}");
+    cg.kill_all().expect("kill_all");
+    for pid in pids {
+        fx.wait_exit(pid);
+    }
+    cg.destroy().expect("destroy");
+}
+
 /// A process allocating past the limit is OOM-killed and the cgroup says
 /// so; a cgroup whose process stayed within its limit does not.
 fn oom_kill_is_detected(mut fx: Fixture) {

@@ -137,7 +137,7 @@ fn cpu_usage(stats: &Stats, nano_cores: Option<u64>) -> Option<cri::CpuUsage> {
         timestamp: stats.timestamp_nanos(),
         usage_core_nano_seconds: u64v(cpu.usage_nanos),
         usage_nano_cores: nano_cores.and_then(u64v),
-        psi: None,
+        psi: psi(stats.pressure.cpu.as_ref()),
     })
 }
 
@@ -151,7 +151,31 @@ fn memory_usage(stats: &Stats) -> Option<cri::MemoryUsage> {
         rss_bytes: u64v(m.rss_bytes),
         page_faults: u64v(m.page_faults),
         major_page_faults: u64v(m.major_page_faults),
-        psi: None,
+        psi: psi(stats.pressure.memory.as_ref()),
+    })
+}
+
+/// The CRI's IO usage: its PSI, the only figure it has.
+fn io_usage(stats: &Stats) -> Option<cri::IoUsage> {
+    Some(cri::IoUsage {
+        timestamp: stats.timestamp_nanos(),
+        psi: Some(psi(stats.pressure.io.as_ref())?),
+    })
+}
+
+/// A `*.pressure` file as the CRI has it: averages in percent, the total
+/// in nanoseconds (the kernel's is in microseconds).
+fn psi(p: Option<&crate::cgroups::stats::Psi>) -> Option<cri::PsiStats> {
+    let data = |l: &crate::cgroups::stats::PsiLine| cri::PsiData {
+        total: l.total_micros.saturating_mul(1000),
+        avg10: f64::from(l.avg10_centi) / 100.0,
+        avg60: f64::from(l.avg60_centi) / 100.0,
+        avg300: f64::from(l.avg300_centi) / 100.0,
+    };
+    let p = p?;
+    Some(cri::PsiStats {
+        some: Some(data(&p.some)),
+        full: p.full.as_ref().map(data),
     })
 }
 
@@ -189,7 +213,7 @@ fn to_container_stats(
                 swap_usage_bytes: u64v(m.swap_usage_bytes.unwrap_or(0)),
             })
         }),
-        io: None,
+        io: cgroup.and_then(io_usage),
     }
 }
 
@@ -242,7 +266,7 @@ fn to_pod_stats(s: &PodStats, root: &Path) -> cri::PodSandboxStats {
                 .iter()
                 .map(|(r, c)| to_container_stats(r, c, root))
                 .collect(),
-            io: None,
+            io: cgroup.and_then(io_usage),
         }),
         windows: None,
     }
