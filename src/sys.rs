@@ -556,14 +556,7 @@ pub fn bpf_attach_device_program(
     cgroup: BorrowedFd<'_>,
     prog: BorrowedFd<'_>,
 ) -> std::io::Result<()> {
-    let mut attr = bpf::Attach {
-        target_fd: fd_u32(cgroup),
-        attach_bpf_fd: fd_u32(prog),
-        attach_type: bpf::CGROUP_DEVICE,
-        attach_flags: bpf::F_ALLOW_MULTI,
-        ..Default::default()
-    };
-    bpf::call(bpf::PROG_ATTACH, &mut attr).map(drop)
+    bpf_device_attachment(bpf::PROG_ATTACH, cgroup, prog, bpf::F_ALLOW_MULTI)
 }
 
 /// Detaches one device program from the cgroup.
@@ -571,13 +564,23 @@ pub fn bpf_detach_device_program(
     cgroup: BorrowedFd<'_>,
     prog: BorrowedFd<'_>,
 ) -> std::io::Result<()> {
+    bpf_device_attachment(bpf::PROG_DETACH, cgroup, prog, 0)
+}
+
+fn bpf_device_attachment(
+    cmd: libc::c_long,
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    attach_flags: u32,
+) -> std::io::Result<()> {
     let mut attr = bpf::Attach {
         target_fd: fd_u32(cgroup),
         attach_bpf_fd: fd_u32(prog),
         attach_type: bpf::CGROUP_DEVICE,
+        attach_flags,
         ..Default::default()
     };
-    bpf::call(bpf::PROG_DETACH, &mut attr).map(drop)
+    bpf::call(cmd, &mut attr).map(drop)
 }
 
 /// A descriptor for the loaded program with this id.

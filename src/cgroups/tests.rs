@@ -159,6 +159,14 @@ impl Fixture {
         stdin.write_all(b"go\n").expect("release gated child");
     }
 
+    /// Runs `sh -c script` in `cg` from its first instruction; its exit.
+    fn run_in(&mut self, cg: &Cgroup, script: &str) -> std::process::ExitStatus {
+        let pid = self.spawn_gated(script);
+        cg.add_process(pid).expect("add");
+        self.release(pid);
+        self.wait_exit(pid)
+    }
+
     fn child(&mut self, pid: Pid) -> &mut Child {
         self.children
             .iter_mut()
@@ -725,13 +733,8 @@ fn v1_failed_create_removes_what_it_made() {
     ));
 }
 
-/// Deny-all plus the defaults: /dev/null opens, /dev/kmsg does not, while
-/// a cgroup without rules opens both.
-#[test]
-fn v1_device_rules_are_enforced() {
-    let Some(mut fx) = Fixture::v1("dev") else {
-        return;
-    };
+/// A deny-all rule, then what every container may use.
+fn deny_all_but_defaults() -> Vec<DeviceRule> {
     let mut devices = vec![DeviceRule {
         allow: false,
         kind: DeviceKind::All,
@@ -740,6 +743,11 @@ fn v1_device_rules_are_enforced() {
         access: "rwm".into(),
     }];
     devices.extend(DeviceRule::default_allowed());
+    devices
+}
+
+/// A cgroup with these device rules and one without any.
+fn confined_and_open(fx: &Fixture, devices: Vec<DeviceRule>) -> (Cgroup, Cgroup) {
     let confined = fx
         .manager
         .create(
@@ -754,6 +762,17 @@ fn v1_device_rules_are_enforced() {
         .manager
         .create(&fx.path("open"), &Resources::default())
         .expect("create open");
+    (confined, open)
+}
+
+/// Deny-all plus the defaults: /dev/null opens, /dev/kmsg does not, while
+/// a cgroup without rules opens both.
+#[test]
+fn v1_device_rules_are_enforced() {
+    let Some(mut fx) = Fixture::v1("dev") else {
+        return;
+    };
+    let (confined, open) = confined_and_open(&fx, deny_all_but_defaults());
     let list = read_trim(
         &v1_dir(&confined, "devices").expect("devices dir"),
         "devices.list",
@@ -761,12 +780,7 @@ fn v1_device_rules_are_enforced() {
     assert!(list.lines().any(|l| l == "c 1:3 rwm"), "{list}");
     assert!(!list.lines().any(|l| l.starts_with("a ")), "{list}");
 
-    let mut run = |cg: &Cgroup, script: &str| {
-        let pid = fx.spawn_gated(script);
-        cg.add_process(pid).expect("add");
-        fx.release(pid);
-        fx.wait_exit(pid)
-    };
+    let mut run = |cg: &Cgroup, script: &str| fx.run_in(cg, script);
     assert!(run(&confined, "exec 3</dev/null").success());
     assert!(!run(&confined, "exec 3</dev/kmsg").success(), "kmsg opened");
     assert!(run(&open, "exec 3</dev/kmsg").success(), "control case");
@@ -798,28 +812,8 @@ fn v2_device_rules_are_enforced() {
     let Some(mut fx) = Fixture::v2("dev") else {
         return;
     };
-    let mut devices = vec![DeviceRule {
-        allow: false,
-        kind: DeviceKind::All,
-        major: None,
-        minor: None,
-        access: "rwm".into(),
-    }];
-    devices.extend(DeviceRule::default_allowed());
-    let confined = fx
-        .manager
-        .create(
-            &fx.path("confined"),
-            &Resources {
-                devices: devices.clone(),
-                ..Default::default()
-            },
-        )
-        .expect("create confined");
-    let open = fx
-        .manager
-        .create(&fx.path("open"), &Resources::default())
-        .expect("create open");
+    let mut devices = deny_all_but_defaults();
+    let (confined, open) = confined_and_open(&fx, devices.clone());
     let dir = &confined.dirs()[0].path;
     let programs = |dir: &Path| {
         let f = std::fs::File::open(dir).expect("open cgroup dir");
@@ -828,12 +822,7 @@ fn v2_device_rules_are_enforced() {
     assert_eq!(programs(dir).len(), 1, "one device program attached");
     assert!(programs(&open.dirs()[0].path).is_empty());
 
-    let mut run = |cg: &Cgroup, script: &str| {
-        let pid = fx.spawn_gated(script);
-        cg.add_process(pid).expect("add");
-        fx.release(pid);
-        fx.wait_exit(pid)
-    };
+    let mut run = |cg: &Cgroup, script: &str| fx.run_in(cg, script);
     assert!(run(&confined, "exec 3</dev/null").success());
     assert!(!run(&confined, "exec 3</dev/kmsg").success(), "kmsg opened");
     assert!(run(&open, "exec 3</dev/kmsg").success(), "control case");
