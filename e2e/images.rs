@@ -18,7 +18,7 @@ use crate::harness::cri::unique;
 use crate::harness::images::{
     COMPRESSION_FILE, CONFIGURED_STOP_SIGNAL, CONFIGURED_USER, CONFIGURED_WORKDIR, Entry,
     ImageBuilder, LAYERED_ABSENT, LAYERED_PRESENT, Layer, MULTIARCH_ARCH_FILE, TestImages,
-    WEB_INDEX_HTML, host_arch,
+    WEB_INDEX_HTML, host_arch, tar_dir, write_layout,
 };
 use crate::harness::registry::{Registry, TOKEN_SERVICE, free_port, sha256_digest};
 use crate::harness::{Daemon, DaemonOptions};
@@ -932,43 +932,6 @@ async fn a_killed_pull_leaves_nothing_and_images_survive_restarts() {
     let html = std::fs::read_to_string(web_dirs.last().unwrap().join("www/index.html")).unwrap();
     assert_eq!(html, WEB_INDEX_HTML);
     daemon.assert_clean();
-}
-
-/// `image` as an OCI image layout at `layout`, named `name` the way
-/// containerd's export names it (`io.containerd.image.name`).
-fn write_layout(image: &crate::harness::images::Image, name: &str, layout: &Path) {
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let write = |digest: &str, bytes: &[u8]| {
-        std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes).unwrap();
-    };
-    write(&image.digest, &image.manifest);
-    write(&image.config_digest, &image.config);
-    for layer in &image.layers {
-        write(&layer.digest, &layer.blob);
-    }
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": image.media_type,
-            "digest": image.digest,
-            "size": image.manifest.len(),
-            "annotations": {"io.containerd.image.name": name},
-        }],
-    });
-    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-}
-
-/// A tar of the directory's contents.
-fn tar_dir(dir: &Path, archive: &Path) {
-    let mut builder = tar::Builder::new(std::fs::File::create(archive).unwrap());
-    builder.append_dir_all(".", dir).unwrap();
-    builder.finish().unwrap();
 }
 
 #[tokio::test]
