@@ -7,7 +7,7 @@ set -euo pipefail
 
 build=(gcc protobuf-compiler pkg-config libseccomp-dev)
 run=(iptables iproute2 containernetworking-plugins util-linux libseccomp2)
-test=(docker-registry busybox-static zstd openssl)
+test=(docker-registry busybox-static zstd openssl systemd dbus-daemon dbus-bin)
 bench=(containerd runc)
 
 want=("${build[@]}" "${run[@]}")

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use ketch::cri::api::*;
 
-use crate::harness::daemon::{E2E_BASE, ketch_bin};
+use crate::harness::daemon::{E2E_BASE, ketch_bin, run_with_config};
 use crate::harness::{Daemon, DaemonOptions};
 
 #[tokio::test]
@@ -88,8 +88,9 @@ async fn status_reports_both_conditions_and_follows_cni_config() {
 
 #[tokio::test]
 async fn runtime_config_reports_cgroup_driver() {
+    // The systemd driver's report: `systemd_driver`, with a systemd.
     let daemon = Daemon::start_with(DaemonOptions {
-        config_toml: "cgroup_driver = \"systemd\"\n".into(),
+        config_toml: "cgroup_driver = \"cgroupfs\"\n".into(),
         ..Default::default()
     })
     .await;
@@ -102,7 +103,7 @@ async fn runtime_config_reports_cgroup_driver() {
         .into_inner();
     assert_eq!(
         reply.linux.unwrap().cgroup_driver,
-        CgroupDriver::Systemd as i32
+        CgroupDriver::Cgroupfs as i32
     );
 }
 
@@ -196,26 +197,6 @@ async fn unimplemented_rpcs_say_which() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(err.message().contains("CheckpointContainer"), "{err:?}");
-}
-
-fn run_with_config(toml: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ketch.toml");
-    std::fs::write(&path, toml).unwrap();
-    let out = std::process::Command::new(ketch_bin())
-        .arg("--config")
-        .arg(&path)
-        .arg("--root-dir")
-        .arg(dir.path().join("root"))
-        .arg("--state-dir")
-        .arg(dir.path().join("run"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

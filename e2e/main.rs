@@ -20,4 +20,5 @@ mod seccomp;
 mod security_context;
 mod stats;
 mod streaming;
+mod systemd_driver;
 mod tty;

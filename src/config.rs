@@ -81,6 +81,9 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub cgroup_driver: CgroupDriver,
+    /// With the systemd driver: the D-Bus address of the systemd manager
+    /// that gets each container's scope unit.
+    pub systemd_bus: String,
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
     pub image: ImageConfig,
@@ -156,6 +159,7 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            systemd_bus: crate::systemd::DEFAULT_BUS.into(),
             cni: CniConfig::default(),
             streaming: StreamingConfig::default(),
             image: ImageConfig::default(),

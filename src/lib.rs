@@ -36,6 +36,7 @@ pub(crate) mod seccomp;
 pub(crate) mod store;
 pub mod streaming;
 pub(crate) mod sys;
+pub(crate) mod systemd;
 pub(crate) mod task;
 #[cfg(test)]
 mod testing;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{CgroupDriver, Config};
 use crate::container::config::ContainerConfig;
 use crate::container::spec::{ImageRunConfig, PidNamespace, PodContext};
 use crate::container::stats::ContainerStats;
@@ -20,6 +20,7 @@ use crate::sandbox::{
     HookError, NamespaceMode, PodConfig, PodContainers, PodResources, PodSandbox, SandboxError,
     SandboxManager,
 };
+use crate::systemd::Systemd;
 
 /// One condition of `Status`, in domain terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub enum RuntimeError {
     PodPid(#[from] PodPidError),
     #[error("cannot generate a container ID: {0}")]
     Random(String),
+    #[error("cgroup_driver = \"systemd\" needs systemd: {0}")]
+    Systemd(#[from] crate::systemd::SystemdError),
 }
 
 /// A pod's sample: its own cgroup's (or its containers' summed), its
@@ -189,13 +192,22 @@ impl Runtime {
     /// helpers run.
     pub async fn with_exe(config: Config, exe: PathBuf) -> Result<Self, RuntimeError> {
         let images = ImageStore::new(&config)?;
-        let containers = ContainerManager::open(
+        let mut containers = ContainerManager::open(
             &config.root_dir,
             &config.state_dir,
             config.cgroup_driver,
             exe.clone(),
         )
         .await?;
+        if config.cgroup_driver == CgroupDriver::Systemd {
+            let systemd = Systemd::connect(&config.systemd_bus).await?;
+            tracing::info!(
+                bus = %config.systemd_bus,
+                cgroup_root = systemd.cgroup_root(),
+                "systemd cgroup driver: containers get transient scope units"
+            );
+            containers = containers.with_systemd(systemd);
+        }
         let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?
             .with_network(network::Cni::new(&config.cni))
             .with_pid_holder(exe.clone());

@@ -300,6 +300,28 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `ketch` with this config and private dirs until it exits (a
+/// daemon that must refuse to start): its exit code and stderr.
+pub fn run_with_config(toml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ketch.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(ketch_bin())
+        .arg("--config")
+        .arg(&path)
+        .arg("--root-dir")
+        .arg(dir.path().join("root"))
+        .arg("--state-dir")
+        .arg(dir.path().join("run"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A gRPC channel to a CRI socket.
 pub async fn unix_channel(socket: PathBuf) -> Channel {
     Endpoint::try_from("http://[::]:50051")

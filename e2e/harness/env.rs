@@ -217,6 +217,15 @@ impl Env {
             .map(|r| r.into_inner())
     }
 
+    pub async fn remove_container(&mut self, id: &str) {
+        self.rt
+            .remove_container(RemoveContainerRequest {
+                container_id: id.to_owned(),
+            })
+            .await
+            .expect("remove container");
+    }
+
     pub async fn remove_pod(&mut self, id: &str) {
         self.rt
             .stop_pod_sandbox(StopPodSandboxRequest {

@@ -18,9 +18,9 @@
 //!   it is expanded as systemd does ([`expand_slice`]) to
 //!   `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice`
 //!   and the container gets `ketch-<id>.scope` in it. ketch still writes
-//!   these dirs through cgroupfs; it does not create systemd units over
-//!   D-Bus, so systemd does not know the scopes (it leaves foreign cgroups
-//!   in its tree alone).
+//!   these dirs through cgroupfs as well; the container's scope unit is
+//!   made over D-Bus by [`crate::systemd`], which also prefixes the path
+//!   with the systemd manager's own cgroup.
 //!
 //! # Use by the container lifecycle and the executor
 //! - Once at start: `let cgroups = CgroupManager::detect()?` (cheap to clone).
@@ -106,7 +106,7 @@ use nix::unistd::Pid;
 pub use container_fs::CgroupFs;
 pub use error::{CgroupError, Result};
 pub use path::{container_cgroup_path, normalize, parent_cgroup_path};
-pub use resources::{HugepageLimit, Resources};
+pub use resources::{HugepageLimit, Resources, shares_to_weight};
 pub use stats::Stats;
 
 /// Where the cgroup filesystems are mounted on every mainstream distribution.
@@ -290,6 +290,22 @@ impl Cgroup {
     /// The normalised path (`/kubepods/pod1/<id>`), the thing to persist.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// On a hybrid host (v1 controllers, a cgroup2 tree beside them): the
+    /// cgroup's directory in that cgroup2 tree, when it exists. ketch
+    /// leaves that tree alone, but systemd tracks its units' processes
+    /// there, so a process of a scope unit must be in it too.
+    pub fn hybrid_unified_dir(&self) -> Option<PathBuf> {
+        let Layout::V1(_) = &*self.manager.layout else {
+            return None;
+        };
+        let mountinfo = files::read(Path::new("/proc/self/mountinfo")).ok()?;
+        let mount = parse::parse_mountinfo(&mountinfo)
+            .into_iter()
+            .find(|m| m.kind == parse::MountKind::V2)?;
+        let dir = mount.mount_point.join(self.path.trim_start_matches('/'));
+        dir.is_dir().then_some(dir)
     }
 
     /// The cgroup's directories (one per v1 hierarchy).

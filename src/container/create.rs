@@ -102,8 +102,13 @@ impl ContainerManager {
                 .display()
                 .to_string()
         };
-        let cgroup_path =
+        let mut cgroup_path =
             cgroups::container_cgroup_path(self.driver, &pod.context.cgroup_parent, id)?;
+        if let Some(systemd) = &self.systemd {
+            // Where the manager's units live (another instance than the
+            // system manager keeps them below its own cgroup).
+            cgroup_path = format!("{}{cgroup_path}", systemd.cgroup_root());
+        }
 
         let prepared = {
             let (config, image, pod, overlay, bundle, cgroup_path, exit_dir, volumes) = (

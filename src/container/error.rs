@@ -49,6 +49,8 @@ pub enum ContainerError {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
+    Systemd(#[from] crate::systemd::SystemdError),
+    #[error(transparent)]
     Monitor(#[from] MonitorError),
     #[error(transparent)]
     Signal(#[from] SignalError),

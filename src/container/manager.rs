@@ -81,6 +81,9 @@ pub struct ContainerManager {
     exe: PathBuf,
     pub(super) stats_cache: Arc<StatsCache>,
     pub(super) events: Events,
+    /// With the systemd driver: the manager that gets each container's
+    /// scope unit.
+    pub(super) systemd: Option<crate::systemd::Systemd>,
 }
 
 impl ContainerManager {
@@ -115,9 +118,22 @@ impl ContainerManager {
             exe,
             stats_cache: super::stats::new_cache(),
             events: Events::new(),
+            systemd: None,
         };
         manager.reconcile().await?;
         Ok(manager)
+    }
+
+    /// Registers containers' cgroups with this systemd manager (the
+    /// systemd cgroup driver).
+    pub fn with_systemd(mut self, systemd: crate::systemd::Systemd) -> Self {
+        self.systemd = Some(systemd);
+        self
+    }
+
+    /// Whether containers' cgroups are on cgroup v2.
+    pub(super) fn cgroup_v2(&self) -> bool {
+        self.cgroups.as_ref().map(CgroupManager::version) == Some(crate::cgroups::CgroupVersion::V2)
     }
 
     pub(super) fn bundles_dir(&self) -> &Path {

@@ -28,6 +28,11 @@ impl ContainerManager {
             self.refresh(&mut record, Probe::Processes);
             self.emit(&record, EventKind::Stopped);
         }
+        if let Some(systemd) = &self.systemd {
+            systemd
+                .stop_unit(&crate::systemd::scope_name(&record.id))
+                .await?;
+        }
         let manager = self.clone();
         let r = record.clone();
         blocking(move || {

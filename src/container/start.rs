@@ -30,9 +30,27 @@ impl ContainerManager {
         record.starting = true;
         guard.save(record.clone())?;
         crate::sandbox::crash_point("start-container-before-monitor");
+        let scope = self.start_scope(&record).await;
         let manager = self.clone();
         let r = record.clone();
-        let result = blocking(move || manager.launch(&r)).await;
+        let result = match scope {
+            Ok(holder) => {
+                let result = blocking(move || manager.launch(&r)).await;
+                if let Some(mut holder) = holder {
+                    // The container's process is in the scope (or failed to
+                    // start): the placeholder may go.
+                    let _ = holder.kill();
+                    let _ = holder.wait();
+                    if result.is_err()
+                        && let Some(systemd) = &self.systemd
+                    {
+                        let _ = systemd.stop_unit(&crate::systemd::scope_name(&id)).await;
+                    }
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
         crate::sandbox::crash_point("start-container-after-monitor");
         match result {
             Ok(started) => {
@@ -57,6 +75,63 @@ impl ContainerManager {
                 Err(ContainerError::StartFailed { id, message })
             }
         }
+    }
+
+    /// With the systemd driver: the container's scope unit, started in its
+    /// pod's slice holding a placeholder process (a scope cannot start
+    /// empty), which the caller ends once the container's process is in
+    /// the scope's cgroup. `None` without the systemd driver, or for a
+    /// cgroup path that is no scope in a slice (a pod whose cgroup parent
+    /// is a plain path).
+    async fn start_scope(
+        &self,
+        record: &ContainerRecord,
+    ) -> Result<Option<std::process::Child>, ContainerError> {
+        let Some(systemd) = &self.systemd else {
+            return Ok(None);
+        };
+        let scope = crate::systemd::scope_name(&record.id);
+        let mut parts = record.cgroup_path.rsplit('/');
+        let (Some(leaf), Some(slice)) = (parts.next(), parts.next()) else {
+            return Ok(None);
+        };
+        if leaf != scope || !slice.ends_with(".slice") {
+            tracing::warn!(
+                container = %record.id,
+                cgroup = %record.cgroup_path,
+                "not in a systemd slice: the cgroup is made without a scope unit"
+            );
+            return Ok(None);
+        }
+        let resources = spec::load(&self.bundle_dir(&record.id))?
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .map(Resources::from)
+            .unwrap_or_default();
+        let v2 = self.cgroup_v2();
+        let mut holder = std::process::Command::new(self.exe())
+            .arg("pause")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(io_err("start the scope's placeholder", self.exe()))?;
+        let started = systemd
+            .start_scope(
+                &scope,
+                slice,
+                holder.id(),
+                crate::systemd::limit_properties(&resources, v2),
+            )
+            .await;
+        if let Err(e) = started {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            let _ = systemd.stop_unit(&scope).await;
+            return Err(e.into());
+        }
+        Ok(Some(holder))
     }
 
     /// Mounts the rootfs if a reboot took it, makes the cgroup and starts
@@ -90,6 +165,11 @@ impl ContainerManager {
                 .unwrap_or_default();
             let cg = manager.create(&record.cgroup_path, &resources)?;
             cgroup_dirs = cg.dirs().into_iter().map(|d| d.path).collect();
+            if self.systemd.is_some() {
+                // systemd (hybrid mode) tracks the scope's processes in
+                // the cgroup2 tree: an empty scope there is stopped.
+                cgroup_dirs.extend(cg.hybrid_unified_dir());
+            }
             cgroup = Some(cg);
         }
         if !record.log_path.is_empty()

@@ -28,6 +28,15 @@ impl ContainerManager {
         let cgroup = (record.state == State::Running)
             .then(|| self.open_cgroup(&record))
             .flatten();
+        if let (Some(systemd), Some(_)) = (&self.systemd, &cgroup) {
+            let v2 = self.cgroup_v2();
+            systemd
+                .set_limits(
+                    &crate::systemd::scope_name(&record.id),
+                    crate::systemd::limit_properties(&update.cgroup, v2),
+                )
+                .await?;
+        }
         let (bundle, config) = (self.bundle_dir(&record.id), record.config.clone());
         blocking(move || {
             if let Some(cg) = cgroup {

@@ -68,6 +68,7 @@ impl From<ContainerError> for Status {
             StartFailed { .. } | Exec { .. } => Status::unknown(message),
             Rootfs(_)
             | Cgroup(_)
+            | Systemd(_)
             | Monitor(_)
             | Io { .. }
             | Unkillable { .. }
@@ -88,9 +89,10 @@ impl From<RuntimeError> for Status {
             RuntimeError::PodPid(PodPidError::Gone(_)) => {
                 Status::failed_precondition(e.to_string())
             }
-            RuntimeError::SelfExe(_) | RuntimeError::PodPid(_) | RuntimeError::Random(_) => {
-                Status::internal(e.to_string())
-            }
+            RuntimeError::SelfExe(_)
+            | RuntimeError::PodPid(_)
+            | RuntimeError::Random(_)
+            | RuntimeError::Systemd(_) => Status::internal(e.to_string()),
         }
     }
 }
