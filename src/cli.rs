@@ -96,6 +96,26 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// These flags, each missing one taken from `outer`: the flags given
+    /// before the subcommand (`ketch --config X serve`).
+    pub fn or(self, outer: &ServeArgs) -> ServeArgs {
+        let pick_vec = |own: Vec<PathBuf>, outer: &Vec<PathBuf>| {
+            if own.is_empty() { outer.clone() } else { own }
+        };
+        ServeArgs {
+            config: self.config.or_else(|| outer.config.clone()),
+            root_dir: self.root_dir.or_else(|| outer.root_dir.clone()),
+            state_dir: self.state_dir.or_else(|| outer.state_dir.clone()),
+            listen: self.listen.or_else(|| outer.listen.clone()),
+            log_level: self.log_level.or_else(|| outer.log_level.clone()),
+            log_format: self.log_format.or(outer.log_format),
+            cgroup_driver: self.cgroup_driver.or(outer.cgroup_driver),
+            metrics_listen: self.metrics_listen.or_else(|| outer.metrics_listen.clone()),
+            cni_conf_dirs: pick_vec(self.cni_conf_dirs, &outer.cni_conf_dirs),
+            cni_bin_dirs: pick_vec(self.cni_bin_dirs, &outer.cni_bin_dirs),
+        }
+    }
+
     /// The config file with these flags laid over it.
     pub fn resolve(&self) -> Result<Config, crate::config::ConfigError> {
         let (path, required) = match &self.config {
@@ -142,7 +162,7 @@ impl ServeArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Serve(args)) => serve(&args.or(&cli.serve)),
         // Single-threaded, no async runtime: these fork.
         Some(Command::Monitor(args)) => crate::monitor::main(&args),
         Some(Command::Pause(args)) => crate::monitor::pause::main(&args),
@@ -209,5 +229,46 @@ fn image(command: ImageCommand) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_before_serve_count_as_serve_s() {
+        let cli = Cli::try_parse_from([
+            "ketch",
+            "--config",
+            "/etc/x.toml",
+            "--cni-conf-dir",
+            "/a",
+            "serve",
+            "--root-dir",
+            "/r",
+        ])
+        .expect("parses");
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve expected");
+        };
+        let args = args.or(&cli.serve);
+        assert_eq!(args.config, Some(PathBuf::from("/etc/x.toml")));
+        assert_eq!(args.root_dir, Some(PathBuf::from("/r")));
+        assert_eq!(args.cni_conf_dirs, vec![PathBuf::from("/a")]);
+        // The subcommand's own flag wins.
+        let cli = Cli::try_parse_from([
+            "ketch",
+            "--root-dir",
+            "/outer",
+            "serve",
+            "--root-dir",
+            "/inner",
+        ])
+        .expect("parses");
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve expected");
+        };
+        assert_eq!(args.or(&cli.serve).root_dir, Some(PathBuf::from("/inner")));
     }
 }
