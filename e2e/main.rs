@@ -15,6 +15,7 @@ mod images;
 mod network;
 mod pods;
 mod registry_harness;
+mod runtime_handlers;
 mod seccomp;
 mod security_context;
 mod stats;

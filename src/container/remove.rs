@@ -31,6 +31,14 @@ impl ContainerManager {
         let manager = self.clone();
         let r = record.clone();
         blocking(move || {
+            // The runtime first: its state and the cgroups it made beside
+            // ketch's (every v1 hierarchy) go with `delete --force`.
+            if let Some(rt) = &r.runtime {
+                rt.delete(&r.id).map_err(|source| ContainerError::Runtime {
+                    id: r.id.clone(),
+                    source,
+                })?;
+            }
             if let Some(cg) = manager.open_cgroup(&r) {
                 cg.kill_all()?;
                 cg.destroy()?;

@@ -557,13 +557,14 @@ pub struct RuntimeExec {
 /// The exec helper's side for a container of an external runtime: the
 /// helper becomes a child subreaper, runs `<rt> exec --detach` with its
 /// own stdio (or a console socket), and then waits for the process, which
-/// is reparented to it when the runtime exits. `report` gets the pid once
-/// known; `console` is where the pty master goes for a terminal exec. The
+/// is reparented to it when the runtime exits. `started` gets the pid once
+/// the process runs (and, for a terminal exec, its pty master was sent on
+/// `console`). The
 /// process's exit code (128 + signal) is returned.
 pub fn exec_in_runtime(
     target: &RuntimeExec,
     process: &Process,
-    report_pid: &mut dyn FnMut(Pid),
+    started: &mut dyn FnMut(Pid),
     console: Option<OwnedFd>,
 ) -> Result<i32, String> {
     nix::sys::prctl::set_child_subreaper(true)
@@ -577,9 +578,7 @@ pub fn exec_in_runtime(
             let _ = std::fs::remove_file(f);
         }
     };
-    let result = exec_and_wait(
-        target, process, report_pid, console, &pid_file, &log, &socket,
-    );
+    let result = exec_and_wait(target, process, started, console, &pid_file, &log, &socket);
     cleanup();
     result
 }
@@ -587,7 +586,7 @@ pub fn exec_in_runtime(
 fn exec_and_wait(
     target: &RuntimeExec,
     process: &Process,
-    report_pid: &mut dyn FnMut(Pid),
+    started: &mut dyn FnMut(Pid),
     console: Option<OwnedFd>,
     pid_file: &Path,
     log: &Path,
@@ -643,7 +642,6 @@ fn exec_and_wait(
         .filter(|p| *p > 0)
         .map(Pid::from_raw)
         .ok_or_else(|| format!("{} exec wrote no pid", target.runtime.path.display()))?;
-    report_pid(pid);
     if let (Some(listener), Some(console)) = (&listener, &console) {
         let master = receive_console(listener).map_err(|e| e.to_string());
         let sent = master.and_then(|m| {
@@ -655,6 +653,7 @@ fn exec_and_wait(
             return Err(e);
         }
     }
+    started(pid);
     Ok(wait_for(pid))
 }
 

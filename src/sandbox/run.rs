@@ -23,6 +23,7 @@ impl SandboxManager {
     /// Makes a pod and returns it READY.
     pub async fn run(&self, config: PodConfig) -> Result<Arc<PodSandbox>, SandboxError> {
         validate(&config)?;
+        runtime_handler(&config.runtime_handler, &self.runtime_handlers)?;
         let hostname = effective_hostname(&config)?;
         let reservation = self.store.reserve(&config.reservation_name())?;
         let id = reservation.id().to_owned();
@@ -189,15 +190,6 @@ fn validate(config: &PodConfig) -> Result<(), SandboxError> {
         names::path_component(field, value)?;
     }
     names::log_directory(&config.log_directory)?;
-    if !config.runtime_handler.is_empty() {
-        return Err(SandboxError::invalid(
-            "runtime_handler",
-            format!(
-                "{:?} is not configured; ketch offers only the default handler \"\"",
-                config.runtime_handler
-            ),
-        ));
-    }
     let ns = &config.linux.namespaces;
     for (field, mode) in [
         ("namespace_options.network", ns.network),
@@ -225,6 +217,43 @@ fn validate(config: &PodConfig) -> Result<(), SandboxError> {
         network::validate(config)?;
     }
     Ok(())
+}
+
+/// Checks the pod's `runtime_handler`: the default `""`, or a configured
+/// one whose runtime binary is there (checked now, so a handler installed
+/// after the daemon started works, and a missing one fails this pod, not
+/// the daemon). An unknown name is bad input naming the configured ones.
+fn runtime_handler(
+    name: &str,
+    handlers: &std::collections::BTreeMap<String, std::path::PathBuf>,
+) -> Result<(), SandboxError> {
+    match handlers.get(name) {
+        Some(path) => {
+            crate::executor::oci_runtime::OciRuntime::check_binary(path).map_err(|reason| {
+                SandboxError::RuntimeUnavailable {
+                    handler: name.to_owned(),
+                    reason: format!("its runtime cannot run: {reason}"),
+                }
+            })
+        }
+        None if name.is_empty() => Ok(()),
+        None => {
+            let mut known: Vec<String> = vec!["\"\"".to_owned()];
+            known.extend(
+                handlers
+                    .keys()
+                    .filter(|k| !k.is_empty())
+                    .map(|k| format!("{k:?}")),
+            );
+            Err(SandboxError::invalid(
+                "runtime_handler",
+                format!(
+                    "{name:?} is not configured (configured: {})",
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 /// Whether a pod may set sysctl `key`: only the namespaced ones, which
