@@ -426,6 +426,13 @@ impl Runtime {
             "cgroupPath": record.cgroup_path,
             "rootfs": record.overlay.target,
             "runtimeSpec": spec,
+            // containerd's key: the OCI runtime that runs it (the built-in
+            // executor when absent).
+            "runtimeType": record.runtime.as_ref().map(|rt| serde_json::json!({
+                "handler": rt.handler,
+                "path": rt.path,
+                "root": rt.root,
+            })),
         })
     }
 

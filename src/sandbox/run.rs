@@ -315,3 +315,38 @@ mod tests {
         assert!(ipc.contains("IPC namespace"), "{ipc}");
     }
 }
+
+#[cfg(test)]
+mod handler_tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn a_pod_names_the_default_or_a_configured_handler_whose_runtime_is_there() {
+        let mut handlers = BTreeMap::new();
+        handlers.insert("sh".to_owned(), PathBuf::from("/bin/sh"));
+        handlers.insert("gone".to_owned(), PathBuf::from("/nonexistent/runc"));
+        runtime_handler("", &handlers).unwrap();
+        runtime_handler("sh", &handlers).unwrap();
+
+        let e = runtime_handler("kata", &handlers).unwrap_err();
+        assert!(matches!(e, SandboxError::InvalidArgument { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("runtime_handler")
+                && text.contains("\"kata\"")
+                && text.contains("\"\", \"gone\", \"sh\""),
+            "{text}"
+        );
+
+        let e = runtime_handler("gone", &handlers).unwrap_err();
+        assert!(matches!(e, SandboxError::RuntimeUnavailable { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/runc"), "{e}");
+
+        // Without a configured handler only the default is known.
+        let e = runtime_handler("runc", &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("(configured: \"\")"), "{e}");
+    }
+}
