@@ -65,7 +65,8 @@ impl ContainerManager {
                 return Ok(());
             }
         }
-        self.signal(record, &started, Signal::SIGKILL as i32).await?;
+        self.signal(record, &started, Signal::SIGKILL as i32)
+            .await?;
         // Everything in its cgroup too: a shared or host PID namespace
         // means the container's children are not killed with its PID 1.
         if let Some(cg) = self.open_cgroup(record) {
