@@ -520,6 +520,13 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
     } = serde_json::from_slice(&json)
         .map_err(|e| StepError::msg("parse the process spec", e.to_string()))?;
     if let Some(target) = runtime {
+        if sys::start_time(Pid::from_raw(args.pid)) != Some(args.start_time) {
+            return Err(StepError::msg(
+                format!("exec in container process {}", args.pid),
+                "the process is not running",
+            )
+            .into());
+        }
         let console = (process.terminal() == Some(true))
             .then(console_socket)
             .transpose()?;

@@ -322,19 +322,41 @@ impl OciRuntime {
     }
 
     /// What `features` says (`runc features`, runc ≥ 1.1; crun ≥ 1.6).
-    /// `None` when the binary cannot run; all false when it has no such
-    /// command.
+    /// `None` when the binary cannot run (or hangs past the command
+    /// timeout); all false when it has no such command.
     pub fn features(&self) -> Option<Features> {
-        let output = Command::new(&self.path)
+        let mut child = Command::new(&self.path)
             .arg("features")
             .stdin(ProcStdio::null())
+            .stdout(ProcStdio::piped())
             .stderr(ProcStdio::null())
-            .output()
+            .spawn()
             .ok()?;
-        if !output.status.success() {
+        // The document is a few KiB: it fits the pipe, so waiting first
+        // cannot block the runtime.
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        };
+        if !status.success() {
             return Some(Features::default());
         }
-        Some(parse_features(&String::from_utf8_lossy(&output.stdout)))
+        let mut out = String::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            use std::io::Read;
+            let _ = (&mut pipe).take(1 << 20).read_to_string(&mut out);
+        }
+        Some(parse_features(&out))
     }
 
     /// Whether the binary is there to run: an executable file.
