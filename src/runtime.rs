@@ -184,8 +184,6 @@ fn helper_exe(daemon_exe: PathBuf) -> PathBuf {
     }
 }
 
-static EMPTY: String = String::new();
-
 /// The file name of the per-container helper binary.
 const SHIM_NAME: &str = "ketch-shim";
 
@@ -518,21 +516,21 @@ impl Runtime {
     /// answers; one that cannot run yet reports no features and is asked
     /// again next time.
     pub async fn runtime_handlers(&self) -> Vec<(String, Option<Features>)> {
-        let mut names: Vec<&String> = self.handlers.keys().collect();
+        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
         if !self.handlers.contains_key("") {
-            names.insert(0, &EMPTY);
+            names.insert(0, String::new());
         }
         let mut out = Vec::new();
         for name in names {
-            let Some(runtime) = self.handlers.get(name) else {
-                out.push((name.clone(), None));
+            let Some(runtime) = self.handlers.get(&name) else {
+                out.push((name, None));
                 continue;
             };
             let known = self
                 .handler_features
                 .lock()
                 .ok()
-                .and_then(|m| m.get(name).copied());
+                .and_then(|m| m.get(&name).copied());
             let features = match known {
                 Some(f) => f,
                 None => {
@@ -547,7 +545,7 @@ impl Runtime {
                     probed.unwrap_or_default()
                 }
             };
-            out.push((name.clone(), Some(features)));
+            out.push((name, Some(features)));
         }
         out
     }
