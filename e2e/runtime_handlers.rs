@@ -224,6 +224,16 @@ async fn pods_of_each_handler_serve_http_side_by_side_with_a_builtin_pod() {
             (3, &b"oops\n"[..]),
             "{handler}"
         );
+        // A program that is not there: refused with its name, as the
+        // built-in executor refuses it.
+        let err = env
+            .exec(id, &["/bin/no-such-program"], 10)
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("/bin/no-such-program"),
+            "{handler}: {err:?}"
+        );
 
         // Port-forward reaches the same server.
         let url = env
