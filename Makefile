@@ -53,7 +53,8 @@ e2e: deps-test
 	$(CARGO) test --locked --test e2e -- --test-threads=$(TEST_THREADS)
 
 # ketch against containerd, call for call (root; installs containerd and runc
-# from Debian when missing). See benches/run.sh for the settings.
+# from Debian when missing); RUNTIMES="ketch ketch-runc" compares the built-in
+# executor with the runc runtime handler. See benches/run.sh for the settings.
 bench:
 	./benches/run.sh
 

@@ -28,7 +28,9 @@
 #   PULL_ITERATIONS=1          cold pulls per turn
 #   LIST_CONTAINERS=100        containers present for the List calls
 #   MEMORY_PODS=50             pods running for the memory figures
-#   RUNTIMES="ketch containerd"  the first is the numerator of the ratios
+#   RUNTIMES="ketch containerd"  the first is the numerator of the ratios;
+#                              ketch-runc is the same ketch daemon with its pods
+#                              on the `runc` runtime handler (Debian's runc)
 #   BENCH_JSON=target/bench/results.json
 set -euo pipefail
 
@@ -275,7 +277,9 @@ EOF
 
 # --- ketch --------------------------------------------------------------------
 start_ketch() {
-  : >"$KD/ketch.toml"
+  [ -n "$KETCH_PID" ] && return 0
+  # The runc handler, for the ketch-runc runs.
+  printf '[runtime_handlers.runc]\npath = "%s"\n' "$(command -v runc || echo /usr/sbin/runc)" >"$KD/ketch.toml"
   setsid "$KETCH_BIN" serve --config "$KD/ketch.toml" --root-dir "$KD/root" \
     --state-dir "$KD/run" --listen "$KETCH_SOCK" --cni-conf-dir "$DIR/cni/net.d" \
     --cni-bin-dir "$CNI_BIN_DIR" --log-level warn >"$KD/log" 2>&1 &
@@ -286,9 +290,9 @@ start_ketch() {
 
 for rt in $RUNTIMES; do
   case "$rt" in
-    ketch) start_ketch ;;
+    ketch | ketch-runc) start_ketch ;;
     containerd) start_containerd ;;
-    *) die "unknown runtime $rt (ketch or containerd)" ;;
+    *) die "unknown runtime $rt (ketch, ketch-runc or containerd)" ;;
   esac
 done
 
@@ -298,6 +302,9 @@ run_driver() { # runtime round
   case "$rt" in
     ketch)
       args=(--endpoint "$KETCH_SOCK" --daemon-pid "$KETCH_PID"
+        --proc-match "$SHIM_BIN" --proc-match monitor) ;;
+    ketch-runc)
+      args=(--endpoint "$KETCH_SOCK" --daemon-pid "$KETCH_PID" --runtime-handler runc
         --proc-match "$SHIM_BIN" --proc-match monitor) ;;
     containerd)
       args=(--endpoint "$CTRD_SOCK" --daemon-pid "$CTRD_PID"

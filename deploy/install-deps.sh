@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ketch needs, only those missing.
 #   install-deps.sh run    what the daemon needs at run time (and to build)
-#   install-deps.sh test   plus what the test suite needs
-#   install-deps.sh bench  plus containerd and runc, for the comparison
+#   install-deps.sh test   plus what the test suite needs (runc and crun: the
+#                          runtime handler tests run them as external runtimes)
+#   install-deps.sh bench  plus containerd, for the comparison
 set -euo pipefail
 
 build=(gcc protobuf-compiler pkg-config libseccomp-dev)
 run=(iptables iproute2 containernetworking-plugins util-linux libseccomp2)
-test=(docker-registry busybox-static zstd openssl systemd dbus-daemon dbus-bin)
-bench=(containerd runc)
+test=(docker-registry busybox-static zstd openssl systemd dbus-daemon dbus-bin runc crun)
+bench=(containerd)
 
 want=("${build[@]}" "${run[@]}")
 case "${1:-run}" in

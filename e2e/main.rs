@@ -16,6 +16,7 @@ mod nested;
 mod network;
 mod pods;
 mod registry_harness;
+mod runtime_handlers;
 mod seccomp;
 mod security_context;
 mod stats;

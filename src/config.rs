@@ -90,6 +90,23 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Per-registry settings, keyed by host[:port] as written in references.
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// External OCI runtimes a pod's `runtime_handler` may name, keyed by
+    /// handler name. The default handler `""` is the built-in executor
+    /// unless a `[runtime_handlers.""]` table names another.
+    pub runtime_handlers: BTreeMap<String, RuntimeHandlerConfig>,
+}
+
+/// One `[runtime_handlers.<name>]` table: an OCI runtime with runc's
+/// command line (runc, crun, youki, runsc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandlerConfig {
+    /// The runtime's binary (absolute). Checked when a pod asks for the
+    /// handler, not at daemon start.
+    pub path: PathBuf,
+    /// Its `--root` (state directory); absent: `<state_dir>/runtimes/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,6 +182,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             metrics: MetricsConfig::default(),
             registries: BTreeMap::new(),
+            runtime_handlers: BTreeMap::new(),
         }
     }
 }
@@ -314,6 +332,25 @@ impl Config {
                 return Err(invalid(key, &value, "must be at least 1"));
             }
         }
+        for (name, handler) in &self.runtime_handlers {
+            if let Err(reason) = handler_name(name) {
+                return Err(invalid("runtime_handlers.<name>", name, &reason));
+            }
+            if !handler.path.is_absolute() {
+                return Err(invalid(
+                    "runtime_handlers.<name>.path",
+                    &handler.path,
+                    "must be an absolute path",
+                ));
+            }
+            if let Some(root) = handler.root.as_ref().filter(|r| !r.is_absolute()) {
+                return Err(invalid(
+                    "runtime_handlers.<name>.root",
+                    root,
+                    "must be an absolute path",
+                ));
+            }
+        }
         for registry in self.registries.values() {
             for mirror in &registry.mirrors {
                 if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
@@ -328,10 +365,40 @@ impl Config {
         Ok(())
     }
 
+    /// The runtime handlers configured, each with its binary and the
+    /// `--root` it runs with (the default root filled in).
+    pub fn runtime_handler_roots(&self) -> BTreeMap<String, (PathBuf, PathBuf)> {
+        self.runtime_handlers
+            .iter()
+            .map(|(name, h)| {
+                let root = h.root.clone().unwrap_or_else(|| {
+                    let dir = if name.is_empty() { "default" } else { name };
+                    self.state_dir.join("runtimes").join(dir)
+                });
+                (name.clone(), (h.path.clone(), root))
+            })
+            .collect()
+    }
+
     /// The registry settings for `host`, or the defaults.
     pub fn registry(&self, host: &str) -> RegistryConfig {
         self.registries.get(host).cloned().unwrap_or_default()
     }
+}
+
+/// A handler name is a RuntimeClass `handler`: a DNS label (Kubernetes'
+/// `ValidateRuntimeClassName`), or `""` for the default; it becomes a
+/// directory name under the state dir.
+fn handler_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if name.is_empty() {
+        return Ok(());
+    }
+    if name.len() > 63 || !name.chars().all(ok_char) || name.starts_with('-') || name.ends_with('-')
+    {
+        return Err("a handler name is a DNS label: at most 63 of a-z, 0-9 and '-', starting and ending with a letter or digit".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -416,6 +483,43 @@ mod tests {
         assert!(r.insecure);
         assert_eq!(r.mirrors, vec!["http://127.0.0.1:6000"]);
         assert!(!c.registry("other").insecure);
+    }
+
+    #[test]
+    fn runtime_handlers_parse_with_their_default_root() {
+        let c = parse(
+            "state_dir = \"/run/k\"\n[runtime_handlers.runc]\npath = \"/usr/sbin/runc\"\n\
+             [runtime_handlers.crun]\npath = \"/usr/bin/crun\"\nroot = \"/run/crun-k\"",
+        )
+        .unwrap();
+        let roots = c.runtime_handler_roots();
+        assert_eq!(
+            roots["runc"],
+            (
+                PathBuf::from("/usr/sbin/runc"),
+                PathBuf::from("/run/k/runtimes/runc")
+            )
+        );
+        assert_eq!(roots["crun"].1, PathBuf::from("/run/crun-k"));
+        let err = parse("[runtime_handlers.runc]\nroot = \"/x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("path"), "{err}");
+        let err = parse("[runtime_handlers.runc]\npath = \"runc\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runtime_handlers.<name>.path"), "{err}");
+        let err = parse("[runtime_handlers.Bad_Name]\npath = \"/bin/true\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Bad_Name") && err.contains("DNS label"),
+            "{err}"
+        );
+        let err = parse("[runtime_handlers.runc]\npath = \"/usr/sbin/runc\"\nflags = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flags"), "{err}");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The runtime as a whole: the domain object the CRI layer talks to. It owns
 //! the configuration and, as they land, the pod, container and image stores.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{CgroupDriver, Config};
@@ -13,6 +14,7 @@ use crate::container::stream::{PodNetwork, PodNetworks};
 use crate::container::{
     ContainerError, ContainerManager, ContainerRecord, ImageInfo, PodInfo, VolumeImage,
 };
+use crate::executor::oci_runtime::{Features, OciRuntime};
 use crate::image::{ImageError, ImageStore};
 use crate::network;
 use crate::pod_pid::{self, PodPidError};
@@ -54,6 +56,9 @@ pub enum RuntimeError {
     Random(String),
     #[error("cgroup_driver = \"systemd\" needs systemd: {0}")]
     Systemd(#[from] crate::systemd::SystemdError),
+    /// The pod's handler was configured when it started, not now.
+    #[error("pod sandbox {pod}: runtime handler {handler:?} is no longer configured")]
+    HandlerGone { pod: String, handler: String },
 }
 
 /// A pod's sample: its own cgroup's (or its containers' summed), its
@@ -74,6 +79,10 @@ pub struct Runtime {
     sandboxes: SandboxManager,
     containers: ContainerManager,
     images: ImageStore,
+    /// The configured runtime handlers' runtimes, by handler name.
+    handlers: BTreeMap<String, OciRuntime>,
+    /// Each handler's features once its runtime answered `features`.
+    handler_features: Arc<Mutex<BTreeMap<String, Features>>>,
 }
 
 /// Lets StopPodSandbox and RemovePodSandbox stop and remove the pod's
@@ -158,6 +167,7 @@ fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
             apparmor: linux.security.apparmor.as_ref().map(profile),
             privileged: linux.security.privileged,
         },
+        runtime: None,
     })
 }
 
@@ -208,9 +218,27 @@ impl Runtime {
             );
             containers = containers.with_systemd(systemd);
         }
+        let handlers: BTreeMap<String, OciRuntime> = config
+            .runtime_handler_roots()
+            .into_iter()
+            .map(|(handler, (path, root))| {
+                let runtime = OciRuntime {
+                    handler: handler.clone(),
+                    path,
+                    root,
+                };
+                (handler, runtime)
+            })
+            .collect();
         let sandboxes = SandboxManager::open(&config.root_dir, &config.state_dir)?
             .with_network(network::Cni::new(&config.cni))
-            .with_pid_holder(exe.clone());
+            .with_pid_holder(exe.clone())
+            .with_runtime_handlers(
+                handlers
+                    .iter()
+                    .map(|(name, rt)| (name.clone(), rt.path.clone()))
+                    .collect(),
+            );
         sandboxes.set_container_hooks(Arc::new(PodContainerHooks {
             containers: containers.clone(),
             images: images.clone(),
@@ -221,6 +249,8 @@ impl Runtime {
             sandboxes,
             containers,
             images,
+            handlers,
+            handler_features: Arc::default(),
         };
         runtime.release_orphan_leases().await;
         Ok(runtime)
@@ -314,7 +344,8 @@ impl Runtime {
             run_config,
             volumes,
         };
-        let pod_info = pod_info(&pod)?;
+        let mut pod_info = pod_info(&pod)?;
+        pod_info.runtime = self.pod_runtime(&pod)?;
         let id = crate::store::generate_id().map_err(|e| RuntimeError::Random(e.to_string()))?;
         self.images
             .acquire_with_volumes(&id, &image.id, &volume_ids)
@@ -405,6 +436,13 @@ impl Runtime {
             "cgroupPath": record.cgroup_path,
             "rootfs": record.overlay.target,
             "runtimeSpec": spec,
+            // containerd's key: the OCI runtime that runs it (the built-in
+            // executor when absent).
+            "runtimeType": record.runtime.as_ref().map(|rt| serde_json::json!({
+                "handler": rt.handler,
+                "path": rt.path,
+                "root": rt.root,
+            })),
         })
     }
 
@@ -468,6 +506,60 @@ impl Runtime {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The external runtime that runs the pod's containers; `None` for the
+    /// built-in executor.
+    fn pod_runtime(&self, pod: &PodSandbox) -> Result<Option<OciRuntime>, RuntimeError> {
+        let handler = &pod.config.runtime_handler;
+        match self.handlers.get(handler) {
+            Some(runtime) => Ok(Some(runtime.clone())),
+            None if handler.is_empty() => Ok(None),
+            None => Err(RuntimeError::HandlerGone {
+                pod: pod.id.clone(),
+                handler: handler.clone(),
+            }),
+        }
+    }
+
+    /// Every handler a pod may name: the default `""` first, then the
+    /// configured ones by name, each with its runtime's features (`None`:
+    /// the built-in executor). A runtime is asked (`<rt> features`) once it
+    /// answers; one that cannot run yet reports no features and is asked
+    /// again next time.
+    pub async fn runtime_handlers(&self) -> Vec<(String, Option<Features>)> {
+        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
+        if !self.handlers.contains_key("") {
+            names.insert(0, String::new());
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let Some(runtime) = self.handlers.get(&name) else {
+                out.push((name, None));
+                continue;
+            };
+            let known = self
+                .handler_features
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&name).copied());
+            let features = match known {
+                Some(f) => f,
+                None => {
+                    let rt = runtime.clone();
+                    let probed = tokio::task::spawn_blocking(move || rt.features())
+                        .await
+                        .ok()
+                        .flatten();
+                    if let (Some(f), Ok(mut cache)) = (probed, self.handler_features.lock()) {
+                        cache.insert(name.clone(), f);
+                    }
+                    probed.unwrap_or_default()
+                }
+            };
+            out.push((name, Some(features)));
+        }
+        out
     }
 
     /// RuntimeReady and NetworkReady, each with a reason when false.

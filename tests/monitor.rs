@@ -198,6 +198,7 @@ impl Bundle {
             stdin_once: false,
             cgroup_dirs: Vec::new(),
             exe: Some(ketch()),
+            runtime: None,
         }
     }
 

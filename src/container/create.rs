@@ -189,6 +189,7 @@ impl ContainerManager {
             starting: false,
             image_volumes,
             user: Some(user),
+            runtime: pod.runtime.clone(),
             config,
         };
         crate::sandbox::crash_point("create-container-before-record");

@@ -66,6 +66,12 @@ pub enum ContainerError {
     },
     #[error(transparent)]
     Task(#[from] TaskFailed),
+    /// The external OCI runtime of the container's handler failed.
+    #[error("container {id}: {source}")]
+    Runtime {
+        id: String,
+        source: crate::executor::oci_runtime::OciRuntimeError,
+    },
 }
 
 impl ContainerError {

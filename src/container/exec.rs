@@ -11,6 +11,7 @@ use super::record::ContainerRecord;
 use super::spec;
 use super::state::State;
 use crate::executor::exec::{ExecProcess, ExecSyncOutput, ExecTarget};
+use crate::executor::oci_runtime::RuntimeExec;
 use crate::task::blocking;
 
 impl ContainerManager {
@@ -93,6 +94,11 @@ impl ContainerManager {
                 .build()
                 .map_err(|e| ContainerError::Spec(e.into()))?,
             seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+            runtime: record.runtime.clone().map(|runtime| RuntimeExec {
+                runtime,
+                id: record.id.clone(),
+                scratch_dir: self.sockets_dir().to_owned(),
+            }),
         })
     }
 }

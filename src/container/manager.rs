@@ -44,6 +44,8 @@ pub struct PodInfo {
     pub ready: bool,
     pub log_directory: String,
     pub context: PodContext,
+    /// The external OCI runtime of the pod's handler; `None`: built-in.
+    pub runtime: Option<crate::executor::oci_runtime::OciRuntime>,
 }
 
 /// The image a container is made from.
@@ -151,6 +153,11 @@ impl ContainerManager {
 
     pub(super) fn exit_file(&self, id: &str) -> PathBuf {
         self.exit_dir(id).join("exit")
+    }
+
+    /// Where monitor sockets and per-exec runtime files live.
+    pub(super) fn sockets_dir(&self) -> &Path {
+        &self.sockets
     }
 
     pub(super) fn socket(&self, id: &str) -> PathBuf {

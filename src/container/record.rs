@@ -55,6 +55,11 @@ pub struct ContainerRecord {
     /// `None` in records written before it was kept.
     #[serde(default)]
     pub user: Option<super::spec::ResolvedUser>,
+    /// The external OCI runtime of the pod's handler that runs the
+    /// container, kept so it is deleted by the runtime that made it even
+    /// after the config changed; `None`: the built-in executor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::executor::oci_runtime::OciRuntime>,
 }
 
 impl Record for ContainerRecord {
@@ -376,6 +381,7 @@ mod legacy {
                 starting: r.starting,
                 image_volumes: Vec::new(),
                 user: None,
+                runtime: None,
             }
         }
     }

@@ -9,6 +9,7 @@ use super::record::ContainerRecord;
 use super::state::State;
 use super::status::Probe;
 use crate::events::EventKind;
+use crate::executor::oci_runtime::OciRuntimeError;
 use crate::store::StoreError;
 use crate::task::blocking;
 
@@ -36,6 +37,31 @@ impl ContainerManager {
         let manager = self.clone();
         let r = record.clone();
         blocking(move || {
+            // The runtime first: its state and the cgroups it made beside
+            // ketch's (every v1 hierarchy) go with `delete --force`.
+            if let Some(rt) = &r.runtime {
+                match rt.delete(&r.id) {
+                    Ok(()) => {}
+                    // The runtime's binary is gone: nothing can ask it, so
+                    // its state goes by hand and the cgroups below are
+                    // ketch's to kill and remove.
+                    Err(e @ OciRuntimeError::Spawn { .. }) => {
+                        tracing::warn!(container = %r.id, "{e}; removing its state without it");
+                        let state = rt.root.join(&r.id);
+                        if let Err(e) = std::fs::remove_dir_all(&state)
+                            && e.kind() != std::io::ErrorKind::NotFound
+                        {
+                            tracing::warn!(container = %r.id, "remove {}: {e}", state.display());
+                        }
+                    }
+                    Err(source) => {
+                        return Err(ContainerError::Runtime {
+                            id: r.id.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
             if let Some(cg) = manager.open_cgroup(&r) {
                 cg.kill_all()?;
                 cg.destroy()?;

@@ -194,6 +194,7 @@ impl ContainerManager {
             stdin_once: record.config.stdin_once,
             cgroup_dirs,
             exe: Some(self.exe().to_owned()),
+            runtime: record.runtime.clone().map(|rt| (rt, record.id.clone())),
         };
         match monitor::start(&spec) {
             Ok(started) => Ok(started),

@@ -60,20 +60,13 @@ impl ContainerManager {
         let exit_file = self.exit_file(&record.id);
         if !timeout.is_zero() {
             let signo = signal::parse(&record.stop_signal)?;
-            monitor::signal_container_number(
-                started.container_pid,
-                started.container_start_time,
-                signo,
-            )?;
+            self.signal(record, &started, signo).await?;
             if monitor::wait_for_exit(&exit_file, timeout).await?.is_some() {
                 return Ok(());
             }
         }
-        monitor::signal_container(
-            started.container_pid,
-            started.container_start_time,
-            Signal::SIGKILL,
-        )?;
+        self.signal(record, &started, Signal::SIGKILL as i32)
+            .await?;
         // Everything in its cgroup too: a shared or host PID namespace
         // means the container's children are not killed with its PID 1.
         if let Some(cg) = self.open_cgroup(record) {
@@ -94,5 +87,35 @@ impl ContainerManager {
             id: record.id.clone(),
             grace: KILL_GRACE,
         })
+    }
+
+    /// Signals the container's process, guarded against pid reuse; for a
+    /// container of an external runtime whose process ketch may not
+    /// signal itself (another user namespace, a sandbox such as gVisor's),
+    /// through the runtime's `kill`.
+    async fn signal(
+        &self,
+        record: &ContainerRecord,
+        started: &crate::monitor::Started,
+        signo: i32,
+    ) -> Result<(), ContainerError> {
+        let sent = monitor::signal_container_number(
+            started.container_pid,
+            started.container_start_time,
+            signo,
+        );
+        match (sent, &record.runtime) {
+            (Ok(_), _) => Ok(()),
+            (Err(e), Some(rt)) => {
+                tracing::debug!(container = %record.id, "{e}; signalling through the runtime");
+                let (rt, id) = (rt.clone(), record.id.clone());
+                blocking(move || {
+                    rt.kill(&id, signo)
+                        .map_err(|source| ContainerError::Runtime { id, source })
+                })
+                .await
+            }
+            (Err(e), None) => Err(e.into()),
+        }
     }
 }

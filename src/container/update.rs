@@ -38,12 +38,26 @@ impl ContainerManager {
                 .await?;
         }
         let (bundle, config) = (self.bundle_dir(&record.id), record.config.clone());
+        let runtime = record.runtime.clone().map(|rt| (rt, record.id.clone()));
         blocking(move || {
-            if let Some(cg) = cgroup {
-                cg.update(&update.cgroup)?;
-            }
             let mut spec = spec::load(&bundle)?;
             spec::set_resources(&mut spec, &config)?;
+            match (cgroup, runtime) {
+                // A container of an external runtime: the runtime applies
+                // the spec's new resources (`update --resources -`), so
+                // its own state agrees with the cgroup.
+                (Some(_), Some((rt, id))) => {
+                    let resources = spec
+                        .linux()
+                        .as_ref()
+                        .and_then(|l| l.resources().clone())
+                        .unwrap_or_default();
+                    rt.update(&id, &resources)
+                        .map_err(|source| ContainerError::Runtime { id, source })?;
+                }
+                (Some(cg), None) => cg.update(&update.cgroup)?,
+                (None, _) => {}
+            }
             spec::write(&bundle, &spec)?;
             Ok::<_, ContainerError>(())
         })

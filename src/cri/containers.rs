@@ -711,6 +711,7 @@ mod tests {
                 gid: 1000,
                 additional_gids: vec![1234, 50000],
             }),
+            runtime: None,
         };
         let status = to_status(&record);
         assert_eq!(

@@ -49,24 +49,37 @@ pub(super) async fn status(
     Ok(cri::StatusResponse {
         status: Some(cri::RuntimeStatus { conditions }),
         info,
-        runtime_handlers: runtime_handlers(),
+        runtime_handlers: runtime_handlers(cri).await,
         features: Some(runtime_features()),
     })
 }
 
-/// The handlers kubelet may name in RunPodSandbox: the default one (`""`),
-/// the only one ketch runs (another is refused). Kubelet 1.36
+/// The handlers kubelet may name in RunPodSandbox: the default one (`""`)
+/// and every configured `[runtime_handlers.<name>]`. Kubelet 1.36
 /// (`pkg/kubelet/kuberuntime`, `kubelet.go` `updateRuntimeStatus`) keeps
 /// each handler's features to decide whether a pod may ask for
 /// recursive read-only mounts or a user namespace.
-fn runtime_handlers() -> Vec<cri::RuntimeHandler> {
-    vec![cri::RuntimeHandler {
-        name: String::new(),
-        features: Some(handler_features()),
-    }]
+async fn runtime_handlers(cri: &CriService) -> Vec<cri::RuntimeHandler> {
+    cri.runtime
+        .runtime_handlers()
+        .await
+        .into_iter()
+        .map(|(name, features)| cri::RuntimeHandler {
+            name,
+            features: Some(match features {
+                None => handler_features(),
+                // An external runtime's, as its `features` command says.
+                Some(f) => cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: f.recursive_read_only_mounts,
+                    user_namespaces: f.user_namespaces,
+                },
+            }),
+        })
+        .collect()
 }
 
-/// What the executor supports, each feature decided here and only here.
+/// What the built-in executor supports, each feature decided here and
+/// only here.
 fn handler_features() -> cri::RuntimeHandlerFeatures {
     cri::RuntimeHandlerFeatures {
         // `recursive_read_only` mounts need mount_setattr(MOUNT_ATTR_RDONLY,

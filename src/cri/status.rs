@@ -37,7 +37,9 @@ impl From<SandboxError> for Status {
         match e {
             SandboxError::Store(e) => e.into(),
             SandboxError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            SandboxError::NotReady { .. } => Status::failed_precondition(e.to_string()),
+            SandboxError::NotReady { .. } | SandboxError::RuntimeUnavailable { .. } => {
+                Status::failed_precondition(e.to_string())
+            }
             SandboxError::Network { ref source, .. } | SandboxError::PodCidr(ref source) => {
                 Status::new(network_code(source), e.to_string())
             }
@@ -73,7 +75,8 @@ impl From<ContainerError> for Status {
             | Io { .. }
             | Unkillable { .. }
             | Task(_)
-            | LogDir(_) => Status::internal(message),
+            | LogDir(_)
+            | Runtime { .. } => Status::internal(message),
         }
     }
 }
@@ -86,7 +89,7 @@ impl From<RuntimeError> for Status {
             RuntimeError::Image(e) => e.into(),
             RuntimeError::NoImage => Status::invalid_argument(e.to_string()),
             RuntimeError::ImageNotFound(_) => Status::not_found(e.to_string()),
-            RuntimeError::PodPid(PodPidError::Gone(_)) => {
+            RuntimeError::PodPid(PodPidError::Gone(_)) | RuntimeError::HandlerGone { .. } => {
                 Status::failed_precondition(e.to_string())
             }
             RuntimeError::SelfExe(_)

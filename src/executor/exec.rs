@@ -99,6 +99,11 @@ pub struct ExecProcess {
     pub process: Process,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<LinuxSeccomp>,
+    /// The container's external OCI runtime, which then makes the process
+    /// (`<rt> exec`, applying the container's own seccomp filter) instead
+    /// of the helper joining the namespaces itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<super::oci_runtime::RuntimeExec>,
 }
 
 impl From<&Process> for ExecProcess {
@@ -106,6 +111,7 @@ impl From<&Process> for ExecProcess {
         Self {
             process: process.clone(),
             seccomp: None,
+            runtime: None,
         }
     }
 }
@@ -140,6 +146,8 @@ impl ExecHandle {
     /// Kills the process's whole process group.
     pub fn kill_group(&self) {
         let _ = killpg(self.pid, Signal::SIGKILL);
+        // A runtime's exec may not make the process a group leader.
+        let _ = kill(self.pid, Signal::SIGKILL);
     }
 
     /// Blocks until the process exits; its exit code (128 + signal for a
@@ -505,8 +513,41 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
     std::fs::File::from(spec)
         .read_to_end(&mut json)
         .map_err(|e| StepError::io("read the process spec", &e))?;
-    let ExecProcess { process, seccomp } = serde_json::from_slice(&json)
+    let ExecProcess {
+        process,
+        seccomp,
+        runtime,
+    } = serde_json::from_slice(&json)
         .map_err(|e| StepError::msg("parse the process spec", e.to_string()))?;
+    if let Some(target) = runtime {
+        if sys::start_time(Pid::from_raw(args.pid)) != Some(args.start_time) {
+            return Err(StepError::msg(
+                format!("exec in container process {}", args.pid),
+                "the process is not running",
+            )
+            .into());
+        }
+        let console = (process.terminal() == Some(true))
+            .then(console_socket)
+            .transpose()?;
+        // Called once the process runs (and its terminal's master is
+        // passed on): the same report as below, and the caller's stdio is
+        // the process's alone from here on.
+        let mut started = |pid: Pid| {
+            let mut msg = vec![b'P'];
+            msg.extend_from_slice(&pid.as_raw().to_le_bytes());
+            write_all(status, &msg);
+            if let Ok(null) = std::fs::File::open("/dev/null") {
+                for fd in 0..3 {
+                    let _ = sys::dup_onto(null.as_fd(), fd);
+                }
+            }
+            write_all(status, b"S");
+        };
+        let code = super::oci_runtime::exec_in_runtime(&target, &process, &mut started, console)
+            .map_err(HelperError)?;
+        return Ok(code);
+    }
     // Compiled before any namespace is joined, like a container's first
     // process: the child only loads it.
     let seccomp = seccomp

@@ -1,9 +1,9 @@
 //! The executor: an OCI runtime spec (a bundle's `config.json`) becomes a
 //! running process in its namespaces on its root filesystem.
 //!
-//! It sits behind the [`Executor`] trait so that a `runtime_handler` can
-//! later name an external OCI runtime (runc, crun, youki) taking the same
-//! bundle; [`Builtin`] is the default and the only one today.
+//! It sits behind the [`Executor`] trait: [`Builtin`] is the default, and
+//! a pod's `runtime_handler` may name an external OCI runtime (runc, crun,
+//! youki) that takes the same bundle ([`oci_runtime`]).
 //!
 //! # How a container's process is made
 //!
@@ -60,6 +60,7 @@ pub mod exec;
 mod init;
 pub mod mount_plan;
 pub mod namespaces;
+pub mod oci_runtime;
 pub mod process;
 pub mod rootfs;
 pub mod step;

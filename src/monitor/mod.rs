@@ -120,6 +120,9 @@ pub struct MonitorSpec {
     pub cgroup_dirs: Vec<PathBuf>,
     /// The ketch binary to run as the monitor; `None` is [`SELF_EXE`].
     pub exe: Option<PathBuf>,
+    /// The external OCI runtime that starts the container, and the
+    /// container's ID there; `None`: the built-in executor.
+    pub runtime: Option<(crate::executor::oci_runtime::OciRuntime, String)>,
 }
 
 /// A running container, as [`start`] reports it. Persist it: a restarted
@@ -236,6 +239,30 @@ pub struct MonitorArgs {
     pub stdin_once: bool,
     #[arg(long)]
     pub cgroup_dir: Vec<PathBuf>,
+    /// An external OCI runtime's binary (with `--runtime-root`,
+    /// `--runtime-handler` and `--container-id`).
+    #[arg(long, requires_all = ["runtime_root", "container_id"])]
+    pub runtime: Option<PathBuf>,
+    #[arg(long)]
+    pub runtime_root: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    pub runtime_handler: String,
+    #[arg(long)]
+    pub container_id: Option<String>,
+}
+
+impl MonitorArgs {
+    /// The external runtime and the container's ID there, if any.
+    fn runtime(&self) -> Option<(crate::executor::oci_runtime::OciRuntime, String)> {
+        Some((
+            crate::executor::oci_runtime::OciRuntime {
+                handler: self.runtime_handler.clone(),
+                path: self.runtime.clone()?,
+                root: self.runtime_root.clone()?,
+            },
+            self.container_id.clone()?,
+        ))
+    }
 }
 
 /// Starts a container's monitor, which starts the container. Returns when
@@ -274,6 +301,16 @@ pub fn start(spec: &MonitorSpec) -> Result<Started, MonitorError> {
     }
     for dir in &spec.cgroup_dirs {
         cmd.arg("--cgroup-dir").arg(dir);
+    }
+    if let Some((runtime, id)) = &spec.runtime {
+        cmd.arg("--runtime")
+            .arg(&runtime.path)
+            .arg("--runtime-root")
+            .arg(&runtime.root)
+            .arg("--runtime-handler")
+            .arg(&runtime.handler)
+            .arg("--container-id")
+            .arg(id);
     }
     let mut child = cmd.spawn().map_err(|source| MonitorError::Spawn {
         exe: exe.clone(),

@@ -211,17 +211,27 @@ impl Monitor {
         // once is killed before a count taken after the start could see it.
         let mut oom = OomWatch::new(&args.cgroup_dir);
 
-        let started = executor::Builtin
-            .start(&StartRequest {
-                bundle: &args.bundle,
-                spec: &spec,
-                stdio: match &child_stdio {
-                    Some([i, o, e]) => Stdio::Fds([i.as_fd(), o.as_fd(), e.as_fd()]),
-                    None => Stdio::Terminal,
-                },
-                cgroup_dirs: &args.cgroup_dir,
-            })
-            .map_err(|e| e.to_string())?;
+        let request = StartRequest {
+            bundle: &args.bundle,
+            spec: &spec,
+            stdio: match &child_stdio {
+                Some([i, o, e]) => Stdio::Fds([i.as_fd(), o.as_fd(), e.as_fd()]),
+                None => Stdio::Terminal,
+            },
+            cgroup_dirs: &args.cgroup_dir,
+        };
+        // The pod's runtime handler picks the executor: an external OCI
+        // runtime gets the same bundle, and this monitor stays the parent.
+        let started = match args.runtime() {
+            None => executor::Builtin.start(&request),
+            Some((runtime, id)) => executor::oci_runtime::OciExecutor {
+                runtime: &runtime,
+                id: &id,
+                console_socket: &args.socket.with_extension("console"),
+            }
+            .start(&request),
+        }
+        .map_err(|e| e.to_string())?;
         let started_at = SystemTime::now();
         // Only the container holds its ends now: our output reads see end
         // of file when it (and whatever inherited them) is done.

@@ -52,6 +52,9 @@ pub enum SandboxError {
     Store(#[from] StoreError),
     #[error("pod sandbox {id} is not ready")]
     NotReady { id: String },
+    /// The pod's runtime handler is configured but its runtime cannot run.
+    #[error("runtime handler {handler:?}: {reason}")]
+    RuntimeUnavailable { handler: String, reason: String },
     /// A system operation not tied to one pod (the pods dir, the node).
     #[error(transparent)]
     Host(OsError),

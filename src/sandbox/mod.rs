@@ -94,6 +94,8 @@ pub struct SandboxManager {
     network: Option<Cni>,
     /// The binary pods' PID namespace holders run; `None`: no holders.
     pause_exe: Option<PathBuf>,
+    /// The configured runtime handlers and their runtimes' binaries.
+    runtime_handlers: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl SandboxManager {
@@ -117,6 +119,7 @@ impl SandboxManager {
             containers: OnceLock::new(),
             network: None,
             pause_exe: None,
+            runtime_handlers: Default::default(),
         })
     }
 
@@ -125,6 +128,16 @@ impl SandboxManager {
     /// without a restart).
     pub fn with_network(mut self, cni: Cni) -> Self {
         self.network = Some(cni);
+        self
+    }
+
+    /// The runtime handlers (name → the runtime's binary) a pod may name
+    /// besides the default `""`; RunPodSandbox refuses any other name.
+    pub fn with_runtime_handlers(
+        mut self,
+        handlers: std::collections::BTreeMap<String, PathBuf>,
+    ) -> Self {
+        self.runtime_handlers = handlers;
         self
     }
 

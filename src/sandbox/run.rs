@@ -23,6 +23,7 @@ impl SandboxManager {
     /// Makes a pod and returns it READY.
     pub async fn run(&self, config: PodConfig) -> Result<Arc<PodSandbox>, SandboxError> {
         validate(&config)?;
+        runtime_handler(&config.runtime_handler, &self.runtime_handlers)?;
         let hostname = effective_hostname(&config)?;
         let reservation = self.store.reserve(&config.reservation_name())?;
         let id = reservation.id().to_owned();
@@ -189,15 +190,6 @@ fn validate(config: &PodConfig) -> Result<(), SandboxError> {
         names::path_component(field, value)?;
     }
     names::log_directory(&config.log_directory)?;
-    if !config.runtime_handler.is_empty() {
-        return Err(SandboxError::invalid(
-            "runtime_handler",
-            format!(
-                "{:?} is not configured; ketch offers only the default handler \"\"",
-                config.runtime_handler
-            ),
-        ));
-    }
     let ns = &config.linux.namespaces;
     for (field, mode) in [
         ("namespace_options.network", ns.network),
@@ -225,6 +217,43 @@ fn validate(config: &PodConfig) -> Result<(), SandboxError> {
         network::validate(config)?;
     }
     Ok(())
+}
+
+/// Checks the pod's `runtime_handler`: the default `""`, or a configured
+/// one whose runtime binary is there (checked now, so a handler installed
+/// after the daemon started works, and a missing one fails this pod, not
+/// the daemon). An unknown name is bad input naming the configured ones.
+fn runtime_handler(
+    name: &str,
+    handlers: &std::collections::BTreeMap<String, std::path::PathBuf>,
+) -> Result<(), SandboxError> {
+    match handlers.get(name) {
+        Some(path) => {
+            crate::executor::oci_runtime::OciRuntime::check_binary(path).map_err(|reason| {
+                SandboxError::RuntimeUnavailable {
+                    handler: name.to_owned(),
+                    reason: format!("its runtime cannot run: {reason}"),
+                }
+            })
+        }
+        None if name.is_empty() => Ok(()),
+        None => {
+            let mut known: Vec<String> = vec!["\"\"".to_owned()];
+            known.extend(
+                handlers
+                    .keys()
+                    .filter(|k| !k.is_empty())
+                    .map(|k| format!("{k:?}")),
+            );
+            Err(SandboxError::invalid(
+                "runtime_handler",
+                format!(
+                    "{name:?} is not configured (configured: {})",
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 /// Whether a pod may set sysctl `key`: only the namespaced ones, which
@@ -284,5 +313,40 @@ mod tests {
         assert!(net.contains("network namespace"), "{net}");
         let ipc = sysctl_allowed("kernel.msgmax", false, true).unwrap_err();
         assert!(ipc.contains("IPC namespace"), "{ipc}");
+    }
+}
+
+#[cfg(test)]
+mod handler_tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn a_pod_names_the_default_or_a_configured_handler_whose_runtime_is_there() {
+        let mut handlers = BTreeMap::new();
+        handlers.insert("sh".to_owned(), PathBuf::from("/bin/sh"));
+        handlers.insert("gone".to_owned(), PathBuf::from("/nonexistent/runc"));
+        runtime_handler("", &handlers).unwrap();
+        runtime_handler("sh", &handlers).unwrap();
+
+        let e = runtime_handler("kata", &handlers).unwrap_err();
+        assert!(matches!(e, SandboxError::InvalidArgument { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("runtime_handler")
+                && text.contains("\"kata\"")
+                && text.contains("\"\", \"gone\", \"sh\""),
+            "{text}"
+        );
+
+        let e = runtime_handler("gone", &handlers).unwrap_err();
+        assert!(matches!(e, SandboxError::RuntimeUnavailable { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/runc"), "{e}");
+
+        // Without a configured handler only the default is known.
+        let e = runtime_handler("runc", &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("(configured: \"\")"), "{e}");
     }
 }

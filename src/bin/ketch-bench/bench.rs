@@ -48,6 +48,7 @@ pub struct Params {
     pub log_dir: PathBuf,
     pub cgroup_parent: String,
     pub run_id: String,
+    pub runtime_handler: String,
 }
 
 pub struct Bench {
@@ -113,6 +114,7 @@ impl Bench {
             log_dir: p.log_dir.clone(),
             cgroup_parent: p.cgroup_parent.clone(),
             run_id: p.run_id.clone(),
+            runtime_handler: p.runtime_handler.clone(),
         };
         let mut b = Bench {
             cri,
@@ -326,7 +328,7 @@ impl Bench {
             t,
             rt.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: self.specs.runtime_handler.clone(),
             }),
         )
         .await;
@@ -866,6 +868,7 @@ mod tests {
             log_dir: log_dir.clone(),
             cgroup_parent: format!("/ketch-bench-test-{:x}", fastrand::u32(..)),
             run_id: format!("{:08x}", fastrand::u32(..)),
+            runtime_handler: String::new(),
         };
         let metrics: Vec<Metric> = Bench::new(cri.clone(), params).run().await.into_metrics();
         let _ = crate::objects::sweep(&cri).await;

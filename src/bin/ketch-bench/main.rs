@@ -121,6 +121,10 @@ struct RunArgs {
     /// Bound on one CRI call, in seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// The RuntimeClass handler the pods name (e.g. `runc` for ketch with
+    /// `[runtime_handlers.runc]`); empty: the runtime's default.
+    #[arg(long, default_value = "")]
+    runtime_handler: String,
 }
 
 #[derive(Debug, Args)]
@@ -325,6 +329,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
             log_dir,
             cgroup_parent: args.cgroup_parent,
             run_id,
+            runtime_handler: args.runtime_handler,
         },
     );
     let metrics = bench.run().await.into_metrics();
@@ -412,6 +417,7 @@ async fn up(args: UpArgs) -> Result<(), Error> {
         log_dir,
         cgroup_parent: args.cgroup_parent,
         run_id,
+        runtime_handler: String::new(),
     };
     for i in 0..args.pods {
         let (made, result) = objects::start_pod(&cri, &specs, specs.pod(&format!("up{i}"))).await;

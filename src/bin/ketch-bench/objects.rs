@@ -41,6 +41,8 @@ pub struct Specs {
     pub log_dir: PathBuf,
     pub cgroup_parent: String,
     pub run_id: String,
+    /// The RuntimeClass handler the pods name (`""`: the default).
+    pub runtime_handler: String,
 }
 
 impl Specs {
@@ -202,7 +204,7 @@ pub async fn start_pod(
             t,
             rt.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: specs.runtime_handler.clone(),
             }),
         )
         .await?;
