@@ -400,3 +400,32 @@ pub fn has_mount_setattr() -> bool {
     };
     !(rc < 0 && Errno::last() == Errno::ENOSYS)
 }
+
+/// Loads a classic BPF program as the calling thread's seccomp filter:
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog)` (seccomp(2)). Without
+/// no_new_privs the caller needs CAP_SYS_ADMIN. With
+/// `SECCOMP_FILTER_FLAG_TSYNC` a positive return names a thread that could
+/// not be synchronised: ESRCH then, as libseccomp reports it.
+pub fn seccomp_set_mode_filter(program: &[libc::sock_filter], flags: u32) -> nix::Result<()> {
+    let len = u16::try_from(program.len()).map_err(|_| Errno::E2BIG)?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `program`, `len` instructions long, both
+    // alive across the call; the kernel copies the program and never
+    // writes through the pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+            flags as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        rc if rc > 0 => Err(Errno::ESRCH),
+        _ => Err(Errno::last()),
+    }
+}

@@ -93,6 +93,7 @@ impl ContainerManager {
                 .build()
                 .map_err(|e| ContainerError::Spec(e.into()))?,
             seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+            seccomp_program: None,
         })
     }
 }

@@ -48,7 +48,9 @@ use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::enter_cgroups;
-use super::process::{Finalize, finalize_and_exec};
+use base64::Engine as _;
+
+use super::process::{Finalize, SeccompFilter, finalize_and_exec};
 use super::step::{self, StepError};
 use crate::sys;
 
@@ -99,6 +101,10 @@ pub struct ExecProcess {
     pub process: Process,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<LinuxSeccomp>,
+    /// `seccomp` compiled (`seccomp::program`, base64): [`spawn`] fills it
+    /// from the daemon's cache, so the helper does not compile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_program: Option<String>,
 }
 
 impl From<&Process> for ExecProcess {
@@ -106,6 +112,7 @@ impl From<&Process> for ExecProcess {
         Self {
             process: process.clone(),
             seccomp: None,
+            seccomp_program: None,
         }
     }
 }
@@ -168,7 +175,15 @@ pub fn spawn(
     stderr: Stdio,
 ) -> Result<ExecHandle, ExecError> {
     let io = |context| move |source| ExecError::Io { context, source };
-    let process: ExecProcess = process.into();
+    let mut process: ExecProcess = process.into();
+    if let (Some(spec), None) = (&process.seccomp, &process.seccomp_program) {
+        // A profile that does not compile is left to the helper, which
+        // reports why.
+        if let Ok(program) = crate::seccomp::program::cached(spec) {
+            process.seccomp_program =
+                Some(base64::engine::general_purpose::STANDARD.encode(&program.bytes));
+        }
+    }
     let json = serde_json::to_vec(&process).map_err(ExecError::Encode)?;
     let (spec_r, spec_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create a pipe")(e.into()))?;
     let (status_r, status_w) =
@@ -505,15 +520,30 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
     std::fs::File::from(spec)
         .read_to_end(&mut json)
         .map_err(|e| StepError::io("read the process spec", &e))?;
-    let ExecProcess { process, seccomp } = serde_json::from_slice(&json)
+    let ExecProcess {
+        process,
+        seccomp,
+        seccomp_program,
+    } = serde_json::from_slice(&json)
         .map_err(|e| StepError::msg("parse the process spec", e.to_string()))?;
-    // Compiled before any namespace is joined, like a container's first
-    // process: the child only loads it.
-    let seccomp = seccomp
-        .as_ref()
-        .map(crate::seccomp::filter::compile)
-        .transpose()
-        .map_err(|e| StepError::msg("compile the seccomp filter", e.to_string()))?;
+    // The daemon's compiled program when it sent one, else compiled here;
+    // before any namespace is joined, like a container's first process:
+    // the child only loads it.
+    let seccomp = match (seccomp, seccomp_program) {
+        (None, _) => None,
+        (Some(spec), Some(encoded)) => {
+            Some(SeccompFilter::from(&crate::seccomp::program::Program {
+                bytes: base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| StepError::msg("decode the seccomp program", e.to_string()))?,
+                flags: crate::seccomp::program::flags(&spec),
+            }))
+        }
+        (Some(spec), None) => Some(
+            super::process::seccomp_filter(None, &spec)
+                .map_err(|e| StepError::msg("compile the seccomp filter", e.to_string()))?,
+        ),
+    };
     let pid = Pid::from_raw(args.pid);
     if sys::start_time(pid) != Some(args.start_time) {
         return Err(StepError::msg(

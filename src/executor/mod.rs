@@ -164,8 +164,9 @@ pub(crate) struct Plan<'a> {
     pub namespaces: NamespacePlan,
     pub mounts: MountPlan,
     pub oom_score_adj: Option<i32>,
-    /// The spec's `linux.seccomp`, compiled; B loads it (see `process`).
-    pub seccomp: Option<libseccomp::ScmpFilterContext>,
+    /// The spec's `linux.seccomp`, compiled (by the daemon, read from the
+    /// bundle); B loads it (see `process`).
+    pub seccomp: Option<process::SeccompFilter>,
     pub warnings: Vec<String>,
 }
 
@@ -218,7 +219,7 @@ impl<'a> Plan<'a> {
         let seccomp = linux
             .seccomp()
             .as_ref()
-            .map(crate::seccomp::filter::compile)
+            .map(|s| process::seccomp_filter(Some(bundle), s))
             .transpose()
             .map_err(|e| ExecutorError::InvalidSpec(e.to_string()))?;
         if process.selinux_label().is_some() {
