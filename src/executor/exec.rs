@@ -575,7 +575,21 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
         .map_err(|e| StepError::errno(format!("open {theirs}"), e))?;
         namespaces.push((name, flag, fd));
     }
-    enter_cgroups(&cgroup_dirs(pid)?)?;
+    // A cgroup the helper is already in is not joined again: even a move
+    // to where one is takes the kernel's migration lock (on a hybrid host,
+    // the unified tree's root, which ketch leaves alone).
+    let ours = cgroup_dirs(Pid::this())?;
+    let theirs: Vec<PathBuf> = cgroup_dirs(pid)?
+        .into_iter()
+        .filter(|d| !ours.contains(d))
+        .collect();
+    // On cgroup2, B is born in the container's cgroup (see
+    // `super::clone_target`) and the helper stays where it is; else the
+    // helper joins them and B inherits them.
+    let cgroup = super::open_clone_target(&theirs);
+    if cgroup.is_none() {
+        enter_cgroups(&theirs)?;
+    }
     for (name, flag, fd) in &namespaces {
         setns(fd, *flag).map_err(|e| StepError::errno(format!("join the {name} namespace"), e))?;
     }
@@ -602,12 +616,19 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
     let (report_r, report_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| StepError::errno("create a pipe", e))?;
     // SAFETY: the `ketch-shim exec` helper is plain blocking code that
-    // starts no thread: this process is single-threaded.
-    let forked = unsafe { sys::fork() };
-    match forked.map_err(|e| StepError::errno("fork", e))? {
+    // starts no thread: this process is single-threaded. B born by clone3
+    // only makes syscalls through nix, caps and std, and execs.
+    let forked = unsafe { sys::fork_maybe_into_cgroup(cgroup.as_ref().map(|fd| fd.as_fd())) };
+    let (forked, in_cgroup) = forked.map_err(|e| StepError::errno("fork", e))?;
+    match forked {
         ForkResult::Child => {
             drop(report_r);
             let result = (|| {
+                // clone3 refused: join through the fd, the host's path is
+                // not there in the container's mount namespace.
+                if let (Some(dir), false) = (&cgroup, in_cgroup) {
+                    super::enter_cgroup_at(dir.as_fd())?;
+                }
                 setsid().map_err(|e| StepError::errno("setsid", e))?;
                 if let Some(slave) = &pty {
                     super::console::become_stdio(slave)?;
