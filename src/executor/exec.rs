@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -48,8 +49,6 @@ use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::enter_cgroups;
-use base64::Engine as _;
-
 use super::process::{Finalize, SeccompFilter, finalize_and_exec};
 use super::step::{self, StepError};
 use crate::sys;
