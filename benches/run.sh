@@ -14,7 +14,18 @@
 # Both daemons run side by side; ketch-bench drives them in turns, ROUNDS
 # times, swapping the order every round, so the machine's drift hits both
 # alike. Then one table: each figure for ketch, for containerd, and the ratio
-# ketch/containerd; the same as JSON in $BENCH_JSON.
+# ketch/containerd; the same as JSON in $BENCH_JSON. The header names the
+# kernel, the cgroup layout and whether a cgroup hierarchy is mounted with
+# favordynmods (a stock kernel has it off: every cgroup migration then
+# waits for an RCU grace period, so figures taken with it on flatter any
+# runtime that migrates processes).
+#
+# When critest (cri-tools) is on PATH, its own benchmark runs too, against
+# both runtimes in turns (`critest -benchmark`, CRITEST_NUMBER pods and
+# containers each), with a second table; otherwise a line says it was
+# skipped. This script never builds or fetches critest. Its containers use
+# critest's default image (registry.k8s.io/e2e-test-images/busybox), which
+# both runtimes must be able to pull.
 #
 # On exit (also on error or Ctrl-C) it removes every pod it made, stops what
 # it started, unmounts and deletes what it made, and checks that no process,
@@ -32,6 +43,10 @@
 #                              ketch-runc is the same ketch daemon with its pods
 #                              on the `runc` runtime handler (Debian's runc)
 #   BENCH_JSON=target/bench/results.json
+#   KETCH_BIN_DIR=             ketch and ketch-shim from this directory
+#                              instead of building them (e.g. an older build)
+#   CRITEST_NUMBER=30          pods and containers of critest's benchmark
+#   CRITEST_ROUNDS=1           critest turns per runtime
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -43,6 +58,9 @@ LIST_CONTAINERS=${LIST_CONTAINERS:-100}
 MEMORY_PODS=${MEMORY_PODS:-50}
 RUNTIMES=${RUNTIMES:-ketch containerd}
 BENCH_JSON=${BENCH_JSON:-target/bench/results.json}
+KETCH_BIN_DIR=${KETCH_BIN_DIR:-}
+CRITEST_NUMBER=${CRITEST_NUMBER:-30}
+CRITEST_ROUNDS=${CRITEST_ROUNDS:-1}
 CARGO=${CARGO:-cargo}
 CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
 
@@ -52,11 +70,18 @@ die() { say "$*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (it starts container runtimes)"
 
 ./deploy/install-deps.sh bench
-say "building ketch and ketch-bench (release)"
-$CARGO build --release --locked --bin ketch --bin ketch-shim --bin ketch-bench
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-KETCH_BIN=$(readlink -f "$TARGET_DIR/release/ketch")
-SHIM_BIN=$(readlink -f "$TARGET_DIR/release/ketch-shim")
+if [ -n "$KETCH_BIN_DIR" ]; then
+  say "building ketch-bench (release); ketch from $KETCH_BIN_DIR"
+  $CARGO build --release --locked --bin ketch-bench
+  KETCH_BIN=$(readlink -f "$KETCH_BIN_DIR/ketch")
+  SHIM_BIN=$(readlink -f "$KETCH_BIN_DIR/ketch-shim")
+else
+  say "building ketch and ketch-bench (release)"
+  $CARGO build --release --locked --bin ketch --bin ketch-shim --bin ketch-bench
+  KETCH_BIN=$(readlink -f "$TARGET_DIR/release/ketch")
+  SHIM_BIN=$(readlink -f "$TARGET_DIR/release/ketch-shim")
+fi
 BENCH_BIN=$(readlink -f "$TARGET_DIR/release/ketch-bench")
 [ -x "$KETCH_BIN" ] && [ -x "$SHIM_BIN" ] && [ -x "$BENCH_BIN" ] || die "binaries not found under $TARGET_DIR/release"
 case "$BENCH_JSON" in /*) ;; *) BENCH_JSON="$PWD/$BENCH_JSON" ;; esac
@@ -345,8 +370,63 @@ for rt in $RUNTIMES; do
 done
 [ "${#files[@]}" -gt 0 ] || die "no run produced results"
 mkdir -p "$(dirname "$BENCH_JSON")"
+HOST_LINE=$("$BENCH_BIN" host)
+
+# --- critest's own benchmark, when critest is on PATH --------------------------
+CRITEST_TABLE=""
+run_critest() { # runtime round
+  local rt=$1 round=$2 sock out
+  case "$rt" in ketch) sock=$KETCH_SOCK ;; containerd) sock=$CTRD_SOCK ;; esac
+  out="$DIR/critest/$round-$rt"
+  mkdir -p "$out"
+  say "critest round $round/$CRITEST_ROUNDS: $rt"
+  # In the background, so a signal to this script is handled at once.
+  critest -benchmark --benchmarking-params-file "$DIR/critest/params.yaml" \
+    --benchmarking-output-dir "$out" \
+    --runtime-endpoint "unix://$sock" --image-endpoint "unix://$sock" \
+    --ginkgo.no-color >"$out.log" 2>&1 &
+  DRIVER_PID=$!
+  if ! wait "$DRIVER_PID"; then
+    say "critest round $round: the $rt run failed (its log's tail below); its figures may be missing"
+    tail -n 15 "$out.log" >&2
+  fi
+  DRIVER_PID=""
+  "$BENCH_BIN" critest-import --label "$rt" --dir "$out" --json "$DIR/critest/$round-$rt.json" ||
+    say "critest round $round: no results from $rt"
+}
+if command -v critest >/dev/null 2>&1; then
+  mkdir -p "$DIR/critest"
+  printf '%s\n' "containersNumber: $CRITEST_NUMBER" "containersNumberParallel: 1" \
+    "podsNumber: $CRITEST_NUMBER" "podsNumberParallel: 1" "imagesNumber: 0" \
+    >"$DIR/critest/params.yaml"
+  for round in $(seq "$CRITEST_ROUNDS"); do
+    turn=("${order[@]}")
+    if [ $((round % 2)) = 0 ]; then
+      turn=()
+      for ((i = ${#order[@]} - 1; i >= 0; i--)); do turn+=("${order[i]}"); done
+    fi
+    for rt in "${turn[@]}"; do run_critest "$rt" "$round"; done
+  done
+  cfiles=()
+  for rt in $RUNTIMES; do
+    for f in "$DIR"/critest/*-"$rt".json; do [ -e "$f" ] && cfiles+=("$f"); done
+  done
+  if [ "${#cfiles[@]}" -gt 0 ]; then
+    CRITEST_TABLE=$("$BENCH_BIN" report --json "${BENCH_JSON%.json}-critest.json" "${cfiles[@]}")
+  else
+    CRITEST_TABLE="critest -benchmark produced no results"
+  fi
+else
+  CRITEST_TABLE="critest not on PATH: critest -benchmark skipped"
+  say "$CRITEST_TABLE"
+fi
+
 echo
 echo "ketch-bench: $ROUNDS rounds x $ITERATIONS iterations; pull image $((BENCH_PULL_IMAGE_BYTES / 1048576)) MiB in $BENCH_PULL_IMAGE_LAYERS layers; $(nproc) CPUs"
+echo "host: $HOST_LINE"
 "$BENCH_BIN" report --json "$BENCH_JSON" "${files[@]}"
+echo
+echo "critest -benchmark: $CRITEST_ROUNDS rounds x $CRITEST_NUMBER pods and containers"
+echo "$CRITEST_TABLE"
 echo
 say "results as JSON: $BENCH_JSON"

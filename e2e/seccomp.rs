@@ -80,6 +80,29 @@ async fn a_restricted_pod_runs_under_the_default_profile() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Seccomp:\t2"), "{stdout}");
     assert!(stdout.contains("unshare denied"), "{stdout}");
+    // The daemon compiled the filter into the bundle at create.
+    let bundle = env.daemon.root_dir.join("containers").join(&id);
+    let program = std::fs::metadata(bundle.join("seccomp.bpf")).unwrap();
+    assert!(program.len() > 72, "{program:?}");
+
+    // A torn program file is not loaded: the start compiles the profile.
+    let mut config = container_config("torn", &env.busybox(), &["sh", "-c", PROBE]);
+    security(&mut config).no_new_privs = true;
+    let id = env.create(&pod, config).await.unwrap();
+    let file = env
+        .daemon
+        .root_dir
+        .join("containers")
+        .join(&id)
+        .join("seccomp.bpf");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    env.start_container(&id).await.unwrap();
+    let status = env.wait_exited(&id).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let log = std::fs::read_to_string(&status.log_path).unwrap_or_default();
+    assert!(log.contains("Seccomp:\t2"), "{log}");
+    assert!(log.contains("unshare denied"), "{log}");
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
 }

@@ -595,3 +595,111 @@ pub fn bpf_program_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
 fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
     u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX)
 }
+
+/// Loads a classic BPF program as the calling thread's seccomp filter:
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog)` (seccomp(2)). Without
+/// no_new_privs the caller needs CAP_SYS_ADMIN. With
+/// `SECCOMP_FILTER_FLAG_TSYNC` a positive return names a thread that could
+/// not be synchronised: ESRCH then, as libseccomp reports it.
+pub fn seccomp_set_mode_filter(program: &[libc::sock_filter], flags: u32) -> nix::Result<()> {
+    let len = u16::try_from(program.len()).map_err(|_| Errno::E2BIG)?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `program`, `len` instructions long, both
+    // alive across the call; the kernel copies the program and never
+    // writes through the pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+            flags as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        rc if rc > 0 => Err(Errno::ESRCH),
+        _ => Err(Errno::last()),
+    }
+}
+
+/// [`fork_into_cgroup`] when `cgroup` is given, falling back to [`fork`]
+/// when the kernel refuses it; with whether the child was born in it (if
+/// not, it must join the cgroup itself).
+///
+/// # Safety
+/// As [`fork_into_cgroup`].
+pub unsafe fn fork_maybe_into_cgroup(
+    cgroup: Option<BorrowedFd<'_>>,
+) -> nix::Result<(ForkResult, bool)> {
+    if let Some(fd) = cgroup {
+        // SAFETY: the caller's contract is this function's.
+        if let Ok(forked) = unsafe { fork_into_cgroup(fd) } {
+            return Ok((forked, true));
+        }
+    }
+    // SAFETY: the caller's contract is this function's.
+    unsafe { fork() }.map(|forked| (forked, false))
+}
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7, `include/uapi/linux/sched.h`).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Like [`fork`], but the child starts in the cgroup v2 directory `cgroup`
+/// (an open fd of it): `clone3(CLONE_INTO_CGROUP)`, so no migration and no
+/// wait for the kernel's cgroup migration lock. An error means no child
+/// was made (ENOSYS before 5.3, E2BIG or EINVAL before 5.7, EOPNOTSUPP or
+/// EBUSY for a cgroup that cannot take the process): the caller falls
+/// back to fork and joins the cgroup itself.
+///
+/// # Safety
+/// As [`fork`]: only in a single-threaded caller. Besides, glibc does not
+/// know of this child: the thread id cached in its thread descriptor is
+/// still the parent's, so the child must not use what reads it
+/// (`raise`, `pthread_kill`, `abort`, recursive-lock owners); it may
+/// `fork` (glibc sets the id in its own child) and exec.
+pub unsafe fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<ForkResult> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; no stack,
+    // tid or pidfd pointers are given, so the kernel writes nothing of
+    // ours; the child gets a copy of the address space as with fork, which
+    // the caller's contract makes sound.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        0 => Ok(ForkResult::Child),
+        pid if pid > 0 => Ok(ForkResult::Parent {
+            child: Pid::from_raw(pid as i32),
+        }),
+        _ => Err(Errno::last()),
+    }
+}

@@ -154,6 +154,13 @@ impl ContainerManager {
                     .collect();
                 spec::add_image_volumes(&mut spec, &config, &sources)?;
                 spec::write(&bundle, &spec)?;
+                // The seccomp filter compiled once per profile, here, so
+                // that no start compiles it (`seccomp::program`). Without
+                // the file (a profile libseccomp refuses) the start
+                // compiles it and reports the error, as it always did.
+                if let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+                    let _ = crate::seccomp::program::write(&bundle, seccomp);
+                }
                 Ok::<_, ContainerError>(user)
             })
             .await

@@ -99,6 +99,7 @@ impl ContainerManager {
                 id: record.id.clone(),
                 scratch_dir: self.sockets_dir().to_owned(),
             }),
+            seccomp_program: None,
         })
     }
 }

@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -48,7 +49,7 @@ use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::enter_cgroups;
-use super::process::{Finalize, finalize_and_exec};
+use super::process::{Finalize, SeccompFilter, finalize_and_exec};
 use super::step::{self, StepError};
 use crate::sys;
 
@@ -104,6 +105,10 @@ pub struct ExecProcess {
     /// of the helper joining the namespaces itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<super::oci_runtime::RuntimeExec>,
+    /// `seccomp` compiled (`seccomp::program`, base64): [`spawn`] fills it
+    /// from the daemon's cache, so the helper does not compile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_program: Option<String>,
 }
 
 impl From<&Process> for ExecProcess {
@@ -112,6 +117,7 @@ impl From<&Process> for ExecProcess {
             process: process.clone(),
             seccomp: None,
             runtime: None,
+            seccomp_program: None,
         }
     }
 }
@@ -176,7 +182,15 @@ pub fn spawn(
     stderr: Stdio,
 ) -> Result<ExecHandle, ExecError> {
     let io = |context| move |source| ExecError::Io { context, source };
-    let process: ExecProcess = process.into();
+    let mut process: ExecProcess = process.into();
+    if let (Some(spec), None) = (&process.seccomp, &process.seccomp_program) {
+        // A profile that does not compile is left to the helper, which
+        // reports why.
+        if let Ok(program) = crate::seccomp::program::cached(spec) {
+            process.seccomp_program =
+                Some(base64::engine::general_purpose::STANDARD.encode(&program.bytes));
+        }
+    }
     let json = serde_json::to_vec(&process).map_err(ExecError::Encode)?;
     let (spec_r, spec_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create a pipe")(e.into()))?;
     let (status_r, status_w) =
@@ -517,6 +531,7 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
         process,
         seccomp,
         runtime,
+        seccomp_program,
     } = serde_json::from_slice(&json)
         .map_err(|e| StepError::msg("parse the process spec", e.to_string()))?;
     if let Some(target) = runtime {
@@ -548,13 +563,24 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
             .map_err(HelperError)?;
         return Ok(code);
     }
-    // Compiled before any namespace is joined, like a container's first
-    // process: the child only loads it.
-    let seccomp = seccomp
-        .as_ref()
-        .map(crate::seccomp::filter::compile)
-        .transpose()
-        .map_err(|e| StepError::msg("compile the seccomp filter", e.to_string()))?;
+    // The daemon's compiled program when it sent one, else compiled here;
+    // before any namespace is joined, like a container's first process:
+    // the child only loads it.
+    let seccomp = match (seccomp, seccomp_program) {
+        (None, _) => None,
+        (Some(spec), Some(encoded)) => {
+            Some(SeccompFilter::from(&crate::seccomp::program::Program {
+                bytes: base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| StepError::msg("decode the seccomp program", e.to_string()))?,
+                flags: crate::seccomp::program::flags(&spec),
+            }))
+        }
+        (Some(spec), None) => Some(
+            super::process::seccomp_filter(None, &spec)
+                .map_err(|e| StepError::msg("compile the seccomp filter", e.to_string()))?,
+        ),
+    };
     let pid = Pid::from_raw(args.pid);
     if sys::start_time(pid) != Some(args.start_time) {
         return Err(StepError::msg(
@@ -586,7 +612,21 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
         .map_err(|e| StepError::errno(format!("open {theirs}"), e))?;
         namespaces.push((name, flag, fd));
     }
-    enter_cgroups(&cgroup_dirs(pid)?)?;
+    // A cgroup the helper is already in is not joined again: even a move
+    // to where one is takes the kernel's migration lock (on a hybrid host,
+    // the unified tree's root, which ketch leaves alone).
+    let ours = cgroup_dirs(Pid::this())?;
+    let theirs: Vec<PathBuf> = cgroup_dirs(pid)?
+        .into_iter()
+        .filter(|d| !ours.contains(d))
+        .collect();
+    // On cgroup2, B is born in the container's cgroup (see
+    // `super::clone_target`) and the helper stays where it is; else the
+    // helper joins them and B inherits them.
+    let cgroup = super::open_clone_target(&theirs);
+    if cgroup.is_none() {
+        enter_cgroups(&theirs)?;
+    }
     for (name, flag, fd) in &namespaces {
         setns(fd, *flag).map_err(|e| StepError::errno(format!("join the {name} namespace"), e))?;
     }
@@ -613,12 +653,19 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
     let (report_r, report_w) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| StepError::errno("create a pipe", e))?;
     // SAFETY: the `ketch-shim exec` helper is plain blocking code that
-    // starts no thread: this process is single-threaded.
-    let forked = unsafe { sys::fork() };
-    match forked.map_err(|e| StepError::errno("fork", e))? {
+    // starts no thread: this process is single-threaded. B born by clone3
+    // only makes syscalls through nix, caps and std, and execs.
+    let forked = unsafe { sys::fork_maybe_into_cgroup(cgroup.as_ref().map(|fd| fd.as_fd())) };
+    let (forked, in_cgroup) = forked.map_err(|e| StepError::errno("fork", e))?;
+    match forked {
         ForkResult::Child => {
             drop(report_r);
             let result = (|| {
+                // clone3 refused: join through the fd, the host's path is
+                // not there in the container's mount namespace.
+                if let (Some(dir), false) = (&cgroup, in_cgroup) {
+                    super::enter_cgroup_at(dir.as_fd())?;
+                }
                 setsid().map_err(|e| StepError::errno("setsid", e))?;
                 if let Some(slave) = &pty {
                     super::console::become_stdio(slave)?;

@@ -13,10 +13,11 @@ use nix::unistd::{ForkResult, sethostname, setsid};
 use super::mount_plan::MountStep;
 use super::process::{self, Finalize};
 use super::step::{self, StepError};
-use super::{Plan, StartRequest, Stdio, console, enter_cgroups, rootfs};
+use super::{Plan, StartRequest, Stdio, console, rootfs};
 use crate::sys;
 
-/// Process A. Returns after reporting B's pid; B never returns here.
+/// Process A, already in the container's cgroups. Returns after reporting
+/// B's pid; B never returns here.
 pub(super) fn intermediate(
     plan: &Plan<'_>,
     req: &StartRequest<'_>,
@@ -24,7 +25,6 @@ pub(super) fn intermediate(
     pid_pipe: OwnedFd,
     console: Option<OwnedFd>,
 ) -> Result<(), StepError> {
-    enter_cgroups(req.cgroup_dirs)?;
     // Open every namespace first: the paths are the host's.
     let mut fds = Vec::with_capacity(plan.namespaces.join.len());
     for (flag, path) in &plan.namespaces.join {

@@ -17,7 +17,6 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use caps::CapSet;
-use libseccomp::ScmpFilterContext;
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{AccessFlags, Gid, Uid, access, chdir, execve, setgroups, setresgid, setresuid};
@@ -34,7 +33,39 @@ pub struct Finalize<'a> {
     /// Already clamped by the caller to what this host allows.
     pub oom_score_adj: Option<i32>,
     /// The compiled seccomp filter to load.
-    pub seccomp: Option<&'a ScmpFilterContext>,
+    pub seccomp: Option<&'a SeccompFilter>,
+}
+
+/// A seccomp filter ready for `seccomp(2)`: decoded before the fork, so
+/// the child only makes the call.
+#[derive(Debug)]
+pub struct SeccompFilter {
+    pub instructions: Vec<libc::sock_filter>,
+    pub flags: u32,
+}
+
+impl From<&crate::seccomp::program::Program> for SeccompFilter {
+    fn from(p: &crate::seccomp::program::Program) -> Self {
+        Self {
+            instructions: p.instructions(),
+            flags: p.flags,
+        }
+    }
+}
+
+/// The filter of `spec`: the program in `bundle` when it holds a good one
+/// for it (the daemon compiles each profile once and writes it there),
+/// else compiled here with libseccomp (a bundle written by an older
+/// version, or an exec without the program).
+pub fn seccomp_filter(
+    bundle: Option<&Path>,
+    spec: &oci_spec::runtime::LinuxSeccomp,
+) -> Result<SeccompFilter, crate::seccomp::filter::FilterError> {
+    use crate::seccomp::program;
+    match bundle.and_then(|b| program::read(b, spec)) {
+        Some(p) => Ok(SeccompFilter::from(&p)),
+        None => program::compile(spec).map(|p| SeccompFilter::from(&p)),
+    }
 }
 
 /// Applies `process` to the calling process and execs its program. Returns
@@ -95,8 +126,8 @@ pub fn finalize_and_exec(process: &Process, opts: Finalize<'_>) -> Result<Infall
         .is_some_and(|e| e.contains(&Capability::SysAdmin));
     let load_late = no_new_privs || keeps_admin;
     let load_seccomp = || match opts.seccomp {
-        Some(filter) => crate::seccomp::filter::load(filter)
-            .map_err(|e| StepError::msg("apply the seccomp profile", e.to_string())),
+        Some(filter) => sys::seccomp_set_mode_filter(&filter.instructions, filter.flags)
+            .map_err(|e| StepError::errno("apply the seccomp profile", e)),
         None => Ok(()),
     };
     if !load_late {

@@ -139,12 +139,6 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<ScmpFilterContext, FilterError> {
     Ok(ctx)
 }
 
-/// Loads the filter into the calling thread. Without no_new_privs it
-/// needs CAP_SYS_ADMIN in effect (seccomp(2)).
-pub fn load(ctx: &ScmpFilterContext) -> Result<(), FilterError> {
-    ctx.load().map_err(lib("load the filter"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,9 @@
 //! with the path and the problem, and every later process of the
 //! container (its first, and each exec) loads the same filter.
 //!
-//! The filter is compiled by libseccomp (the `libseccomp` crate over
+//! The filter is compiled by the daemon, once per distinct profile, into
+//! the BPF program the container's processes load (`program`), by
+//! libseccomp (the `libseccomp` crate over
 //! Debian's `libseccomp2`), the library runc, crun and youki use: it
 //! resolves syscall names per architecture (profiles name syscalls, and
 //! a filter for x86_64 must also cover the x86 and x32 ABIs), handles
@@ -20,6 +22,7 @@
 pub mod default;
 pub mod filter;
 pub mod profile;
+pub mod program;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -75,6 +75,8 @@ mod key {
     pub const CTR_STOP: &str = "container.stop";
     pub const CTR_REMOVE: &str = "container.remove";
     pub const TO_RUNNING: &str = "e2e.to_running";
+    pub const CTR_CREATE_SECCOMP: &str = "container.create_seccomp";
+    pub const CTR_START_SECCOMP: &str = "container.start_seccomp";
     pub const EXEC: &str = "exec.echo";
     pub const LIST_CONTAINERS: &str = "list.containers";
     pub const LIST_PODS: &str = "list.pods";
@@ -141,6 +143,9 @@ impl Bench {
         r.declare(key::CTR_STATUS, g, "ContainerStatus", Unit::Ms);
         r.declare(key::CTR_STOP, g, "StopContainer", Unit::Ms);
         r.declare(key::CTR_REMOVE, g, "RemoveContainer", Unit::Ms);
+        let g = "container with the RuntimeDefault seccomp profile";
+        r.declare(key::CTR_CREATE_SECCOMP, g, "CreateContainer", Unit::Ms);
+        r.declare(key::CTR_START_SECCOMP, g, "StartContainer", Unit::Ms);
         let g = "end to end";
         r.declare(
             key::TO_RUNNING,
@@ -210,6 +215,7 @@ impl Bench {
         self.sample_daemon(key::MEM_IDLE);
         self.prepare_images().await;
         self.lifecycle().await;
+        self.seccomp_starts().await;
         for n in self.p.concurrency.clone() {
             self.concurrent(n).await;
         }
@@ -443,6 +449,76 @@ impl Bench {
         .await;
         self.note(key::POD_REMOVE, record, r)?;
         made.pod = None;
+        Ok(())
+    }
+
+    /// CreateContainer and StartContainer of a container under the
+    /// `RuntimeDefault` seccomp profile (what kubelet sends with
+    /// `--seccomp-default` or a pod asking for it), each in a fresh pod.
+    async fn seccomp_starts(&mut self) {
+        let keys = [key::CTR_CREATE_SECCOMP, key::CTR_START_SECCOMP];
+        if let Some(reason) = self.no_image.clone() {
+            self.block_all(&keys, &reason);
+            return;
+        }
+        for i in 0..self.p.warmup + self.p.iterations {
+            let record = i >= self.p.warmup;
+            let mut made = Made::default();
+            let result = self.seccomp_once(&mut made, record).await;
+            teardown(&self.cri, made).await;
+            if let Err(e) = result {
+                self.block_all(&keys, &e.blocking_reason());
+                return;
+            }
+        }
+    }
+
+    async fn seccomp_once(&mut self, made: &mut Made, record: bool) -> Result<(), OpError> {
+        let t = self.cri.timeout;
+        let mut rt = self.cri.runtime.clone();
+        let config = self.specs.pod("seccomp");
+        let pod_id = timed(
+            "RunPodSandbox",
+            t,
+            rt.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            }),
+        )
+        .await?
+        .0
+        .pod_sandbox_id;
+        made.pod = Some(pod_id.clone());
+        let mut container = self.specs.container("app");
+        if let Some(security) = container
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+        {
+            security.seccomp = Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            });
+        }
+        let r = timed(
+            "CreateContainer",
+            t,
+            rt.create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id,
+                config: Some(container),
+                sandbox_config: Some(config),
+            }),
+        )
+        .await;
+        let cid = self.note(key::CTR_CREATE_SECCOMP, record, r)?.container_id;
+        made.containers.push(cid.clone());
+        let r = timed(
+            "StartContainer",
+            t,
+            rt.start_container(StartContainerRequest { container_id: cid }),
+        )
+        .await;
+        self.note(key::CTR_START_SECCOMP, record, r)?;
         Ok(())
     }
 

@@ -13,11 +13,16 @@
 //!   `sweep` removes them.
 //! - `sweep`: removes whatever pods and containers a run left behind.
 //! - `free-port`: prints a free loopback TCP port.
+//! - `host`: prints the header line about the machine: kernel, cgroup
+//!   layout and whether `favordynmods` is on (`host`).
+//! - `critest-import`: turns the results files of `critest -benchmark
+//!   --benchmarking-output-dir` into a run file, for `report`.
 //!
 //! `benches/run.sh` (`make bench`) sets up both runtimes and runs all of it.
 
 mod bench;
 mod client;
+mod host;
 mod images;
 mod objects;
 mod procs;
@@ -59,6 +64,23 @@ enum Command {
     Sweep(SweepArgs),
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
+    /// Print the kernel, the cgroup layout and the favordynmods state.
+    Host,
+    /// Turn critest's benchmark results into a run file.
+    CritestImport(CritestImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct CritestImportArgs {
+    /// The runtime's name in the table.
+    #[arg(long)]
+    label: String,
+    /// critest's --benchmarking-output-dir.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The run file to write.
+    #[arg(long)]
+    json: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +260,8 @@ fn main() -> ExitCode {
             Command::Up(args) => up(args).await,
             Command::Sweep(args) => sweep(args).await,
             Command::FreePort => free_port(),
+            Command::Host => host_info(),
+            Command::CritestImport(args) => critest_import(args),
         }
     });
     match result {
@@ -440,6 +464,36 @@ async fn sweep(args: SweepArgs) -> Result<(), Error> {
     if pods + containers > 0 {
         eprintln!("ketch-bench: swept {pods} pods and {containers} containers");
     }
+    Ok(())
+}
+
+fn host_info() -> Result<(), Error> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path).map_err(|source| {
+            Error::Report(report::ReportError::Read {
+                path: path.into(),
+                source,
+            })
+        })
+    };
+    let kernel = read("/proc/sys/kernel/osrelease")?;
+    let mounts = host::cgroup_mounts(&read("/proc/self/mountinfo")?);
+    println!(
+        "kernel {}, {}",
+        kernel.trim(),
+        host::cgroup_summary(&mounts)
+    );
+    Ok(())
+}
+
+fn critest_import(args: CritestImportArgs) -> Result<(), Error> {
+    let run = host::critest_run(&args.label, &args.dir).map_err(|source| {
+        Error::Report(report::ReportError::Read {
+            path: args.dir.clone(),
+            source,
+        })
+    })?;
+    run.save(&args.json)?;
     Ok(())
 }
 
