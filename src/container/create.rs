@@ -7,7 +7,7 @@ use super::config::{ContainerConfig, Propagation};
 use super::error::{ContainerError, io_err};
 use super::manager::{ContainerManager, ImageInfo, PodInfo};
 use super::record::{ContainerRecord, SCHEMA};
-use super::rootfs::{ImageVolume, Overlay, VOLUMES_DIR};
+use super::rootfs::{IDMAPPED_DIR, ImageVolume, Overlay, OverlayIdmap, VOLUMES_DIR};
 use super::state::State;
 use super::{signal, spec, user};
 use crate::events::EventKind;
@@ -84,6 +84,15 @@ impl ContainerManager {
             upperdir: bundle.join("upper"),
             workdir: bundle.join("work"),
             target: bundle.join("rootfs"),
+            idmap: pod.context.user.as_ref().map(|(userns, mappings)| {
+                let (root_uid, root_gid) = mappings.root();
+                OverlayIdmap {
+                    userns: userns.clone(),
+                    dir: bundle.join(IDMAPPED_DIR),
+                    root_uid,
+                    root_gid,
+                }
+            }),
         };
         let image_volumes: Vec<ImageVolume> = image
             .volumes

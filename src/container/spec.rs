@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
     LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use super::config::{ContainerConfig, SecurityProfile};
@@ -49,6 +49,8 @@ pub enum PidNamespace {
 /// the node's) and its files.
 #[derive(Debug, Clone)]
 pub struct PodContext {
+    /// The pod's own user namespace (joined first) and its mappings.
+    pub user: Option<(PathBuf, crate::idmap::UserNamespace)>,
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
@@ -910,6 +912,10 @@ pub fn build(
         }
         Ok(())
     };
+    join(
+        LinuxNamespaceType::User,
+        &pod.user.as_ref().map(|(path, _)| path.clone()),
+    )?;
     join(LinuxNamespaceType::Network, &pod.net)?;
     join(LinuxNamespaceType::Ipc, &pod.ipc)?;
     join(LinuxNamespaceType::Uts, &pod.uts)?;
@@ -968,6 +974,21 @@ pub fn build(
         .devices(devices)
         .resources(resources(config)?)
         .sysctl(pod.sysctls.clone());
+    if let Some((_, userns)) = &pod.user {
+        // The pod's mappings, as runc would write them for a new user
+        // namespace; the joined one has them already, they are recorded
+        // for whoever reads the bundle.
+        let map = |m: &crate::idmap::IdMapping| {
+            LinuxIdMappingBuilder::default()
+                .container_id(m.container_id)
+                .host_id(m.host_id)
+                .size(m.length)
+                .build()
+        };
+        linux = linux
+            .uid_mappings(vec![map(&userns.uid)?])
+            .gid_mappings(vec![map(&userns.gid)?]);
+    }
     // Exactly the paths the CRI sends: kubelet sends the defaults for
     // `procMount: Default` and none for `Unmasked`; a privileged container
     // gets none (containerd's `WithPrivileged` clears them too). Always
@@ -1056,6 +1077,7 @@ mod tests {
 
     fn pod(dir: &Path) -> PodContext {
         PodContext {
+            user: None,
             net: Some(dir.join("net")),
             ipc: Some(dir.join("ipc")),
             uts: Some(dir.join("uts")),

@@ -523,7 +523,10 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
         .into());
     }
     // Namespaces are opened before any is joined: the paths are the host's.
+    // The user namespace first: a pod's own owns the others, and an exec
+    // must never run as the host's root in them.
     let kinds = [
+        ("user", CloneFlags::CLONE_NEWUSER),
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
