@@ -549,10 +549,14 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
         namespaces.push((name, flag, fd));
     }
     enter_cgroups(&cgroup_dirs(pid)?)?;
+    let joins_user = namespaces.iter().any(|(name, _, _)| *name == "user");
     for (name, flag, fd) in &namespaces {
         setns(fd, *flag).map_err(|e| StepError::errno(format!("join the {name} namespace"), e))?;
     }
     drop(namespaces);
+    if joins_user {
+        super::process::become_userns_root()?;
+    }
 
     // In the container's mount namespace now: its /dev/ptmx is its own
     // devpts's.
