@@ -20,3 +20,4 @@ mod security_context;
 mod stats;
 mod streaming;
 mod tty;
+mod userns;

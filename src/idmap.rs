@@ -77,17 +77,7 @@ pub enum IdmapError {
 
 /// Mounts an idmapped clone of the mount at `source` (not of the mounts
 /// below it) on `target`, which must exist (a directory for a directory,
-/// a file for a file), translated through the user namespace pinned at
-/// `userns`.
-pub fn mount_idmapped(source: &Path, target: &Path, userns: &Path) -> Result<(), IdmapError> {
-    let ns = std::fs::File::open(userns).map_err(|source| IdmapError::OpenUserns {
-        path: userns.to_owned(),
-        source,
-    })?;
-    mount_idmapped_with(source, target, &ns)
-}
-
-/// [`mount_idmapped`] with the user namespace already open.
+/// a file for a file), translated through the user namespace `userns`.
 pub fn mount_idmapped_with(
     source: &Path,
     target: &Path,
@@ -104,6 +94,43 @@ pub fn mount_idmapped_with(
     crate::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd())
         .map_err(err("set the ID mapping"))?;
     crate::sys::move_mount_to(tree.as_fd(), target).map_err(err("attach the clone"))
+}
+
+/// Mounts an idmapped clone of `source` on `target` through a user
+/// namespace made for it with exactly these map lines (a CRI mount's own
+/// `uid_mappings` and `gid_mappings`, which need not be a pod's).
+pub fn mount_with_mappings(
+    source: &Path,
+    target: &Path,
+    uids: &[IdMapping],
+    gids: &[IdMapping],
+) -> Result<(), IdmapError> {
+    let err = |step| {
+        move |e| IdmapError::Mount {
+            path: source.to_owned(),
+            step,
+            source: e,
+        }
+    };
+    let holder = crate::sys::spawn_ns_holder(nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(err("make a user namespace for the mapping"))?;
+    let result = (|| {
+        for (file, list) in [("uid_map", uids), ("gid_map", gids)] {
+            let lines: String = list.iter().map(IdMapping::map_line).collect();
+            std::fs::write(format!("/proc/{}/{file}", holder.pid), lines)
+                .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+                .map_err(err("write the ID mapping"))?;
+        }
+        let ns = std::fs::File::open(format!("/proc/{}/ns/user", holder.pid)).map_err(|e| {
+            IdmapError::OpenUserns {
+                path: PathBuf::from(format!("/proc/{}/ns/user", holder.pid)),
+                source: e,
+            }
+        })?;
+        mount_idmapped_with(source, target, &ns)
+    })();
+    holder.finish();
+    result
 }
 
 /// Whether idmapped mounts work under `dir` (ketch's root dir), probed

@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
+use super::config::{ContainerConfig, IdMapping as ConfigIdMapping};
+use super::spec::SpecError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("image has no layers")]
@@ -286,6 +289,76 @@ impl ImageVolume {
             }
         }
     }
+}
+
+/// Checks the ID mappings of the CRI mounts (`uid_mappings`,
+/// `gid_mappings`, sent for idmapped volumes): both or neither, each
+/// mapping non-empty and within 32 bits.
+pub fn check_mount_mappings(config: &ContainerConfig) -> Result<(), SpecError> {
+    for m in &config.mounts {
+        let bad = |reason: String| {
+            Err(SpecError::Mount {
+                container_path: m.container_path.clone(),
+                reason,
+            })
+        };
+        if m.uid_mappings.is_empty() != m.gid_mappings.is_empty() {
+            return bad("uid_mappings and gid_mappings must be given together".into());
+        }
+        if !m.uid_mappings.is_empty() && !m.image.is_empty() {
+            return bad("an image volume cannot be idmapped".into());
+        }
+        for (field, list) in [
+            ("uid_mappings", &m.uid_mappings),
+            ("gid_mappings", &m.gid_mappings),
+        ] {
+            if let Some(bad_one) = list.iter().find(|x| !mapping(x).fits()) {
+                return bad(format!(
+                    "{field}: mapping of {} IDs from host ID {} is empty or overflows 32 bits",
+                    bad_one.length, bad_one.host_id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mapping(m: &ConfigIdMapping) -> crate::idmap::IdMapping {
+    crate::idmap::IdMapping {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
+    }
+}
+
+/// A CRI mount with ID mappings, as an idmapped clone of its source (not
+/// of the mounts below it) at `target`, which is made a file or a
+/// directory as the source is. Returns `target`, for the spec.
+pub fn mount_idmapped_volume(
+    source: &Path,
+    target: &Path,
+    uids: &[ConfigIdMapping],
+    gids: &[ConfigIdMapping],
+) -> Result<(), RootfsError> {
+    let create = |r: std::io::Result<()>| {
+        r.map_err(|source| RootfsError::CreateDir {
+            path: target.to_owned(),
+            source,
+        })
+    };
+    if let Some(parent) = target.parent() {
+        create(std::fs::create_dir_all(parent))?;
+    }
+    if source.is_dir() {
+        create(std::fs::create_dir_all(target))?;
+    } else {
+        create(std::fs::write(target, b""))?;
+    }
+    let uids: Vec<_> = uids.iter().map(mapping).collect();
+    let gids: Vec<_> = gids.iter().map(mapping).collect();
+    Ok(crate::idmap::mount_with_mappings(
+        source, target, &uids, &gids,
+    )?)
 }
 
 /// Unmounts every image volume under `bundle` (before the bundle is

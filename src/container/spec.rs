@@ -570,6 +570,22 @@ pub fn add_image_volumes(
     Ok(())
 }
 
+/// Points the spec's mount at `container_path` (as a CRI mount names it)
+/// at `source` instead: an idmapped clone of what it bound.
+pub fn set_mount_source(spec: &mut Spec, container_path: &str, source: &Path) {
+    let destination = match container_path.trim_end_matches('/') {
+        "" => "/",
+        d => d,
+    };
+    if let Some(mounts) = spec.mounts_mut().as_mut() {
+        for m in mounts.iter_mut() {
+            if m.destination() == Path::new(destination) {
+                m.set_source(Some(source.to_owned()));
+            }
+        }
+    }
+}
+
 /// The propagation of the mount a path lives on, from the text of
 /// `/proc/self/mountinfo` (proc(5)): the mount point whose path is the
 /// longest prefix of `path` (the last one listed wins, as it is on top),
