@@ -179,6 +179,11 @@ async fn root_inside_is_the_mapped_id_outside_and_the_pod_works() {
     assert!(words(&nets).contains(&"lo".to_owned()), "{nets}");
     let ps = exec_ok(&mut env, &id, &["ps", "-o", "pid,comm"]).await;
     assert!(ps.contains("sleep"), "{ps}");
+    let cgroups = exec_ok(&mut env, &id, &["ls", "/sys/fs/cgroup"]).await;
+    assert!(
+        !cgroups.trim().is_empty(),
+        "the cgroup filesystems are mounted"
+    );
     // Capabilities are the user namespace's: CAP_CHOWN gives a file to
     // another of its IDs, which is that ID's mapped one on the host.
     exec_ok(&mut env, &id, &["chown", "1000:1000", "/made-by-root"]).await;

@@ -30,7 +30,7 @@ impl IdMapping {
     }
 
     /// The host ID of container ID `id`, if mapped.
-    pub fn to_host(&self, id: u32) -> Option<u32> {
+    pub fn host_of(&self, id: u32) -> Option<u32> {
         let offset = id.checked_sub(self.container_id)?;
         (offset < self.length).then(|| self.host_id + offset)
     }
@@ -54,8 +54,8 @@ impl UserNamespace {
     /// The host IDs the container's root (0:0) maps to.
     pub fn root(&self) -> (u32, u32) {
         (
-            self.uid.to_host(0).unwrap_or(self.uid.host_id),
-            self.gid.to_host(0).unwrap_or(self.gid.host_id),
+            self.uid.host_of(0).unwrap_or(self.uid.host_id),
+            self.gid.host_of(0).unwrap_or(self.gid.host_id),
         )
     }
 }
@@ -217,9 +217,9 @@ mod tests {
             length: 100000,
         };
         assert_eq!(m.map_line(), "0 1000 100000\n");
-        assert_eq!(m.to_host(0), Some(1000));
-        assert_eq!(m.to_host(99999), Some(100999));
-        assert_eq!(m.to_host(100000), None);
+        assert_eq!(m.host_of(0), Some(1000));
+        assert_eq!(m.host_of(99999), Some(100999));
+        assert_eq!(m.host_of(100000), None);
         assert!(m.fits());
         let wraps = IdMapping {
             container_id: 0,

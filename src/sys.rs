@@ -524,8 +524,8 @@ pub fn spawn_ns_holder(flags: nix::sched::CloneFlags) -> nix::Result<NsHolder> {
     // the child's pid.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        // SAFETY (child): raw syscalls on plain integers and a stack
-        // buffer; _exit never returns.
+        // SAFETY: in the child, raw syscalls on plain integers and a
+        // stack buffer only; _exit never returns.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
             let rc = libc::unshare(bits);
