@@ -442,8 +442,9 @@ pub fn open_tree_clone(path: &std::path::Path) -> nix::Result<std::os::fd::Owned
 /// mount_setattr(2) with `MOUNT_ATTR_IDMAP` on the detached mount `tree`
 /// (from [`open_tree_clone`]): its files' owners are then seen through
 /// the ID mappings of the user namespace `userns` (Linux 5.12; the
-/// filesystem must support it: ext4, tmpfs since 6.3, overlayfs as a
-/// lower layer's filesystem). Only a mount never attached may be idmapped.
+/// filesystem must support it: ext4, xfs, btrfs, tmpfs since 6.3; overlayfs
+/// takes idmapped layers since 5.19). Only a mount never attached may be
+/// idmapped.
 pub fn mount_setattr_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> nix::Result<()> {
     const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
     let userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?;

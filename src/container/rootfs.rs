@@ -333,7 +333,7 @@ fn mapping(m: &ConfigIdMapping) -> crate::idmap::IdMapping {
 
 /// A CRI mount with ID mappings, as an idmapped clone of its source (not
 /// of the mounts below it) at `target`, which is made a file or a
-/// directory as the source is. Returns `target`, for the spec.
+/// directory as the source is.
 pub fn mount_idmapped_volume(
     source: &Path,
     target: &Path,
