@@ -526,3 +526,71 @@ async fn a_daemon_restart_keeps_userns_pods_running_and_usable() {
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
 }
+
+/// The median and the 90th percentile of `samples`, in ms.
+fn median_p90(samples: &mut [f64]) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9))
+}
+
+/// What a user namespace costs RunPodSandbox, CreateContainer (the
+/// idmapped layers) and StartContainer against a pod in the node's user
+/// namespace, alternating the two so drift hits both alike. A benchmark,
+/// not a check: run it on a release build,
+/// `cargo test --release --test e2e userns::bench -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture"]
+async fn bench_userns_cost_on_pod_and_container_start() {
+    let mut env = Env::start().await;
+    if !supported(&mut env).await {
+        return;
+    }
+    let rounds: usize = std::env::var("USERNS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+    // [userns?][RunPodSandbox, CreateContainer, StartContainer]
+    let mut samples = vec![vec![Vec::new(), Vec::new(), Vec::new()]; 2];
+    for round in 0..rounds * 2 {
+        let userns = (round % 2 == 0) == (round / 2 % 2 == 0);
+        let config = if userns {
+            userns_pod_config(&env, "bench")
+        } else {
+            pod_config(&unique("bench"), &env.log_dir())
+        };
+        let t = std::time::Instant::now();
+        let pod = env.run_pod_with(config).await;
+        let run = ms(t);
+        let t = std::time::Instant::now();
+        let id = env
+            .create(
+                &pod,
+                container_config("b", &env.busybox(), &["sleep", "1000"]),
+            )
+            .await
+            .expect("create");
+        let create = ms(t);
+        let t = std::time::Instant::now();
+        env.start_container(&id).await.expect("start");
+        let start = ms(t);
+        let row = &mut samples[usize::from(userns)];
+        row[0].push(run);
+        row[1].push(create);
+        row[2].push(start);
+        env.remove_pod(&pod.0).await;
+    }
+    println!("{rounds} rounds each, ms (median / p90):");
+    for (i, rpc) in ["RunPodSandbox", "CreateContainer", "StartContainer"]
+        .iter()
+        .enumerate()
+    {
+        let (host_median, host_p90) = median_p90(&mut samples[0][i]);
+        let (userns_median, userns_p90) = median_p90(&mut samples[1][i]);
+        println!(
+            "{rpc:16} node userns {host_median:7.2} / {host_p90:7.2}   own userns {userns_median:7.2} / {userns_p90:7.2}"
+        );
+    }
+    env.daemon.assert_clean();
+}
