@@ -163,8 +163,9 @@ impl ContainerManager {
                 for volume in &volumes {
                     volume.mount()?;
                 }
-                // CRI mounts sent with ID mappings: idmapped clones under
-                // the bundle, bound from there.
+                // CRI mounts sent with ID mappings: idmapped clones (not
+                // of the mounts below their source) under `mounts_dir`,
+                // bound from there.
                 for (i, m) in config.mounts.iter().enumerate() {
                     if m.uid_mappings.is_empty() {
                         continue;
