@@ -43,6 +43,28 @@ fn userns_pod_config(env: &Env, name: &str) -> PodSandboxConfig {
     config
 }
 
+/// Whether idmapped mounts should work for a daemon whose root dir is
+/// `root`: idmapped overlay layers need Linux 5.19, and the layers'
+/// filesystem must take idmapped mounts (ext4, xfs, btrfs, tmpfs).
+pub(crate) fn idmap_expected(root: &Path) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let fs = nix::sys::statfs::statfs(root).map(|s| s.filesystem_type());
+    use nix::sys::statfs::{BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC};
+    let fs_ok = fs.is_ok_and(|t| {
+        [
+            EXT4_SUPER_MAGIC,
+            XFS_SUPER_MAGIC,
+            BTRFS_SUPER_MAGIC,
+            TMPFS_MAGIC,
+        ]
+        .contains(&t)
+    });
+    (major, minor) >= (5, 19) && fs_ok
+}
+
 /// Whether the daemon says it runs such pods; if not, the test says it
 /// is skipped and why. The test's private dir (0700 as made) becomes
 /// 0711 as a node's /run is: the container's root, an unprivileged ID on
