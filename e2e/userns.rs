@@ -14,6 +14,8 @@ use tonic::Code;
 
 use crate::harness::cri::{container_config, namespace_options, pod_config, unique};
 use crate::harness::env::Env;
+use crate::harness::images::{WEB_INDEX_HTML, WEB_PORT};
+use crate::harness::stream_client::{SpdySession, spdy_forward};
 
 /// The mapped range of the tests' pods: container 0 is host `HOST_ID`.
 const HOST_ID: u32 = 3_000_000;
@@ -545,6 +547,69 @@ async fn a_daemon_restart_keeps_userns_pods_running_and_usable() {
             "{ns}"
         );
     }
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
+
+#[tokio::test]
+async fn port_forward_and_attach_reach_a_userns_pod() {
+    let mut env = Env::start().await;
+    if !supported(&mut env).await {
+        return;
+    }
+    let web = env.web();
+    env.pull(&web).await;
+    let pod = env.run_pod_with(userns_pod_config(&env, "stream")).await;
+    // httpd binds port 80 as the user namespace's root, which owns the
+    // pod's netns.
+    env.run_container(&pod, container_config("httpd", &web, &[]))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let reply = loop {
+        let url = env
+            .rt
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.0.clone(),
+                port: vec![i32::from(WEB_PORT)],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        let (reply, _) = spdy_forward(&url, WEB_PORT, b"GET / HTTP/1.0\r\n\r\n").await;
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        if reply.starts_with("HTTP/1") || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with(WEB_INDEX_HTML), "{reply}");
+
+    let mut config = container_config(
+        "reader",
+        &env.busybox(),
+        &["sh", "-c", "while read l; do echo got $l $(id -u); done"],
+    );
+    config.stdin = true;
+    let reader = env.run_container(&pod, config).await;
+    let url = env
+        .rt
+        .attach(AttachRequest {
+            container_id: reader.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut session = SpdySession::open(&url, true, true, true, false).await;
+    session.send_stdin(b"hello\n").await;
+    session.stdout().read_until("got hello 0\n", 10).await;
+    drop(session);
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
 }
