@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use ketch::cri::api::*;
 
-use crate::harness::daemon::ketch_bin;
+use crate::harness::daemon::{E2E_BASE, ketch_bin};
 use crate::harness::{Daemon, DaemonOptions};
 
 #[tokio::test]
@@ -246,4 +246,71 @@ fn missing_named_config_is_an_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ketch.toml"));
+}
+
+/// A node without what containers need is refused at start, each missing
+/// piece named: no CNI plugin directory at all.
+#[test]
+fn a_node_without_cni_plugins_is_refused_at_start() {
+    let (code, err) =
+        run_with_config("[cni]\nbin_dirs = [\"/nonexistent/cni-a\", \"/nonexistent/cni-b\"]\n");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("this node cannot run containers"), "{err}");
+    assert!(
+        err.contains("no CNI plugin directory exists") && err.contains("/nonexistent/cni-b"),
+        "{err}"
+    );
+}
+
+/// root_dir on overlayfs (ketch in a container without a volume for its
+/// state): overlayfs cannot take it as an upper layer, and ketch says so.
+#[test]
+fn root_dir_on_overlayfs_is_refused_at_start() {
+    std::fs::create_dir_all(E2E_BASE).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("t-")
+        .tempdir_in(E2E_BASE)
+        .unwrap();
+    let [lower, upper, work, merged] = ["lower", "upper", "work", "merged"].map(|d| {
+        let p = dir.path().join(d);
+        std::fs::create_dir(&p).unwrap();
+        p
+    });
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            )
+            .as_str(),
+        ),
+    )
+    .expect("mount the test overlay");
+    let config = dir.path().join("ketch.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = std::process::Command::new(ketch_bin())
+        .arg("--root-dir")
+        .arg(merged.join("root"))
+        .arg("--state-dir")
+        .arg(dir.path().join("run"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let unmounted = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("overlayfs cannot use"), "{err}");
+    assert!(
+        err.contains(&merged.join("root").display().to_string()),
+        "{err}"
+    );
+    unmounted.expect("unmount the test overlay");
 }

@@ -18,7 +18,7 @@ use crate::harness::cri::unique;
 use crate::harness::images::{
     COMPRESSION_FILE, CONFIGURED_STOP_SIGNAL, CONFIGURED_USER, CONFIGURED_WORKDIR, Entry,
     ImageBuilder, LAYERED_ABSENT, LAYERED_PRESENT, Layer, MULTIARCH_ARCH_FILE, TestImages,
-    WEB_INDEX_HTML, host_arch,
+    WEB_INDEX_HTML, host_arch, tar_dir, write_layout,
 };
 use crate::harness::registry::{Registry, TOKEN_SERVICE, free_port, sha256_digest};
 use crate::harness::{Daemon, DaemonOptions};
@@ -941,31 +941,7 @@ async fn ketch_image_import_loads_a_layout_while_ketch_serves() {
         .layer(Layer::new(vec![Entry::file("imported", "yes\n")]))
         .build();
     let layout = daemon.dir.path().join("layout");
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let write = |digest: &str, bytes: &[u8]| {
-        std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes).unwrap();
-    };
-    write(&image.digest, &image.manifest);
-    write(&image.config_digest, &image.config);
-    for layer in &image.layers {
-        write(&layer.digest, &layer.blob);
-    }
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": image.media_type,
-            "digest": image.digest,
-            "size": image.manifest.len(),
-            "annotations": {"io.containerd.image.name": "example.com/imported:v1"},
-        }],
-    });
-    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    write_layout(&image, "example.com/imported:v1", &layout);
 
     let import = |path: &Path| {
         std::process::Command::new(crate::harness::daemon::ketch_bin())
@@ -1006,10 +982,7 @@ async fn ketch_image_import_loads_a_layout_while_ketch_serves() {
 
     // A tar of the same layout: nothing new to unpack.
     let archive = daemon.dir.path().join("layout.tar");
-    let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
-    builder.append_dir_all(".", &layout).unwrap();
-    builder.finish().unwrap();
-    drop(builder);
+    tar_dir(&layout, &archive);
     let out = import(&archive);
     assert!(
         out.status.success(),
@@ -1023,5 +996,66 @@ async fn ketch_image_import_loads_a_layout_while_ketch_serves() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("import"));
     assert_eq!(list(&mut c, None).await.len(), 1);
+    daemon.assert_clean();
+}
+
+/// deploy/kind's boot-time import over a directory of archives: every good
+/// one lands in the store of the serving daemon, a bad one is named and
+/// fails the run without stopping the others, and a second boot reads only
+/// what changed.
+#[tokio::test]
+async fn the_kind_node_import_script_loads_every_archive_of_a_dir() {
+    let daemon = Daemon::start().await;
+    let dir = daemon.dir.path().join("kind-images");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (n, name) in ["example.com/boot-a:v1", "example.com/boot-b:v1"]
+        .iter()
+        .enumerate()
+    {
+        let image = ImageBuilder::busybox()
+            .layer(Layer::new(vec![Entry::file("which", format!("{n}\n"))]))
+            .build();
+        let layout = daemon.dir.path().join(format!("layout-{n}"));
+        write_layout(&image, name, &layout);
+        tar_dir(&layout, &dir.join(format!("image-{n}.tar")));
+    }
+    std::fs::write(dir.join("broken.tar"), b"not an archive").unwrap();
+    let stamps = daemon.dir.path().join("stamps");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kind/ketch-import-images");
+    let run = || {
+        let out = std::process::Command::new(&script)
+            .arg(&dir)
+            .env("KETCH", crate::harness::daemon::ketch_bin())
+            .env("KETCH_CONFIG", &daemon.config_path)
+            .env("KETCH_ROOT_DIR", &daemon.root_dir)
+            .env("STAMP_DIR", &stamps)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = run();
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("broken.tar: import failed"), "{stderr}");
+    let mut c = daemon.images().await;
+    for name in ["example.com/boot-a:v1", "example.com/boot-b:v1"] {
+        assert!(status(&mut c, name).await.is_some(), "{name} not imported");
+    }
+
+    // The next boot: the good archives are remembered, the bad one tried.
+    let (code, stdout, stderr) = run();
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("image-0.tar: imported before"), "{stdout}");
+    assert!(stdout.contains("image-1.tar: imported before"), "{stdout}");
+    assert!(!stderr.contains("image-"), "{stderr}");
+
+    std::fs::remove_file(dir.join("broken.tar")).unwrap();
+    let (code, stdout, stderr) = run();
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_eq!(list(&mut c, None).await.len(), 2);
     daemon.assert_clean();
 }

@@ -12,6 +12,7 @@ mod faults_images;
 mod foundation;
 mod harness;
 mod images;
+mod nested;
 mod network;
 mod pods;
 mod registry_harness;

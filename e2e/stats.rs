@@ -2,6 +2,7 @@
 //! cgroup's own files, filters, errors, and the Prometheus endpoint's
 //! counters moving with the calls made.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -374,16 +375,40 @@ async fn list_container_stats_filters_and_errors() {
     let ours = metrics.iter().find(|m| m.pod_sandbox_id == pod.0).unwrap();
     let container = &ours.container_metrics[0];
     assert_eq!(container.container_id, a);
-    for m in &container.metrics {
+    // As kubelet turns them into Prometheus series: every value under its
+    // descriptor's key, with cAdvisor's label names.
+    let labels = |m: &Metric| -> HashMap<String, String> {
         let d = descriptors.iter().find(|d| d.name == m.name).unwrap();
         assert_eq!(d.label_keys.len(), m.label_values.len(), "{}", m.name);
-    }
-    assert!(
-        ours.metrics
+        d.label_keys
             .iter()
-            .any(|m| m.name == "container_network_receive_bytes_total"),
-        "{ours:?}"
-    );
+            .cloned()
+            .zip(m.label_values.iter().cloned())
+            .collect()
+    };
+    let pod_meta = pod.1.metadata.clone().unwrap();
+    for m in &container.metrics {
+        let l = labels(m);
+        assert_eq!(l["container"], "a", "{}", m.name);
+        assert_eq!(l["pod"], pod_meta.name, "{}", m.name);
+        assert_eq!(l["namespace"], pod_meta.namespace, "{}", m.name);
+        assert_eq!(l["id"], a, "{}", m.name);
+    }
+    let cpu = container
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_cpu_usage_seconds_total")
+        .expect("cpu usage metric");
+    assert_eq!(labels(cpu)["cpu"], "total");
+    let rx = ours
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_network_receive_bytes_total")
+        .unwrap_or_else(|| panic!("no network metric: {ours:?}"));
+    let l = labels(rx);
+    assert_eq!(l["interface"], "eth0");
+    assert_eq!(l["pod"], pod_meta.name);
+    assert_eq!(l["container"], "");
 
     env.remove_pod(&pod.0).await;
     env.remove_pod(&other.0).await;

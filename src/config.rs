@@ -425,4 +425,12 @@ mod tests {
             "deploy/ketch.toml must state exactly the defaults"
         );
     }
+
+    #[test]
+    fn kind_node_config_is_valid() {
+        let c = parse(include_str!("../deploy/kind/ketch.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(c.cni.bin_dirs, vec![PathBuf::from("/opt/cni/bin")]);
+    }
 }

@@ -52,6 +52,8 @@ pub enum DaemonError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("this node cannot run containers:\n  - {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
+    Preflight(Vec<crate::preflight::Problem>),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -63,6 +65,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     make_dir(socket_dir, 0o711)?;
 
     let _lock = lock_socket(&config.listen)?;
+    let problems = crate::preflight::check(&config);
+    if !problems.is_empty() {
+        return Err(DaemonError::Preflight(problems));
+    }
     let listener = bind_socket(&config.listen)?;
     let socket_path = config.listen.clone();
 

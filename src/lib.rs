@@ -30,6 +30,7 @@ pub mod monitor;
 pub(crate) mod names;
 pub(crate) mod network;
 pub(crate) mod pod_pid;
+pub(crate) mod preflight;
 pub mod runtime;
 pub(crate) mod sandbox;
 pub(crate) mod seccomp;

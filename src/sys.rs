@@ -573,3 +573,198 @@ pub fn spawn_ns_holder(flags: nix::sched::CloneFlags) -> nix::Result<NsHolder> {
         }
     }
 }
+
+/// The bpf(2) commands, program type and attach type the cgroup v2 device
+/// filter uses (linux/bpf.h). Each command's `union bpf_attr` member is
+/// declared below as its own struct: libc does not export them.
+mod bpf {
+    pub const PROG_LOAD: libc::c_long = 5;
+    pub const PROG_ATTACH: libc::c_long = 8;
+    pub const PROG_DETACH: libc::c_long = 9;
+    pub const PROG_GET_FD_BY_ID: libc::c_long = 13;
+    pub const PROG_QUERY: libc::c_long = 16;
+    pub const PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    pub const CGROUP_DEVICE: u32 = 6;
+    pub const F_ALLOW_MULTI: u32 = 1 << 1;
+
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct ProgLoad {
+        pub prog_type: u32,
+        pub insn_cnt: u32,
+        pub insns: u64,
+        pub license: u64,
+        pub log_level: u32,
+        pub log_size: u32,
+        pub log_buf: u64,
+        pub kern_version: u32,
+        pub prog_flags: u32,
+        pub prog_name: [u8; 16],
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct Attach {
+        pub target_fd: u32,
+        pub attach_bpf_fd: u32,
+        pub attach_type: u32,
+        pub attach_flags: u32,
+        pub replace_bpf_fd: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct Query {
+        pub target_fd: u32,
+        pub attach_type: u32,
+        pub query_flags: u32,
+        pub attach_flags: u32,
+        pub prog_ids: u64,
+        pub prog_cnt: u32,
+        pub _pad: u32,
+        pub prog_attach_flags: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct GetFdById {
+        pub id: u32,
+        pub next_id: u32,
+        pub open_flags: u32,
+    }
+
+    /// bpf(2) with one command's attribute struct.
+    pub fn call<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+        // SAFETY: `attr` is a live, exclusively borrowed `#[repr(C)]` struct
+        // of the size passed, laid out as the command's member of `union
+        // bpf_attr`; the kernel reads it and writes back only within it
+        // (a query's count) or into buffers it points to, which the
+        // callers keep alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *mut T,
+                std::mem::size_of::<T>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    /// A descriptor bpf(2) returned, owned from here on.
+    pub fn owned(fd: libc::c_long) -> std::io::Result<std::os::fd::OwnedFd> {
+        let fd = std::os::fd::RawFd::try_from(fd)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+        // SAFETY: bpf(2) just returned this descriptor to us; nothing else
+        // owns it.
+        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    }
+}
+
+/// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program (8-byte `struct
+/// bpf_insn`s). A program the verifier refuses fails with the verifier's
+/// log in the error.
+pub fn bpf_load_device_program(insns: &[[u8; 8]]) -> std::io::Result<std::os::fd::OwnedFd> {
+    const LICENSE: &CStr = c"Apache-2.0";
+    let mut name = [0u8; 16];
+    name[..10].copy_from_slice(b"ketch_devs");
+    let load = |log: Option<&mut [u8]>| {
+        let mut attr = bpf::ProgLoad {
+            prog_type: bpf::PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: u32::try_from(insns.len()).unwrap_or(u32::MAX),
+            insns: insns.as_ptr() as u64,
+            license: LICENSE.as_ptr() as u64,
+            prog_name: name,
+            ..Default::default()
+        };
+        if let Some(buf) = log {
+            attr.log_level = 1;
+            attr.log_size = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            attr.log_buf = buf.as_mut_ptr() as u64;
+        }
+        bpf::call(bpf::PROG_LOAD, &mut attr)
+    };
+    match load(None) {
+        Ok(fd) => bpf::owned(fd),
+        Err(e) => {
+            let mut log = vec![0u8; 16 * 1024];
+            let _ = load(Some(&mut log));
+            let text = String::from_utf8_lossy(&log);
+            let text = text.trim_end_matches('\0').trim();
+            if text.is_empty() {
+                Err(e)
+            } else {
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{e}: verifier: {text}"),
+                ))
+            }
+        }
+    }
+}
+
+/// The ids of the device programs attached to the cgroup `cgroup` (a
+/// directory descriptor) itself.
+pub fn bpf_attached_device_programs(cgroup: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    let mut attr = bpf::Query {
+        target_fd: fd_u32(cgroup),
+        attach_type: bpf::CGROUP_DEVICE,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: u32::try_from(ids.len()).unwrap_or(0),
+        ..Default::default()
+    };
+    bpf::call(bpf::PROG_QUERY, &mut attr)?;
+    ids.truncate(usize::try_from(attr.prog_cnt).unwrap_or(0).min(64));
+    Ok(ids)
+}
+
+/// Attaches a device program to the cgroup, beside any others
+/// (`BPF_F_ALLOW_MULTI`).
+pub fn bpf_attach_device_program(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    bpf_device_attachment(bpf::PROG_ATTACH, cgroup, prog, bpf::F_ALLOW_MULTI)
+}
+
+/// Detaches one device program from the cgroup.
+pub fn bpf_detach_device_program(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    bpf_device_attachment(bpf::PROG_DETACH, cgroup, prog, 0)
+}
+
+fn bpf_device_attachment(
+    cmd: libc::c_long,
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    attach_flags: u32,
+) -> std::io::Result<()> {
+    let mut attr = bpf::Attach {
+        target_fd: fd_u32(cgroup),
+        attach_bpf_fd: fd_u32(prog),
+        attach_type: bpf::CGROUP_DEVICE,
+        attach_flags,
+        ..Default::default()
+    };
+    bpf::call(cmd, &mut attr).map(drop)
+}
+
+/// A descriptor for the loaded program with this id.
+pub fn bpf_program_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    let mut attr = bpf::GetFdById {
+        id,
+        ..Default::default()
+    };
+    bpf::call(bpf::PROG_GET_FD_BY_ID, &mut attr).and_then(bpf::owned)
+}
+
+fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX)
+}

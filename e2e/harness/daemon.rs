@@ -168,19 +168,7 @@ impl Daemon {
     }
 
     pub async fn channel(&self) -> Channel {
-        let socket = self.socket.clone();
-        Endpoint::try_from("http://[::]:50051")
-            .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connect to ketch socket")
+        unix_channel(self.socket.clone()).await
     }
 
     pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
@@ -310,6 +298,22 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// A gRPC channel to a CRI socket.
+pub async fn unix_channel(socket: PathBuf) -> Channel {
+    Endpoint::try_from("http://[::]:50051")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to ketch socket")
 }
 
 /// Mount points, unescaped from /proc/self/mountinfo.

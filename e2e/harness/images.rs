@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::{Value, json};
@@ -976,6 +977,48 @@ impl TestImage {
     pub fn id(&self) -> &str {
         &self.config_digest
     }
+}
+
+/// `image` as an OCI image layout at `layout`, named `name` the way
+/// containerd's export names it (`io.containerd.image.name`).
+pub fn write_layout(image: &Image, name: &str, layout: &Path) {
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let write = |digest: &str, bytes: &[u8]| {
+        std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes).unwrap();
+    };
+    write(&image.digest, &image.manifest);
+    write(&image.config_digest, &image.config);
+    for layer in &image.layers {
+        write(&layer.digest, &layer.blob);
+    }
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": image.media_type,
+            "digest": image.digest,
+            "size": image.manifest.len(),
+            "annotations": {"io.containerd.image.name": name},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+}
+
+/// A tar of the directory's contents.
+pub fn tar_dir(dir: &Path, archive: &Path) {
+    let mut builder = tar::Builder::new(std::fs::File::create(archive).unwrap());
+    builder.append_dir_all(".", dir).unwrap();
+    builder.finish().unwrap();
+}
+
+/// The web image of [`TestImages::web`], built (for writing it out as a layout).
+pub fn web_image() -> &'static Image {
+    &standard().web
 }
 
 /// The standard images, pushed to one registry.

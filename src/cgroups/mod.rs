@@ -77,10 +77,12 @@
 //! hierarchy and the writes in order, built from [`Resources`] alone), then
 //! applied; the plans are unit-tested without root.
 //!
-//! Device access rules ([`DeviceRule`]) are enforced on v1 only; v2 needs
-//! an eBPF device program, which ketch does not load yet.
+//! Device access rules ([`DeviceRule`]) are `devices.allow`/`devices.deny`
+//! writes on v1 and an eBPF device program attached to the cgroup on v2
+//! ([`devices_bpf`]), with the same meaning.
 
 pub(crate) mod container_fs;
+mod devices_bpf;
 mod error;
 mod files;
 pub mod parse;

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use super::error::{CgroupError, Result};
 use super::files;
-use super::{v1, v2};
+use super::resources::DeviceRule;
+use super::{devices_bpf, v1, v2};
 
 /// One level of a cgroup's path in one hierarchy: `dir` is made (if
 /// missing) under `parent`, then `setup` runs, for a new or an existing
@@ -59,6 +60,13 @@ pub(crate) enum Write {
         dir: PathBuf,
         limit: Option<i64>,
         swap: Option<i64>,
+    },
+    /// cgroup v2 device rules: the eBPF device program for `rules`
+    /// attached to `dir` in place of any attached before
+    /// ([`super::devices_bpf`]).
+    DeviceFilter {
+        dir: PathBuf,
+        rules: Vec<DeviceRule>,
     },
 }
 
@@ -135,6 +143,7 @@ pub(crate) fn apply(writes: &[Write]) -> Result<()> {
                 }
             }
             Write::MemoryV1 { dir, limit, swap } => set_memory_v1(dir, *limit, *swap)?,
+            Write::DeviceFilter { dir, rules } => devices_bpf::attach(dir, rules)?,
         }
     }
     Ok(())

@@ -42,9 +42,8 @@ pub struct Resources {
     /// [`UNIFIED_CONTROLLERS`]; refused on cgroup v1.
     pub unified: BTreeMap<String, String>,
     /// Device access rules, applied in order (the last match wins), so a
-    /// list starts with a deny-all. Enforced on cgroup v1 (`devices.allow`,
-    /// `devices.deny`); cgroup v2 needs an eBPF program ketch does not load
-    /// yet, so there they are logged and not enforced.
+    /// list starts with a deny-all. `devices.allow`/`devices.deny` on
+    /// cgroup v1, an eBPF device program on v2.
     pub devices: Vec<DeviceRule>,
 }
 

@@ -17,6 +17,80 @@ pub struct Stats {
     pub cpu: Option<CpuStats>,
     pub memory: Option<MemoryStats>,
     pub pids: Option<PidsStats>,
+    /// Pressure stall information (cgroup v2 `*.pressure` files; none on
+    /// v1). Defaults so records of samples without it still load.
+    #[serde(default)]
+    pub pressure: Pressure,
+}
+
+/// PSI of a cgroup's CPU, memory and IO (Documentation/accounting/psi.rst);
+/// a resource is `None` where its file is missing (v1, or a kernel
+/// without PSI, or booted with `psi=0`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pressure {
+    pub cpu: Option<Psi>,
+    pub memory: Option<Psi>,
+    pub io: Option<Psi>,
+}
+
+/// One `*.pressure` file: the `some` line and, where the kernel writes it,
+/// the `full` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Psi {
+    pub some: PsiLine,
+    pub full: Option<PsiLine>,
+}
+
+/// `avg10=0.52 avg60=0.10 avg300=0.02 total=123456`: the averages in
+/// hundredths of a percent, as the kernel prints them with two decimals
+/// (kept exact), the total stall time in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsiLine {
+    pub avg10_centi: u32,
+    pub avg60_centi: u32,
+    pub avg300_centi: u32,
+    pub total_micros: u64,
+}
+
+/// Parses a `*.pressure` file; `None` when it has no valid `some` line.
+pub fn parse_psi(content: &str) -> Option<Psi> {
+    let mut some = None;
+    let mut full = None;
+    for line in content.lines() {
+        let mut fields = line.split_whitespace();
+        let kind = fields.next();
+        let mut parsed = PsiLine {
+            avg10_centi: 0,
+            avg60_centi: 0,
+            avg300_centi: 0,
+            total_micros: 0,
+        };
+        for field in fields {
+            let (key, value) = field.split_once('=')?;
+            match key {
+                "avg10" => parsed.avg10_centi = centi(value)?,
+                "avg60" => parsed.avg60_centi = centi(value)?,
+                "avg300" => parsed.avg300_centi = centi(value)?,
+                "total" => parsed.total_micros = value.parse().ok()?,
+                _ => {}
+            }
+        }
+        match kind {
+            Some("some") => some = Some(parsed),
+            Some("full") => full = Some(parsed),
+            _ => {}
+        }
+    }
+    Some(Psi { some: some?, full })
+}
+
+/// `97.30` → 9730.
+fn centi(value: &str) -> Option<u32> {
+    let (whole, frac) = value.split_once('.').unwrap_or((value, "0"));
+    let frac = format!("{frac:0<2}");
+    let whole: u32 = whole.parse().ok()?;
+    let frac: u32 = frac.get(..2)?.parse().ok()?;
+    whole.checked_mul(100)?.checked_add(frac)
 }
 
 impl Stats {
@@ -133,6 +207,31 @@ pub(crate) fn cpu_v2(stat: &BTreeMap<String, u64>) -> Option<CpuStats> {
 mod tests {
     use super::*;
     use crate::cgroups::parse::parse_flat_keyed;
+
+    #[test]
+    fn psi_files_parse_exactly() {
+        let cpu = "some avg10=97.30 avg60=96.08 avg300=71.01 total=7589431316\n\
+                   full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        let psi = parse_psi(cpu).expect("parses");
+        assert_eq!(
+            psi.some,
+            PsiLine {
+                avg10_centi: 9730,
+                avg60_centi: 9608,
+                avg300_centi: 7101,
+                total_micros: 7_589_431_316,
+            }
+        );
+        assert_eq!(psi.full.map(|f| f.total_micros), Some(0));
+        // Kernels before 5.13 write no `full` line for CPU.
+        let old = parse_psi("some avg10=0.5 avg60=1.00 avg300=100.00 total=12\n").expect("parses");
+        assert_eq!(old.some.avg10_centi, 50);
+        assert_eq!(old.some.avg300_centi, 10000);
+        assert!(old.full.is_none());
+        assert!(parse_psi("").is_none());
+        assert!(parse_psi("some avg10=x total=1").is_none());
+        assert!(parse_psi("full avg10=1.00 avg60=0 avg300=0 total=1").is_none());
+    }
 
     #[test]
     fn v1_memory_like_cadvisor() {

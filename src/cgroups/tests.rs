@@ -159,6 +159,14 @@ impl Fixture {
         stdin.write_all(b"go\n").expect("release gated child");
     }
 
+    /// Runs `sh -c script` in `cg` from its first instruction; its exit.
+    fn run_in(&mut self, cg: &Cgroup, script: &str) -> std::process::ExitStatus {
+        let pid = self.spawn_gated(script);
+        cg.add_process(pid).expect("add");
+        self.release(pid);
+        self.wait_exit(pid)
+    }
+
     fn child(&mut self, pid: Pid) -> &mut Child {
         self.children
             .iter_mut()
@@ -388,6 +396,47 @@ fn v2_cpu_usage_grows() {
     if let Some(fx) = Fixture::v2("cpu") {
         cpu_usage_grows(fx);
     }
+}
+
+/// More spinning processes than CPUs stall each other: the cgroup's CPU
+/// pressure shows it; memory and IO pressure are read too.
+#[test]
+fn v2_pressure_is_sampled() {
+    let Some(mut fx) = Fixture::v2("psi") else {
+        return;
+    };
+    if !Path::new("/proc/pressure/cpu").exists() {
+        eprintln!("skipped: v2_pressure_is_sampled: this kernel keeps no PSI");
+        return;
+    }
+    let cg = fx
+        .manager
+        .create(&fx.path("stall"), &Resources::default())
+        .expect("create");
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pids: Vec<Pid> = (0..=cpus)
+        .map(|_| fx.spawn_gated("while :; do :; done"))
+        .collect();
+    for &pid in &pids {
+        cg.add_process(pid).expect("add");
+        fx.release(pid);
+    }
+    let stalled = wait_until(Duration::from_secs(5), || {
+        cg.stats()
+            .expect("stats")
+            .pressure
+            .cpu
+            .is_some_and(|p| p.some.total_micros > 0)
+    });
+    let pressure = cg.stats().expect("stats").pressure;
+    assert!(stalled, "no CPU stall recorded: {pressure:?}");
+    assert!(pressure.memory.is_some(), "{pressure:?}");
+    assert!(pressure.io.is_some(), "{pressure:?}");
+    cg.kill_all().expect("kill_all");
+    for pid in pids {
+        fx.wait_exit(pid);
+    }
+    cg.destroy().expect("destroy");
 }
 
 /// A process allocating past the limit is OOM-killed and the cgroup says
@@ -684,13 +733,8 @@ fn v1_failed_create_removes_what_it_made() {
     ));
 }
 
-/// Deny-all plus the defaults: /dev/null opens, /dev/kmsg does not, while
-/// a cgroup without rules opens both.
-#[test]
-fn v1_device_rules_are_enforced() {
-    let Some(mut fx) = Fixture::v1("dev") else {
-        return;
-    };
+/// A deny-all rule, then what every container may use.
+fn deny_all_but_defaults() -> Vec<DeviceRule> {
     let mut devices = vec![DeviceRule {
         allow: false,
         kind: DeviceKind::All,
@@ -699,6 +743,11 @@ fn v1_device_rules_are_enforced() {
         access: "rwm".into(),
     }];
     devices.extend(DeviceRule::default_allowed());
+    devices
+}
+
+/// A cgroup with these device rules and one without any.
+fn confined_and_open(fx: &Fixture, devices: Vec<DeviceRule>) -> (Cgroup, Cgroup) {
     let confined = fx
         .manager
         .create(
@@ -713,6 +762,17 @@ fn v1_device_rules_are_enforced() {
         .manager
         .create(&fx.path("open"), &Resources::default())
         .expect("create open");
+    (confined, open)
+}
+
+/// Deny-all plus the defaults: /dev/null opens, /dev/kmsg does not, while
+/// a cgroup without rules opens both.
+#[test]
+fn v1_device_rules_are_enforced() {
+    let Some(mut fx) = Fixture::v1("dev") else {
+        return;
+    };
+    let (confined, open) = confined_and_open(&fx, deny_all_but_defaults());
     let list = read_trim(
         &v1_dir(&confined, "devices").expect("devices dir"),
         "devices.list",
@@ -720,12 +780,7 @@ fn v1_device_rules_are_enforced() {
     assert!(list.lines().any(|l| l == "c 1:3 rwm"), "{list}");
     assert!(!list.lines().any(|l| l.starts_with("a ")), "{list}");
 
-    let mut run = |cg: &Cgroup, script: &str| {
-        let pid = fx.spawn_gated(script);
-        cg.add_process(pid).expect("add");
-        fx.release(pid);
-        fx.wait_exit(pid)
-    };
+    let mut run = |cg: &Cgroup, script: &str| fx.run_in(cg, script);
     assert!(run(&confined, "exec 3</dev/null").success());
     assert!(!run(&confined, "exec 3</dev/kmsg").success(), "kmsg opened");
     assert!(run(&open, "exec 3</dev/kmsg").success(), "control case");
@@ -747,4 +802,52 @@ fn v1_parallel_creates_share_a_parent() {
         let cg = h.join().expect("thread").expect("create");
         assert!(cg.dirs().iter().all(|d| d.path.is_dir()));
     }
+}
+
+/// The same rules on cgroup v2, through the eBPF device program: /dev/null
+/// opens, /dev/kmsg does not, a cgroup without rules opens both; an update
+/// replaces the program rather than adding a second one.
+#[test]
+fn v2_device_rules_are_enforced() {
+    let Some(mut fx) = Fixture::v2("dev") else {
+        return;
+    };
+    let mut devices = deny_all_but_defaults();
+    let (confined, open) = confined_and_open(&fx, devices.clone());
+    let dir = &confined.dirs()[0].path;
+    let programs = |dir: &Path| {
+        let f = std::fs::File::open(dir).expect("open cgroup dir");
+        crate::sys::bpf_attached_device_programs(std::os::fd::AsFd::as_fd(&f)).expect("query")
+    };
+    assert_eq!(programs(dir).len(), 1, "one device program attached");
+    assert!(programs(&open.dirs()[0].path).is_empty());
+
+    let mut run = |cg: &Cgroup, script: &str| fx.run_in(cg, script);
+    assert!(run(&confined, "exec 3</dev/null").success());
+    assert!(!run(&confined, "exec 3</dev/kmsg").success(), "kmsg opened");
+    assert!(run(&open, "exec 3</dev/kmsg").success(), "control case");
+
+    // Now allow /dev/kmsg (1:11) for reading only.
+    devices.push(DeviceRule {
+        allow: true,
+        kind: DeviceKind::Char,
+        major: Some(1),
+        minor: Some(11),
+        access: "r".into(),
+    });
+    confined
+        .update(&Resources {
+            devices,
+            ..Default::default()
+        })
+        .expect("update devices");
+    assert_eq!(programs(dir).len(), 1, "the update replaced the program");
+    assert!(
+        run(&confined, "exec 3</dev/kmsg").success(),
+        "kmsg readable"
+    );
+    assert!(
+        !run(&confined, "exec 3<>/dev/kmsg").success(),
+        "kmsg writable"
+    );
 }

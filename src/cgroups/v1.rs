@@ -273,6 +273,8 @@ impl V1 {
             cpu,
             memory,
             pids,
+            // v1 keeps no pressure per cgroup.
+            pressure: Default::default(),
         })
     }
 

@@ -124,10 +124,10 @@ impl V2 {
             writes.push(Write::setting(&dir, file, h.limit.to_string()));
         }
         if !r.devices.is_empty() {
-            tracing::warn!(
-                cgroup = path,
-                "device rules are not enforced on cgroup v2 (no eBPF device filter yet)"
-            );
+            writes.push(Write::DeviceFilter {
+                dir: dir.clone(),
+                rules: r.devices.clone(),
+            });
         }
         // Last, so a raw value wins over the typed one for the same file.
         for (key, value) in &r.unified {
@@ -180,6 +180,11 @@ impl V2 {
             cpu,
             memory,
             pids,
+            pressure: stats::Pressure {
+                cpu: read_psi(&dir, "cpu.pressure"),
+                memory: read_psi(&dir, "memory.pressure"),
+                io: read_psi(&dir, "io.pressure"),
+            },
         })
     }
 
@@ -295,6 +300,16 @@ pub(super) fn enable_controllers(dir: &Path) {
             tracing::debug!(error = %e, "cannot enable cgroup controller");
         }
     }
+}
+
+/// A `*.pressure` file of `dir`, `None` when it is missing or unreadable:
+/// PSI may be off for the kernel (`psi=0`) or for this cgroup
+/// (`cgroup.pressure` 0, where reading fails with EOPNOTSUPP), and stats
+/// are still wanted then.
+fn read_psi(dir: &Path, file: &str) -> Option<stats::Psi> {
+    std::fs::read_to_string(dir.join(file))
+        .ok()
+        .and_then(|s| stats::parse_psi(&s))
 }
 
 #[cfg(test)]

@@ -102,10 +102,7 @@ pub(super) async fn list_metric_descriptors(
         .map(|m| cri::MetricDescriptor {
             name: m.name.to_owned(),
             help: m.help.to_owned(),
-            label_keys: label_keys(m.source)
-                .iter()
-                .map(|k| (*k).to_owned())
-                .collect(),
+            label_keys: m.label_keys(),
         })
         .collect();
     Ok(cri::ListMetricDescriptorsResponse { descriptors })
@@ -140,7 +137,7 @@ fn cpu_usage(stats: &Stats, nano_cores: Option<u64>) -> Option<cri::CpuUsage> {
         timestamp: stats.timestamp_nanos(),
         usage_core_nano_seconds: u64v(cpu.usage_nanos),
         usage_nano_cores: nano_cores.and_then(u64v),
-        psi: None,
+        psi: psi(stats.pressure.cpu.as_ref()),
     })
 }
 
@@ -154,7 +151,31 @@ fn memory_usage(stats: &Stats) -> Option<cri::MemoryUsage> {
         rss_bytes: u64v(m.rss_bytes),
         page_faults: u64v(m.page_faults),
         major_page_faults: u64v(m.major_page_faults),
-        psi: None,
+        psi: psi(stats.pressure.memory.as_ref()),
+    })
+}
+
+/// The CRI's IO usage: its PSI, the only figure it has.
+fn io_usage(stats: &Stats) -> Option<cri::IoUsage> {
+    Some(cri::IoUsage {
+        timestamp: stats.timestamp_nanos(),
+        psi: Some(psi(stats.pressure.io.as_ref())?),
+    })
+}
+
+/// A `*.pressure` file as the CRI has it: averages in percent, the total
+/// in nanoseconds (the kernel's is in microseconds).
+fn psi(p: Option<&crate::cgroups::stats::Psi>) -> Option<cri::PsiStats> {
+    let data = |l: &crate::cgroups::stats::PsiLine| cri::PsiData {
+        total: l.total_micros.saturating_mul(1000),
+        avg10: f64::from(l.avg10_centi) / 100.0,
+        avg60: f64::from(l.avg60_centi) / 100.0,
+        avg300: f64::from(l.avg300_centi) / 100.0,
+    };
+    let p = p?;
+    Some(cri::PsiStats {
+        some: Some(data(&p.some)),
+        full: p.full.as_ref().map(data),
     })
 }
 
@@ -192,7 +213,7 @@ fn to_container_stats(
                 swap_usage_bytes: u64v(m.swap_usage_bytes.unwrap_or(0)),
             })
         }),
-        io: None,
+        io: cgroup.and_then(io_usage),
     }
 }
 
@@ -245,7 +266,7 @@ fn to_pod_stats(s: &PodStats, root: &Path) -> cri::PodSandboxStats {
                 .iter()
                 .map(|(r, c)| to_container_stats(r, c, root))
                 .collect(),
-            io: None,
+            io: cgroup.and_then(io_usage),
         }),
         windows: None,
     }
@@ -263,6 +284,9 @@ struct MetricDef {
     help: &'static str,
     kind: cri::MetricType,
     source: Source,
+    /// Labels of a fixed value after the source's own, as cAdvisor has
+    /// them (`cpu="total"` on the CPU usage counter).
+    fixed_labels: &'static [(&'static str, &'static str)],
 }
 
 const fn def(
@@ -276,6 +300,17 @@ const fn def(
         help,
         kind,
         source,
+        fixed_labels: &[],
+    }
+}
+
+impl MetricDef {
+    fn label_keys(&self) -> Vec<String> {
+        label_keys(self.source)
+            .iter()
+            .chain(self.fixed_labels.iter().map(|(k, _)| k))
+            .map(|k| (*k).to_owned())
+            .collect()
     }
 }
 
@@ -284,12 +319,15 @@ use cri::MetricType::{Counter, Gauge};
 /// cAdvisor's names, help and types (`container_*`), the subset ketch's
 /// samples carry.
 const METRICS: &[MetricDef] = &[
-    def(
-        "container_cpu_usage_seconds_total",
-        "Cumulative cpu time consumed in seconds.",
-        Counter,
-        Source::Container,
-    ),
+    MetricDef {
+        fixed_labels: &[("cpu", "total")],
+        ..def(
+            "container_cpu_usage_seconds_total",
+            "Cumulative cpu time consumed in seconds.",
+            Counter,
+            Source::Container,
+        )
+    },
     def(
         "container_cpu_user_seconds_total",
         "Cumulative user cpu time consumed in seconds.",
@@ -382,10 +420,54 @@ const METRICS: &[MetricDef] = &[
     ),
 ];
 
+/// cAdvisor's label set, so that queries written for kubelet's cAdvisor
+/// metrics (`{namespace=…, pod=…, container=…}`) work on these: the
+/// Kubernetes names of the container, pod and namespace; `id` and `name`
+/// the container's (the pod's for its interfaces, whose `container` is
+/// empty, as cAdvisor reports a pod's network); `image` the image it runs.
+/// Their values come from [`LabelValues::of`] in this order.
 fn label_keys(source: Source) -> &'static [&'static str] {
     match source {
-        Source::Container => &["id", "name", "image"],
-        Source::Interface => &["id", "name", "image", "interface"],
+        Source::Container => &["container", "id", "image", "name", "namespace", "pod"],
+        Source::Interface => &[
+            "container",
+            "id",
+            "image",
+            "name",
+            "namespace",
+            "pod",
+            "interface",
+        ],
+    }
+}
+
+/// The values of [`label_keys`] for one sample.
+struct LabelValues<'a> {
+    container: &'a str,
+    id: &'a str,
+    image: &'a str,
+    name: &'a str,
+    pod: &'a PodStats,
+    interface: Option<&'a str>,
+}
+
+impl LabelValues<'_> {
+    fn of(&self, def: &MetricDef) -> Vec<String> {
+        let meta = &self.pod.pod.config.metadata;
+        let mut values: Vec<String> = [
+            self.container,
+            self.id,
+            self.image,
+            self.name,
+            meta.namespace.as_str(),
+            meta.name.as_str(),
+        ]
+        .iter()
+        .chain(self.interface.iter())
+        .map(|v| (*v).to_owned())
+        .collect();
+        values.extend(def.fixed_labels.iter().map(|(_, v)| (*v).to_owned()));
+        values
     }
 }
 
@@ -424,24 +506,26 @@ fn interface_value(name: &str, i: &InterfaceUsage) -> Option<u64> {
 
 fn pod_metrics(s: &PodStats) -> cri::PodSandboxMetrics {
     let now = crate::clock::now_unix_nanos();
-    let metric = |def: &MetricDef, labels: Vec<String>, value: u64| cri::Metric {
+    let metric = |def: &MetricDef, labels: &LabelValues<'_>, value: u64| cri::Metric {
         name: def.name.to_owned(),
         timestamp: now,
         metric_type: def.kind as i32,
-        label_values: labels,
+        label_values: labels.of(def),
         value: u64v(value),
     };
     let mut metrics = Vec::new();
     for def in METRICS.iter().filter(|d| d.source == Source::Interface) {
         for i in s.network.iter().flatten() {
             if let Some(v) = interface_value(def.name, i) {
-                let labels = vec![
-                    s.pod.id.clone(),
-                    s.pod.config.metadata.name.clone(),
-                    String::new(),
-                    i.name.clone(),
-                ];
-                metrics.push(metric(def, labels, v));
+                let labels = LabelValues {
+                    container: "",
+                    id: &s.pod.id,
+                    image: "",
+                    name: &s.pod.config.metadata.name,
+                    pod: s,
+                    interface: Some(&i.name),
+                };
+                metrics.push(metric(def, &labels, v));
             }
         }
     }
@@ -454,12 +538,15 @@ fn pod_metrics(s: &PodStats) -> cri::PodSandboxMetrics {
                 .iter()
                 .filter(|d| d.source == Source::Container)
                 .filter_map(|def| {
-                    let labels = vec![
-                        record.id.clone(),
-                        record.config.name.clone(),
-                        record.image_ref.clone(),
-                    ];
-                    Some(metric(def, labels, container_value(def.name, stats)?))
+                    let labels = LabelValues {
+                        container: &record.config.name,
+                        id: &record.id,
+                        image: &record.image_ref,
+                        name: &record.config.name,
+                        pod: s,
+                        interface: None,
+                    };
+                    Some(metric(def, &labels, container_value(def.name, stats)?))
                 })
                 .collect(),
         })

@@ -101,6 +101,8 @@ pub fn sum(samples: &[&Stats]) -> Option<Stats> {
         cpu: None,
         memory: None,
         pids: None,
+        // Stall time does not add up across cgroups.
+        pressure: Default::default(),
     };
     for s in samples {
         out.timestamp = out.timestamp.max(s.timestamp);
@@ -168,6 +170,7 @@ mod tests {
                 current: pids,
                 limit: Some(10),
             }),
+            pressure: Default::default(),
         };
         let (a, b) = (sample(10, 100, 1), sample(5, 40, 2));
         let s = sum(&[&a, &b]).unwrap();
