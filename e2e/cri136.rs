@@ -571,9 +571,10 @@ async fn status_and_runtime_config_report_what_kubelet_reads() {
     assert_eq!(handlers.len(), 1, "{handlers:?}");
     assert_eq!(handlers[0].name, "", "the default handler");
     let features = handlers[0].features.as_ref().expect("handler features");
-    assert!(
-        !features.user_namespaces,
-        "pods asking for a user namespace are refused"
+    assert_eq!(
+        features.user_namespaces,
+        crate::userns::idmap_expected(&env.daemon.root_dir),
+        "pods may ask for a user namespace where idmapped mounts work"
     );
     assert!(status.features.is_some(), "runtime features");
     let conditions: Vec<_> = status

@@ -23,3 +23,4 @@ mod stats;
 mod streaming;
 mod systemd_driver;
 mod tty;
+mod userns;

@@ -21,6 +21,7 @@ pub(crate) mod daemon;
 pub(crate) mod errors;
 pub(crate) mod events;
 pub mod executor;
+pub(crate) mod idmap;
 pub(crate) mod image;
 pub(crate) mod logging;
 pub(crate) mod memory;

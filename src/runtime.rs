@@ -148,6 +148,7 @@ fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
         ready: pod.is_ready(),
         log_directory: pod.config.log_directory.clone(),
         context: PodContext {
+            user: pod.namespaces.user.clone().zip(linux.namespaces.userns),
             net: pod.namespaces.net.clone(),
             ipc: pod.namespaces.ipc.clone(),
             uts: pod.namespaces.uts.clone(),
@@ -202,6 +203,9 @@ impl Runtime {
     /// helpers run.
     pub async fn with_exe(config: Config, exe: PathBuf) -> Result<Self, RuntimeError> {
         let images = ImageStore::new(&config)?;
+        // Whether pods may have a user namespace of their own: their layers
+        // (under the root dir) must take idmapped mounts. A few ms, once.
+        crate::idmap::probe(&config.root_dir);
         let mut containers = ContainerManager::open(
             &config.root_dir,
             &config.state_dir,

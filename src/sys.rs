@@ -401,6 +401,179 @@ pub fn has_mount_setattr() -> bool {
     !(rc < 0 && Errno::last() == Errno::ENOSYS)
 }
 
+/// `struct mount_attr` of linux/mount.h, for mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn c_path(path: &std::path::Path) -> nix::Result<std::ffi::CString> {
+    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| Errno::EINVAL)
+}
+
+/// open_tree(2) with `OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC` (Linux 5.2): a
+/// detached copy of the mount at `path` (not of the mounts below it), held
+/// by the returned descriptor until it is attached with [`move_mount_to`]
+/// or closed, when the kernel drops it.
+pub fn open_tree_clone(path: &std::path::Path) -> nix::Result<std::os::fd::OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let path = c_path(path)?;
+    // SAFETY: `path` is NUL-terminated and only read during the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+        )
+    };
+    let fd = Errno::result(fd)?;
+    let fd = RawFd::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// mount_setattr(2) with `MOUNT_ATTR_IDMAP` on the detached mount `tree`
+/// (from [`open_tree_clone`]): its files' owners are then seen through
+/// the ID mappings of the user namespace `userns` (Linux 5.12; the
+/// filesystem must support it: ext4, xfs, btrfs, tmpfs since 6.3; overlayfs
+/// takes idmapped layers since 5.19). Only a mount never attached may be
+/// idmapped.
+pub fn mount_setattr_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> nix::Result<()> {
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd,
+    };
+    // SAFETY: the empty path is a static NUL-terminated string and `attr`
+    // a live struct of the size passed; the kernel only reads both.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// move_mount(2) of the detached mount `tree` onto `target` (an existing
+/// directory or file), with `MOVE_MOUNT_F_EMPTY_PATH`.
+pub fn move_mount_to(tree: BorrowedFd<'_>, target: &std::path::Path) -> nix::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+    let target = c_path(target)?;
+    // SAFETY: both paths are NUL-terminated and only read during the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// A process sitting in namespaces it made, so that they can be opened
+/// and pinned through `/proc/<pid>/ns/`: see [`spawn_ns_holder`]. The
+/// caller kills and reaps it ([`NsHolder::finish`]) once done.
+#[derive(Debug)]
+pub struct NsHolder {
+    pub pid: Pid,
+}
+
+impl NsHolder {
+    /// SIGKILL and reap. Idempotent enough: a second call finds no child.
+    pub fn finish(&self) {
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
+}
+
+/// Forks a child that unshares `flags` and then sleeps until killed,
+/// returning once the unshare is done (or with its errno). Unlike a
+/// thread, a process can make a user namespace: unshare(2) refuses
+/// `CLONE_NEWUSER` to a multi-threaded caller. With `CLONE_NEWUSER` among
+/// `flags`, the user namespace is made first and owns the others
+/// (user_namespaces(7)). The child dies with its parent thread
+/// (`PR_SET_PDEATHSIG`), so a daemon killed mid-way leaves no holder.
+///
+/// Sound in the multi-threaded daemon, unlike [`fork`], because the child
+/// only makes raw async-signal-safe syscalls (prctl, unshare, write,
+/// pause, _exit: signal-safety(7)) on memory set up before the fork; it
+/// never allocates, locks or returns into Rust code of the parent.
+pub fn spawn_ns_holder(flags: nix::sched::CloneFlags) -> nix::Result<NsHolder> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let bits = flags.bits();
+    let ready_fd = ready_w.as_raw_fd();
+    // SAFETY: see the doc: in the child only raw syscalls run, on the
+    // integers copied above, and it ends in _exit; the parent only reads
+    // the child's pid.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child, raw syscalls on plain integers and a
+        // stack buffer only; _exit never returns.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            let rc = libc::unshare(bits);
+            let err: u8 = if rc == 0 {
+                0
+            } else {
+                // errno values fit a byte; 0 means success.
+                (*libc::__errno_location()).clamp(1, 255) as u8
+            };
+            libc::write(ready_fd, (&err as *const u8).cast(), 1);
+            if err != 0 {
+                libc::_exit(1);
+            }
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    let pid = Errno::result(pid)?;
+    drop(ready_w);
+    let holder = NsHolder {
+        pid: Pid::from_raw(pid),
+    };
+    let mut byte = [0u8; 1];
+    let got = loop {
+        match nix::unistd::read(&ready_r, &mut byte) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    match got {
+        Ok(1) if byte[0] == 0 => Ok(holder),
+        Ok(1) => {
+            holder.finish();
+            Err(Errno::from_raw(i32::from(byte[0])))
+        }
+        Ok(_) => {
+            holder.finish();
+            Err(Errno::ECHILD)
+        }
+        Err(e) => {
+            holder.finish();
+            Err(e)
+        }
+    }
+}
+
 /// The bpf(2) commands, program type and attach type the cgroup v2 device
 /// filter uses (linux/bpf.h). Each command's `union bpf_attr` member is
 /// declared below as its own struct: libc does not export them.

@@ -7,7 +7,7 @@ use super::config::{ContainerConfig, Propagation};
 use super::error::{ContainerError, io_err};
 use super::manager::{ContainerManager, ImageInfo, PodInfo};
 use super::record::{ContainerRecord, SCHEMA};
-use super::rootfs::{ImageVolume, Overlay, VOLUMES_DIR};
+use super::rootfs::{IDMAPPED_DIR, ImageVolume, Overlay, OverlayIdmap, VOLUMES_DIR};
 use super::state::State;
 use super::{signal, spec, user};
 use crate::events::EventKind;
@@ -41,6 +41,7 @@ impl ContainerManager {
             )?;
         }
         spec::validate(&config, &pod.context)?;
+        super::rootfs::check_mount_mappings(&config)?;
         if let Some(label) = config
             .security
             .selinux
@@ -79,11 +80,29 @@ impl ContainerManager {
                 other => other.into(),
             })?;
         let bundle = self.bundle_dir(id);
+        // The mount points a container's process resolves by path: in a
+        // pod's user namespace it does so as that namespace's root, an
+        // unprivileged ID on the host, which may traverse the state dir
+        // (0711) but not the root dir (0700); elsewhere, the bundle.
+        let mounts_dir = if pod.context.user.is_some() {
+            self.exit_dir(id)
+        } else {
+            bundle.clone()
+        };
         let overlay = Overlay {
             lowerdirs: image.lowerdirs.clone(),
             upperdir: bundle.join("upper"),
             workdir: bundle.join("work"),
-            target: bundle.join("rootfs"),
+            target: mounts_dir.join("rootfs"),
+            idmap: pod.context.user.as_ref().map(|(userns, mappings)| {
+                let (root_uid, root_gid) = mappings.root();
+                OverlayIdmap {
+                    userns: userns.clone(),
+                    dir: mounts_dir.join(IDMAPPED_DIR),
+                    root_uid,
+                    root_gid,
+                }
+            }),
         };
         let image_volumes: Vec<ImageVolume> = image
             .volumes
@@ -92,7 +111,7 @@ impl ContainerManager {
                 mount_index: v.mount_index,
                 image_id: v.image_id.clone(),
                 lowerdirs: v.lowerdirs.clone(),
-                target: bundle.join(VOLUMES_DIR).join(v.mount_index.to_string()),
+                target: mounts_dir.join(VOLUMES_DIR).join(v.mount_index.to_string()),
             })
             .collect();
         let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
@@ -111,6 +130,7 @@ impl ContainerManager {
         }
 
         let prepared = {
+            let mounts_dir = mounts_dir.clone();
             let (config, image, pod, overlay, bundle, cgroup_path, exit_dir, volumes) = (
                 config.clone(),
                 image.clone(),
@@ -147,6 +167,24 @@ impl ContainerManager {
                 )?;
                 for volume in &volumes {
                     volume.mount()?;
+                }
+                // CRI mounts sent with ID mappings: idmapped clones (not
+                // of the mounts below their source) under `mounts_dir`,
+                // bound from there.
+                for (i, m) in config.mounts.iter().enumerate() {
+                    if m.uid_mappings.is_empty() {
+                        continue;
+                    }
+                    let target = mounts_dir.join(IDMAPPED_DIR).join(format!("m{i}"));
+                    let source = std::fs::canonicalize(&m.host_path)
+                        .map_err(io_err("resolve", Path::new(&m.host_path)))?;
+                    super::rootfs::mount_idmapped_volume(
+                        &source,
+                        &target,
+                        &m.uid_mappings,
+                        &m.gid_mappings,
+                    )?;
+                    spec::set_mount_source(&mut spec, &m.container_path, &target);
                 }
                 let sources: Vec<_> = volumes
                     .iter()

@@ -216,8 +216,16 @@ impl ContainerManager {
         if let Err(e) = rootfs::unmount(rootfs) {
             tracing::warn!(container = %id, "{e}");
         }
-        if let Err(e) = rootfs::unmount_volumes(&self.bundle_dir(id)) {
+        // A container of a pod with its own user namespace has its mount
+        // points in its state dir (see `create`): both are cleared.
+        let state_rootfs = self.exit_dir(id).join("rootfs");
+        if let Err(e) = rootfs::unmount(&state_rootfs) {
             tracing::warn!(container = %id, "{e}");
+        }
+        for dir in [self.bundle_dir(id), self.exit_dir(id)] {
+            if let Err(e) = rootfs::unmount_volumes(&dir) {
+                tracing::warn!(container = %id, "{e}");
+            }
         }
         for dir in [self.bundle_dir(id), self.exit_dir(id)] {
             if let Err(e) = std::fs::remove_dir_all(&dir)

@@ -7,10 +7,22 @@
 //! short-lived thread whose working directory is that parent (the trick
 //! containerd's overlay snapshotter uses). Threads have their own cwd only
 //! after `unshare(CLONE_FS)`, which is what keeps the daemon's cwd intact.
+//!
+//! In a pod with its own user namespace, each layer is first cloned as an
+//! idmapped mount ([`crate::idmap`]) under the bundle's `idmapped/` dir
+//! and the overlay is made of those clones: the layers stay as they are on
+//! disk, shared with every other pod, and the container's root sees its
+//! files owned by root. overlayfs keeps private clones of its layers
+//! (with their ID mapping), so the clones are detached right after the
+//! overlay is mounted. The upper dir belongs to the pod's root on the host
+//! (what the container's root is there), so it can write at `/`.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
+
+use super::config::{ContainerConfig, IdMapping as ConfigIdMapping};
+use super::spec::SpecError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -31,6 +43,10 @@ pub enum RootfsError {
     Thread(String),
     #[error("image volume on {target}: {source}")]
     Volume { target: PathBuf, source: nix::Error },
+    #[error(transparent)]
+    Idmap(#[from] crate::idmap::IdmapError),
+    #[error("chown {path} to the pod's root: {source}")]
+    Chown { path: PathBuf, source: nix::Error },
 }
 
 /// The dirs of one container's overlay.
@@ -41,7 +57,27 @@ pub struct Overlay {
     pub upperdir: PathBuf,
     pub workdir: PathBuf,
     pub target: PathBuf,
+    /// The pod's user namespace, when it has one: the layers are idmapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idmap: Option<OverlayIdmap>,
 }
+
+/// How a container of a pod with its own user namespace sees its layers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OverlayIdmap {
+    /// The pod's pinned user namespace.
+    pub userns: PathBuf,
+    /// The bundle's dir for idmapped clones ([`IDMAPPED_DIR`]).
+    pub dir: PathBuf,
+    /// The host IDs of the container's root: the upper dir's owner.
+    pub root_uid: u32,
+    pub root_gid: u32,
+}
+
+/// The dir under a bundle where idmapped clones are mounted: `l<n>` for
+/// the overlay's layers (only while it is being mounted), `m<n>` for the
+/// CRI mount of index n.
+pub const IDMAPPED_DIR: &str = "idmapped";
 
 /// The most mount data the kernel takes (one page).
 const MAX_MOUNT_DATA: usize = 4095;
@@ -76,25 +112,82 @@ impl Overlay {
                 source,
             })?;
         }
-        let absolute: Vec<String> = self.lowerdirs.iter().map(|p| escape(p)).collect();
-        let data = options(&absolute, &self.upperdir, &self.workdir);
+        let Some(idmap) = &self.idmap else {
+            return mount_layers(&self.lowerdirs, &self.upperdir, &self.workdir, &self.target);
+        };
+        nix::unistd::chown(
+            &self.upperdir,
+            Some(nix::unistd::Uid::from_raw(idmap.root_uid)),
+            Some(nix::unistd::Gid::from_raw(idmap.root_gid)),
+        )
+        .map_err(|source| RootfsError::Chown {
+            path: self.upperdir.clone(),
+            source,
+        })?;
+        let result = idmapped_layers(&self.lowerdirs, idmap)
+            .and_then(|clones| mount_layers(&clones, &self.upperdir, &self.workdir, &self.target));
+        // The overlay holds its own clones of the layers: these go, on
+        // success and failure alike.
+        let cleanup = unmount_entries(&idmap.dir, "l");
+        result.and(cleanup)
+    }
+
+    /// Unmounts the overlay if mounted. Idempotent.
+    pub fn unmount(&self) -> Result<(), RootfsError> {
+        unmount(&self.target)
+    }
+}
+
+/// Each layer cloned as an idmapped mount on `<dir>/l<n>`, topmost first.
+fn idmapped_layers(
+    lowerdirs: &[PathBuf],
+    idmap: &OverlayIdmap,
+) -> Result<Vec<PathBuf>, RootfsError> {
+    let userns = std::fs::File::open(&idmap.userns).map_err(|source| {
+        crate::idmap::IdmapError::OpenUserns {
+            path: idmap.userns.clone(),
+            source,
+        }
+    })?;
+    let mut clones = Vec::with_capacity(lowerdirs.len());
+    for (i, layer) in lowerdirs.iter().enumerate() {
+        let target = idmap.dir.join(format!("l{i}"));
+        std::fs::create_dir_all(&target).map_err(|source| RootfsError::CreateDir {
+            path: target.clone(),
+            source,
+        })?;
+        crate::idmap::mount_idmapped_with(layer, &target, &userns)?;
+        clones.push(target);
+    }
+    Ok(clones)
+}
+
+/// Mounts an overlay of `lowerdirs` (topmost first) on `target`.
+fn mount_layers(
+    lowerdirs: &[PathBuf],
+    upperdir: &Path,
+    workdir: &Path,
+    target: &Path,
+) -> Result<(), RootfsError> {
+    {
+        let absolute: Vec<String> = lowerdirs.iter().map(|p| escape(p)).collect();
+        let data = options(&absolute, upperdir, workdir);
         if data.len() <= MAX_MOUNT_DATA {
-            return mount_overlay(&self.target, &data);
+            return mount_overlay(target, &data);
         }
         // Too long: name the lowerdirs relative to their common parent.
-        let parent = self.lowerdirs[0]
+        let parent = lowerdirs[0]
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
-        let relative: Option<Vec<String>> = self
-            .lowerdirs
+        let relative: Option<Vec<String>> = lowerdirs
             .iter()
             .map(|p| p.strip_prefix(&parent).ok().map(escape))
             .collect();
-        let data = relative.map(|r| options(&r, &self.upperdir, &self.workdir));
+        let data = relative.map(|r| options(&r, upperdir, workdir));
         match data {
             Some(data) if data.len() <= MAX_MOUNT_DATA => {
-                let target = self.target.clone();
+                let target = target.to_owned();
                 std::thread::spawn(move || -> Result<(), RootfsError> {
                     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(|source| {
                         RootfsError::Mount {
@@ -112,15 +205,10 @@ impl Overlay {
                 .map_err(|_| RootfsError::Thread("overlay mount thread panicked".into()))?
             }
             _ => Err(RootfsError::TooManyLayers {
-                layers: self.lowerdirs.len(),
+                layers: lowerdirs.len(),
                 parent,
             }),
         }
-    }
-
-    /// Unmounts the overlay if mounted. Idempotent.
-    pub fn unmount(&self) -> Result<(), RootfsError> {
-        unmount(&self.target)
     }
 }
 
@@ -203,16 +291,93 @@ impl ImageVolume {
     }
 }
 
+/// Checks the ID mappings of the CRI mounts (`uid_mappings`,
+/// `gid_mappings`, sent for idmapped volumes): both or neither, each
+/// mapping non-empty and within 32 bits.
+pub fn check_mount_mappings(config: &ContainerConfig) -> Result<(), SpecError> {
+    for m in &config.mounts {
+        let bad = |reason: String| {
+            Err(SpecError::Mount {
+                container_path: m.container_path.clone(),
+                reason,
+            })
+        };
+        if m.uid_mappings.is_empty() != m.gid_mappings.is_empty() {
+            return bad("uid_mappings and gid_mappings must be given together".into());
+        }
+        if !m.uid_mappings.is_empty() && !m.image.is_empty() {
+            return bad("an image volume cannot be idmapped".into());
+        }
+        for (field, list) in [
+            ("uid_mappings", &m.uid_mappings),
+            ("gid_mappings", &m.gid_mappings),
+        ] {
+            if let Some(bad_one) = list.iter().find(|x| !mapping(x).fits()) {
+                return bad(format!(
+                    "{field}: mapping of {} IDs from host ID {} is empty or overflows 32 bits",
+                    bad_one.length, bad_one.host_id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mapping(m: &ConfigIdMapping) -> crate::idmap::IdMapping {
+    crate::idmap::IdMapping {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
+    }
+}
+
+/// A CRI mount with ID mappings, as an idmapped clone of its source (not
+/// of the mounts below it) at `target`, which is made a file or a
+/// directory as the source is.
+pub fn mount_idmapped_volume(
+    source: &Path,
+    target: &Path,
+    uids: &[ConfigIdMapping],
+    gids: &[ConfigIdMapping],
+) -> Result<(), RootfsError> {
+    let create = |r: std::io::Result<()>| {
+        r.map_err(|source| RootfsError::CreateDir {
+            path: target.to_owned(),
+            source,
+        })
+    };
+    if let Some(parent) = target.parent() {
+        create(std::fs::create_dir_all(parent))?;
+    }
+    if source.is_dir() {
+        create(std::fs::create_dir_all(target))?;
+    } else {
+        create(std::fs::write(target, b""))?;
+    }
+    let uids: Vec<_> = uids.iter().map(mapping).collect();
+    let gids: Vec<_> = gids.iter().map(mapping).collect();
+    Ok(crate::idmap::mount_with_mappings(
+        source, target, &uids, &gids,
+    )?)
+}
+
 /// Unmounts every image volume under `bundle` (before the bundle is
 /// deleted: a mounted image would otherwise be walked into). Nothing
 /// there is fine.
 pub fn unmount_volumes(bundle: &Path) -> Result<(), RootfsError> {
-    let dir = bundle.join(VOLUMES_DIR);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    unmount_entries(&bundle.join(VOLUMES_DIR), "")?;
+    unmount_entries(&bundle.join(IDMAPPED_DIR), "")
+}
+
+/// Unmounts every entry of `dir` whose name starts with `prefix`.
+fn unmount_entries(dir: &Path, prefix: &str) -> Result<(), RootfsError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
     for entry in entries.flatten() {
-        unmount(&entry.path())?;
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            unmount(&entry.path())?;
+        }
     }
     Ok(())
 }
@@ -282,6 +447,7 @@ mod tests {
             upperdir: dir.path().join("c/upper"),
             workdir: dir.path().join("c/work"),
             target: dir.path().join("c/rootfs"),
+            idmap: None,
         };
         o.mount().unwrap();
         assert!(is_mounted(&o.target));
@@ -298,6 +464,66 @@ mod tests {
     }
 
     #[test]
+    fn idmapped_layers_show_root_as_the_pods_root_and_stay_unchanged() {
+        if !crate::testing::root_or_skip("makes a user namespace and idmapped mounts") {
+            return;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let holder = crate::sys::spawn_ns_holder(nix::sched::CloneFlags::CLONE_NEWUSER).unwrap();
+        for file in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{}/{file}", holder.pid), "0 300000 65536\n").unwrap();
+        }
+        let userns = dir.path().join("userns");
+        std::fs::write(&userns, "").unwrap();
+        nix::mount::mount(
+            Some(Path::new(&format!("/proc/{}/ns/user", holder.pid))),
+            &userns,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        holder.finish();
+        let lowerdirs = layers(&dir.path().join("layers"), 3, 8);
+        let o = Overlay {
+            lowerdirs: lowerdirs.clone(),
+            upperdir: dir.path().join("c/upper"),
+            workdir: dir.path().join("c/work"),
+            target: dir.path().join("c/rootfs"),
+            idmap: Some(OverlayIdmap {
+                userns: userns.clone(),
+                dir: dir.path().join("c").join(IDMAPPED_DIR),
+                root_uid: 300000,
+                root_gid: 300000,
+            }),
+        };
+        o.mount().unwrap();
+        let layer_file = o.target.join("file0");
+        assert_eq!(std::fs::metadata(&layer_file).unwrap().uid(), 300000);
+        assert_eq!(std::fs::metadata(&o.target).unwrap().uid(), 300000, "upper");
+        let on_disk = lowerdirs.last().unwrap().join("file0");
+        assert_eq!(
+            std::fs::metadata(&on_disk).unwrap().uid(),
+            0,
+            "layer unchanged"
+        );
+        assert_eq!(
+            std::fs::metadata(&layer_file).unwrap().ino(),
+            std::fs::metadata(&on_disk).unwrap().ino(),
+            "the layer's own file, no copy"
+        );
+        std::fs::write(o.target.join("new"), "x").unwrap();
+        assert!(o.upperdir.join("new").exists());
+        let idmapped = dir.path().join("c").join(IDMAPPED_DIR);
+        for entry in std::fs::read_dir(&idmapped).unwrap() {
+            assert!(!is_mounted(&entry.unwrap().path()), "clones detached");
+        }
+        o.unmount().unwrap();
+        crate::container::rootfs::unmount(&userns).unwrap();
+    }
+
+    #[test]
     fn many_layers_use_relative_lowerdirs() {
         if !crate::testing::root_or_skip("mounts an overlay") {
             return;
@@ -309,6 +535,7 @@ mod tests {
             upperdir: dir.path().join("c/upper"),
             workdir: dir.path().join("c/work"),
             target: dir.path().join("c/rootfs"),
+            idmap: None,
         };
         let cwd = std::env::current_dir().unwrap();
         o.mount().unwrap();
@@ -360,6 +587,7 @@ mod tests {
             upperdir: dir.path().join("u"),
             workdir: dir.path().join("w"),
             target: dir.path().join("t"),
+            idmap: None,
         };
         assert!(matches!(o.mount(), Err(RootfsError::NoLayers)));
     }

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
     LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use super::config::{ContainerConfig, SecurityProfile};
@@ -49,6 +49,8 @@ pub enum PidNamespace {
 /// the node's) and its files.
 #[derive(Debug, Clone)]
 pub struct PodContext {
+    /// The pod's own user namespace (joined first) and its mappings.
+    pub user: Option<(PathBuf, crate::idmap::UserNamespace)>,
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
@@ -568,6 +570,22 @@ pub fn add_image_volumes(
     Ok(())
 }
 
+/// Points the spec's mount at `container_path` (as a CRI mount names it)
+/// at `source` instead: an idmapped clone of what it bound.
+pub fn set_mount_source(spec: &mut Spec, container_path: &str, source: &Path) {
+    let destination = match container_path.trim_end_matches('/') {
+        "" => "/",
+        d => d,
+    };
+    if let Some(mounts) = spec.mounts_mut().as_mut() {
+        for m in mounts.iter_mut() {
+            if m.destination() == Path::new(destination) {
+                m.set_source(Some(source.to_owned()));
+            }
+        }
+    }
+}
+
 /// The propagation of the mount a path lives on, from the text of
 /// `/proc/self/mountinfo` (proc(5)): the mount point whose path is the
 /// longest prefix of `path` (the last one listed wins, as it is on top),
@@ -910,6 +928,10 @@ pub fn build(
         }
         Ok(())
     };
+    join(
+        LinuxNamespaceType::User,
+        &pod.user.as_ref().map(|(path, _)| path.clone()),
+    )?;
     join(LinuxNamespaceType::Network, &pod.net)?;
     join(LinuxNamespaceType::Ipc, &pod.ipc)?;
     join(LinuxNamespaceType::Uts, &pod.uts)?;
@@ -968,6 +990,21 @@ pub fn build(
         .devices(devices)
         .resources(resources(config)?)
         .sysctl(pod.sysctls.clone());
+    if let Some((_, userns)) = &pod.user {
+        // The pod's mappings, as runc would write them for a new user
+        // namespace; the joined one has them already, they are recorded
+        // for whoever reads the bundle.
+        let map = |m: &crate::idmap::IdMapping| {
+            LinuxIdMappingBuilder::default()
+                .container_id(m.container_id)
+                .host_id(m.host_id)
+                .size(m.length)
+                .build()
+        };
+        linux = linux
+            .uid_mappings(vec![map(&userns.uid)?])
+            .gid_mappings(vec![map(&userns.gid)?]);
+    }
     // Exactly the paths the CRI sends: kubelet sends the defaults for
     // `procMount: Default` and none for `Unmasked`; a privileged container
     // gets none (containerd's `WithPrivileged` clears them too). Always
@@ -1056,6 +1093,7 @@ mod tests {
 
     fn pod(dir: &Path) -> PodContext {
         PodContext {
+            user: None,
             net: Some(dir.join("net")),
             ipc: Some(dir.join("ipc")),
             uts: Some(dir.join("uts")),

@@ -702,6 +702,7 @@ mod tests {
                 upperdir: "/u".into(),
                 workdir: "/w".into(),
                 target: "/t".into(),
+                idmap: None,
             },
             stop_signal: String::new(),
             starting: false,

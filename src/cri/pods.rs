@@ -9,6 +9,7 @@ use tonic::Status;
 
 use super::CriService;
 use crate::container::ContainerFilter;
+use crate::idmap::{IdMapping, UserNamespace};
 use crate::runtime::Runtime;
 use crate::sandbox::{
     DnsConfig, LinuxPodConfig, NamespaceMode, NamespaceOptions, PodConfig, PodFilter, PodMetadata,
@@ -148,16 +149,7 @@ fn pod_config(request: cri::RunPodSandboxRequest) -> Result<PodConfig, SandboxEr
     let linux = config.linux.unwrap_or_default();
     let security = linux.security_context.unwrap_or_default();
     let ns = security.namespace_options.clone().unwrap_or_default();
-    if ns
-        .userns_options
-        .as_ref()
-        .is_some_and(|u| u.mode != cri::NamespaceMode::Node as i32)
-    {
-        return Err(SandboxError::invalid(
-            "namespace_options.userns_options",
-            "user namespaces are not supported",
-        ));
-    }
+    let userns = user_namespace(ns.userns_options.as_ref())?;
     Ok(PodConfig {
         metadata: PodMetadata {
             name: metadata.name,
@@ -203,6 +195,7 @@ fn pod_config(request: cri::RunPodSandboxRequest) -> Result<PodConfig, SandboxEr
                 pid: namespace_mode("namespace_options.pid", ns.pid)?,
                 ipc: namespace_mode("namespace_options.ipc", ns.ipc)?,
                 target_id: ns.target_id,
+                userns,
             },
             security: PodSecurity {
                 privileged: security.privileged,
@@ -227,6 +220,112 @@ fn pod_config(request: cri::RunPodSandboxRequest) -> Result<PodConfig, SandboxEr
             },
         },
     })
+}
+
+const USERNS: &str = "namespace_options.userns_options";
+
+/// The pod's user namespace from `userns_options`: mode `NODE` (or none)
+/// is the node's, without mappings; mode `POD` is one of the pod's own,
+/// with exactly one UID and one GID mapping that maps container ID 0 (as
+/// kubelet sends; containerd and CRI-O refuse the rest the same way).
+/// `CONTAINER` and `TARGET` are refused: the CRI supports neither for
+/// user namespaces.
+fn user_namespace(
+    options: Option<&cri::UserNamespace>,
+) -> Result<Option<UserNamespace>, SandboxError> {
+    let Some(options) = options else {
+        return Ok(None);
+    };
+    let field = |sub: &str| format!("{USERNS}.{sub}");
+    match cri::NamespaceMode::try_from(options.mode) {
+        Ok(cri::NamespaceMode::Node) => {
+            if !options.uids.is_empty() || !options.gids.is_empty() {
+                return Err(SandboxError::invalid(
+                    field("uids/gids"),
+                    "mappings are not allowed with mode NODE (the node's user namespace)",
+                ));
+            }
+            Ok(None)
+        }
+        Ok(cri::NamespaceMode::Pod) => {
+            let one = |name: &str, list: &[cri::IdMapping]| -> Result<IdMapping, SandboxError> {
+                let [m] = list else {
+                    return Err(SandboxError::invalid(
+                        field(name),
+                        format!("mode POD needs exactly one mapping, got {}", list.len()),
+                    ));
+                };
+                let mapping = IdMapping {
+                    container_id: m.container_id,
+                    host_id: m.host_id,
+                    length: m.length,
+                };
+                if mapping.container_id != 0 {
+                    return Err(SandboxError::invalid(
+                        field(name),
+                        format!(
+                            "container ID 0 is not mapped (the mapping starts at {})",
+                            mapping.container_id
+                        ),
+                    ));
+                }
+                if !mapping.fits() {
+                    return Err(SandboxError::invalid(
+                        field(name),
+                        format!(
+                            "mapping of {} IDs from host ID {} is empty or overflows 32 bits",
+                            mapping.length, mapping.host_id
+                        ),
+                    ));
+                }
+                if mapping.host_id == 0 {
+                    return Err(SandboxError::invalid(
+                        field(name),
+                        "maps the container's root to the host's root: that is the node's user namespace, use mode NODE",
+                    ));
+                }
+                Ok(mapping)
+            };
+            Ok(Some(UserNamespace {
+                uid: one("uids", &options.uids)?,
+                gid: one("gids", &options.gids)?,
+            }))
+        }
+        Ok(mode @ (cri::NamespaceMode::Container | cri::NamespaceMode::Target)) => {
+            Err(SandboxError::invalid(
+                field("mode"),
+                format!(
+                    "{} is not supported for user namespaces: only POD or NODE",
+                    mode.as_str_name()
+                ),
+            ))
+        }
+        Err(_) => Err(SandboxError::invalid(
+            field("mode"),
+            format!("unknown namespace mode {}", options.mode),
+        )),
+    }
+}
+
+/// The `userns_options` PodSandboxStatus reports for a pod.
+fn user_namespace_to_cri(userns: Option<&UserNamespace>) -> cri::UserNamespace {
+    let map = |m: &IdMapping| cri::IdMapping {
+        host_id: m.host_id,
+        container_id: m.container_id,
+        length: m.length,
+    };
+    match userns {
+        Some(u) => cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: vec![map(&u.uid)],
+            gids: vec![map(&u.gid)],
+        },
+        None => cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            uids: Vec::new(),
+            gids: Vec::new(),
+        },
+    }
 }
 
 fn namespace_mode(field: &'static str, value: i32) -> Result<NamespaceMode, SandboxError> {
@@ -315,7 +414,7 @@ pub(super) fn pod_status(
                     pid: mode_to_cri(ns.pid),
                     ipc: mode_to_cri(ns.ipc),
                     target_id: ns.target_id.clone(),
-                    userns_options: None,
+                    userns_options: Some(user_namespace_to_cri(ns.userns.as_ref())),
                 }),
             }),
         }),
@@ -375,4 +474,102 @@ fn pod_filter(filter: Option<cri::PodSandboxFilter>) -> Result<PodFilter, Sandbo
         state,
         labels: filter.label_selector.into_iter().collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(container_id: u32, host_id: u32, length: u32) -> cri::IdMapping {
+        cri::IdMapping {
+            host_id,
+            container_id,
+            length,
+        }
+    }
+
+    fn userns(mode: cri::NamespaceMode, uids: Vec<cri::IdMapping>) -> cri::UserNamespace {
+        cri::UserNamespace {
+            mode: mode as i32,
+            gids: uids.clone(),
+            uids,
+        }
+    }
+
+    fn refusal(options: cri::UserNamespace) -> String {
+        let err = user_namespace(Some(&options)).unwrap_err();
+        let status: Status = err.into();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        status.message().to_owned()
+    }
+
+    #[test]
+    fn pod_mode_with_one_mapping_of_root_is_the_pods_own() {
+        let got = user_namespace(Some(&userns(
+            cri::NamespaceMode::Pod,
+            vec![mapping(0, 1000, 100000)],
+        )))
+        .unwrap()
+        .unwrap();
+        let want = IdMapping {
+            container_id: 0,
+            host_id: 1000,
+            length: 100000,
+        };
+        assert_eq!(
+            got,
+            UserNamespace {
+                uid: want,
+                gid: want
+            }
+        );
+        assert_eq!(
+            user_namespace_to_cri(Some(&got)),
+            userns(cri::NamespaceMode::Pod, vec![mapping(0, 1000, 100000)])
+        );
+    }
+
+    #[test]
+    fn node_mode_or_nothing_is_the_nodes() {
+        assert_eq!(user_namespace(None).unwrap(), None);
+        assert_eq!(
+            user_namespace(Some(&userns(cri::NamespaceMode::Node, vec![]))).unwrap(),
+            None
+        );
+        assert_eq!(
+            user_namespace_to_cri(None).mode,
+            cri::NamespaceMode::Node as i32
+        );
+    }
+
+    #[test]
+    fn every_other_shape_is_refused_naming_the_problem() {
+        use cri::NamespaceMode::*;
+        let two = vec![mapping(0, 1000, 100000), mapping(0, 2000, 100000)];
+        assert!(refusal(userns(Pod, two)).contains("exactly one mapping, got 2"));
+        assert!(refusal(userns(Pod, vec![])).contains("exactly one mapping, got 0"));
+        assert!(
+            refusal(userns(Pod, vec![mapping(1, 1000, 100000)]))
+                .contains("container ID 0 is not mapped")
+        );
+        assert!(refusal(userns(Pod, vec![mapping(0, 1000, 0)])).contains("empty or overflows"));
+        assert!(refusal(userns(Pod, vec![mapping(0, u32::MAX, 2)])).contains("empty or overflows"));
+        assert!(refusal(userns(Pod, vec![mapping(0, 0, 65536)])).contains("host's root"));
+        assert!(refusal(userns(Container, vec![])).contains("CONTAINER is not supported"));
+        assert!(refusal(userns(Target, vec![])).contains("TARGET is not supported"));
+        assert!(
+            refusal(userns(Node, vec![mapping(0, 1000, 10)]))
+                .contains("not allowed with mode NODE")
+        );
+        let unknown = cri::UserNamespace {
+            mode: 42,
+            uids: vec![],
+            gids: vec![],
+        };
+        assert!(refusal(unknown).contains("unknown namespace mode 42"));
+        assert!(
+            refusal(userns(Pod, vec![]))
+                .starts_with("invalid pod sandbox config: namespace_options.userns_options.uids:")
+        );
+    }
 }

@@ -85,8 +85,10 @@ fn handler_features() -> cri::RuntimeHandlerFeatures {
         // `recursive_read_only` mounts need mount_setattr(MOUNT_ATTR_RDONLY,
         // AT_RECURSIVE) (Linux 5.12): probed on this kernel.
         recursive_read_only_mounts: crate::sys::has_mount_setattr(),
-        // RunPodSandbox refuses user namespace options other than NODE.
-        user_namespaces: false,
+        // Pods with their own user namespace (`userns_options` mode POD)
+        // need idmapped mounts of the image layers: probed at start on
+        // ketch's root dir (`idmap::probe`, which logs why not).
+        user_namespaces: crate::idmap::supported(),
     }
 }
 

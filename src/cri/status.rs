@@ -37,9 +37,9 @@ impl From<SandboxError> for Status {
         match e {
             SandboxError::Store(e) => e.into(),
             SandboxError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            SandboxError::NotReady { .. } | SandboxError::RuntimeUnavailable { .. } => {
-                Status::failed_precondition(e.to_string())
-            }
+            SandboxError::NotReady { .. }
+            | SandboxError::RuntimeUnavailable { .. }
+            | SandboxError::Unsupported(_) => Status::failed_precondition(e.to_string()),
             SandboxError::Network { ref source, .. } | SandboxError::PodCidr(ref source) => {
                 Status::new(network_code(source), e.to_string())
             }

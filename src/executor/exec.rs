@@ -590,7 +590,10 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
         .into());
     }
     // Namespaces are opened before any is joined: the paths are the host's.
+    // The user namespace first: a pod's own owns the others, and an exec
+    // must never run as the host's root in them.
     let kinds = [
+        ("user", CloneFlags::CLONE_NEWUSER),
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
@@ -627,10 +630,14 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
     if cgroup.is_none() {
         enter_cgroups(&theirs)?;
     }
+    let joins_user = namespaces.iter().any(|(name, _, _)| *name == "user");
     for (name, flag, fd) in &namespaces {
         setns(fd, *flag).map_err(|e| StepError::errno(format!("join the {name} namespace"), e))?;
     }
     drop(namespaces);
+    if joins_user {
+        super::process::become_userns_root()?;
+    }
 
     // In the container's mount namespace now: its /dev/ptmx is its own
     // devpts's.

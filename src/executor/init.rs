@@ -25,6 +25,15 @@ pub(super) fn intermediate(
     pid_pipe: OwnedFd,
     console: Option<OwnedFd>,
 ) -> Result<(), StepError> {
+    if plan.namespaces.joins_user_ns()
+        && let Some(adj) = plan.oom_score_adj
+    {
+        // While still the host's root: in the user namespace our own
+        // /proc files belong to an ID it does not map (a process that
+        // changed IDs is not dumpable), so B could not write it. B
+        // inherits it across the fork.
+        process::set_oom_score_adj(adj)?;
+    }
     // Open every namespace first: the paths are the host's.
     let mut fds = Vec::with_capacity(plan.namespaces.join.len());
     for (flag, path) in &plan.namespaces.join {
@@ -37,6 +46,9 @@ pub(super) fn intermediate(
             .map_err(|e| StepError::errno(format!("join namespace {}", path.display()), e))?;
     }
     drop(fds);
+    if plan.namespaces.joins_user_ns() {
+        process::become_userns_root()?;
+    }
     unshare(plan.namespaces.unshare).map_err(|e| StepError::errno("unshare namespaces", e))?;
     // SAFETY: A is a forked child of the single-threaded monitor, and a
     // child has only the thread that forked it.
@@ -88,7 +100,10 @@ fn container(
     process::finalize_and_exec(
         plan.process,
         Finalize {
-            oom_score_adj: plan.oom_score_adj,
+            // Set by A already in a user namespace.
+            oom_score_adj: plan
+                .oom_score_adj
+                .filter(|_| !plan.namespaces.joins_user_ns()),
             seccomp: plan.seccomp.as_ref(),
         },
     )

@@ -16,7 +16,8 @@
 //!                   (`clone3(CLONE_INTO_CGROUP)`, [`clone_target`]), else
 //!                   join the cgroups (write 0 to `tasks` on v1, see
 //!                   [`enter_cgroups`]), setns into
-//!                   the spec's namespace paths (net, ipc, uts, pid), unshare
+//!                   the spec's namespace paths (user first, then its root;
+//!                   net, ipc, uts, pid), unshare
 //!                   the new ones (mount always; pid, cgroup, net, ipc, uts
 //!                   when the spec has no path), fork, report the child's
 //!                   pid, exit
@@ -54,8 +55,9 @@
 //! # Not done (yet)
 //!
 //! SELinux labels in the spec are not applied; the start succeeds and says
-//! so in its warnings. User namespaces and joining
-//! a mount namespace are refused. Overlays are not mounted here: the
+//! so in its warnings. A new user namespace (one to make rather than join
+//! by path: its ID maps would be ours to write) and joining a mount
+//! namespace are refused. Overlays are not mounted here: the
 //! container module mounts the rootfs at `root.path` before start.
 
 pub mod console;

@@ -4,12 +4,19 @@
 //!
 //! - A namespace with a path is joined with setns(2); one without is made
 //!   by a single unshare(2) after every join.
-//! - setns order: a user namespace would go first (it changes what the
-//!   others may be joined with), the pid namespace last: it takes effect
-//!   only for children forked after it (setns(2), pid_namespaces(7)).
+//! - setns order: the user namespace first, the pid namespace last. The
+//!   pod's user namespace owns its other namespaces: joined first, it
+//!   gives the process the capabilities to join them (setns(2): the
+//!   caller needs CAP_SYS_ADMIN in the namespace's owning user
+//!   namespace), and everything unshared after it (mount, cgroup, pid) is
+//!   owned by it too, so /proc, sysfs and mqueue can be mounted inside. A
+//!   pid namespace takes effect only for children forked after it
+//!   (pid_namespaces(7)).
 //! - A mount namespace is required and always made anew (mounting in the
 //!   host's is never what anyone wants; joining one is not supported).
-//!   User namespaces and the time namespace are refused.
+//!   A new user namespace (one without a path) is refused: its ID
+//!   mappings would have to be written from outside; pods make theirs.
+//!   The time namespace is refused.
 //!
 //! A second fork (B, the container's PID 1 or a member of the joined pid
 //! namespace) follows in every case: a new or joined pid namespace applies
@@ -48,6 +55,7 @@ impl NamespacePlan {
                 LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
                 LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
                 LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+                LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
                 other => {
                     return Err(ExecutorError::InvalidSpec(format!(
                         "{other:?} namespaces are not supported"
@@ -60,6 +68,11 @@ impl NamespacePlan {
                         return Err(invalid("joining a mount namespace is not supported"));
                     }
                     join.push((flag, path.clone()));
+                }
+                _ if flag == CloneFlags::CLONE_NEWUSER => {
+                    return Err(invalid(
+                        "a new user namespace is not supported: join one by path",
+                    ));
                 }
                 _ => unshare |= flag,
             }
@@ -82,6 +95,14 @@ impl NamespacePlan {
                 .join
                 .iter()
                 .any(|(flag, _)| *flag == CloneFlags::CLONE_NEWCGROUP)
+    }
+
+    /// The process joins a user namespace: it is root only in there, and
+    /// the mounts it makes belong to that namespace.
+    pub fn joins_user_ns(&self) -> bool {
+        self.join
+            .iter()
+            .any(|(flag, _)| *flag == CloneFlags::CLONE_NEWUSER)
     }
 
     /// A new UTS namespace: the spec's hostname and domainname are set in
@@ -178,9 +199,31 @@ mod tests {
     }
 
     #[test]
-    fn the_user_namespace_would_be_joined_first() {
-        assert!(setns_rank(CloneFlags::CLONE_NEWUSER) < setns_rank(CloneFlags::CLONE_NEWNET));
-        assert!(setns_rank(CloneFlags::CLONE_NEWNET) < setns_rank(CloneFlags::CLONE_NEWPID));
+    fn the_pods_user_namespace_is_joined_first() {
+        use LinuxNamespaceType::*;
+        let plan = NamespacePlan::new(&linux(&[
+            (Network, Some("/run/ketch/pods/p/ns/net")),
+            (Pid, Some("/proc/42/ns/pid")),
+            (User, Some("/run/ketch/pods/p/ns/user")),
+            (Mount, None),
+            (Cgroup, None),
+        ]))
+        .unwrap();
+        assert_eq!(
+            plan.join,
+            vec![
+                (
+                    CloneFlags::CLONE_NEWUSER,
+                    "/run/ketch/pods/p/ns/user".into()
+                ),
+                (CloneFlags::CLONE_NEWNET, "/run/ketch/pods/p/ns/net".into()),
+                (CloneFlags::CLONE_NEWPID, "/proc/42/ns/pid".into()),
+            ]
+        );
+        assert!(plan.joins_user_ns());
+        assert!(!plan.unshare.contains(CloneFlags::CLONE_NEWUSER));
+        let host = NamespacePlan::new(&linux(&[(Mount, None)])).unwrap();
+        assert!(!host.joins_user_ns());
     }
 
     #[test]
@@ -199,7 +242,11 @@ mod tests {
         );
         assert_eq!(
             err(&[(Mount, None), (User, None)]),
-            "invalid OCI spec: User namespaces are not supported"
+            "invalid OCI spec: a new user namespace is not supported: join one by path"
+        );
+        assert_eq!(
+            err(&[(Mount, None), (Time, None)]),
+            "invalid OCI spec: Time namespaces are not supported"
         );
     }
 }

@@ -103,8 +103,7 @@ pub fn finalize_and_exec(process: &Process, opts: Finalize<'_>) -> Result<Infall
             .map_err(|e| StepError::errno(format!("setrlimit {}", rlimit.typ()), e))?;
     }
     if let Some(adj) = opts.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(|e| StepError::io(format!("set oom_score_adj {adj}"), &e))?;
+        set_oom_score_adj(adj)?;
     }
 
     let user = process.user();
@@ -197,6 +196,29 @@ pub fn finalize_and_exec(process: &Process, opts: Finalize<'_>) -> Result<Infall
     }
     let Err(err) = execve(&binary, &args, &env);
     Err(StepError::errno(format!("exec {program:?}"), err))
+}
+
+/// Writes the calling process's oom_score_adj.
+pub fn set_oom_score_adj(adj: i32) -> Result<(), StepError> {
+    std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+        .map_err(|e| StepError::io(format!("set oom_score_adj {adj}"), &e))
+}
+
+/// Right after joining a user namespace: become its root (uid and gid 0,
+/// no supplementary groups). The caller's IDs are the host's root, which
+/// the namespace does not map, and a file made with an unmapped fsuid
+/// fails with EOVERFLOW (the container's /dev, its ptys); as runc does
+/// after its setns. The capabilities joining gave are kept: the old uid
+/// was not the namespace's root, so capabilities(7)'s "all IDs become
+/// nonzero" clearing does not apply.
+pub fn become_userns_root() -> Result<(), StepError> {
+    let root_gid = Gid::from_raw(0);
+    let root_uid = Uid::from_raw(0);
+    setgroups(&[]).map_err(|e| StepError::errno("setgroups in the user namespace", e))?;
+    setresgid(root_gid, root_gid, root_gid)
+        .map_err(|e| StepError::errno("setgid 0 in the user namespace", e))?;
+    setresuid(root_uid, root_uid, root_uid)
+        .map_err(|e| StepError::errno("setuid 0 in the user namespace", e))
 }
 
 fn cstring(s: impl AsRef<[u8]>, what: &str) -> Result<CString, StepError> {

@@ -34,6 +34,10 @@ use crate::sys;
 /// binary does not link the sandbox code.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodNamespaces {
+    /// The pod's own user namespace: the others are owned by it, so it is
+    /// joined first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<PathBuf>,
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
@@ -42,9 +46,14 @@ pub struct PodNamespaces {
 impl PodNamespaces {
     /// Every pin with its namespace type name.
     pub fn pins(&self) -> impl Iterator<Item = (&'static str, &Path)> {
-        [("net", &self.net), ("ipc", &self.ipc), ("uts", &self.uts)]
-            .into_iter()
-            .filter_map(|(kind, path)| path.as_deref().map(|p| (kind, p)))
+        [
+            ("user", &self.user),
+            ("net", &self.net),
+            ("ipc", &self.ipc),
+            ("uts", &self.uts),
+        ]
+        .into_iter()
+        .filter_map(|(kind, path)| path.as_deref().map(|p| (kind, p)))
     }
 }
 
@@ -62,6 +71,8 @@ pub struct PauseArgs {
     /// fd 3 (what [`spawn`] runs); without it, be the pause in place.
     #[arg(long)]
     pub spawn: bool,
+    #[arg(long)]
+    pub user: Option<PathBuf>,
     #[arg(long)]
     pub net: Option<PathBuf>,
     #[arg(long)]
@@ -132,7 +143,11 @@ pub fn main(args: &PauseArgs) -> ExitCode {
 
 fn spawn_here(args: &PauseArgs, report: &OwnedFd) -> Result<Pid, String> {
     setsid().map_err(|e| format!("setsid: {e}"))?;
+    // The user namespace first: the pod's others are owned by it, and the
+    // PID namespace unshared below must be too, or the pod's containers
+    // (in the pod's user namespace) could not join it (setns(2)).
     for (path, flag) in [
+        (&args.user, CloneFlags::CLONE_NEWUSER),
         (&args.net, CloneFlags::CLONE_NEWNET),
         (&args.ipc, CloneFlags::CLONE_NEWIPC),
         (&args.uts, CloneFlags::CLONE_NEWUTS),

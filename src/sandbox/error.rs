@@ -86,6 +86,9 @@ pub enum SandboxError {
     Task { id: String, message: String },
     #[error("the container hooks of the pod sandbox manager are already set")]
     HooksAlreadySet,
+    /// The pod asks for what this node cannot do.
+    #[error("unsupported pod sandbox config: {0}")]
+    Unsupported(String),
     /// The pod's cgroup refused its new resources.
     #[error("pod sandbox {id}: cgroup: {source}")]
     Cgroup {

@@ -10,7 +10,7 @@
 //! ## On disk
 //! - `<root_dir>/pods/<id>.json`: the record (persistent, so a pod outlives
 //!   a daemon restart; after a reboot it comes back NOTREADY).
-//! - `<state_dir>/pods/<id>/`: `ns/{net,ipc,uts}` pins, `hostname`,
+//! - `<state_dir>/pods/<id>/`: `ns/{user,net,ipc,uts}` pins, `hostname`,
 //!   `hosts`, `resolv.conf`, `shm/` (volatile: gone at reboot).
 //!
 //! ## Stop and Remove
@@ -38,6 +38,12 @@
 //! ## Hooks
 //! Containers plug in through [`hooks::PodContainers`].
 //!
+//! ## User namespace
+//! A pod asking for one of its own (`userns_options` mode `POD`) gets it
+//! made with its other namespaces, which it owns ([`userns`]); its
+//! containers join it first, and see their image and volumes through
+//! idmapped mounts ([`crate::idmap`]).
+//!
 //! ## Shared PID namespace
 //! A pod asking for one (`NamespaceMode::Pod` for pid) gets a process
 //! holding it ([`pid_holder`]), started in [`run`] before the pod is READY
@@ -61,6 +67,7 @@ pub mod stats;
 pub mod stop;
 #[cfg(test)]
 mod tests;
+pub mod userns;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};

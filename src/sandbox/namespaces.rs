@@ -11,6 +11,11 @@
 //!
 //! The thread is a fresh `std::thread`, never one of tokio's blocking pool:
 //! a pooled thread would carry the pod's namespaces into the next job.
+//!
+//! A pod with its own user namespace is made by a process instead (a
+//! thread cannot make one): see [`super::userns`]. Its network, IPC and
+//! UTS namespaces are made in the same unshare, so the user namespace owns
+//! them.
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -23,6 +28,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 use super::error::OsError;
 use super::mounts;
 use super::record::PodNamespaces;
+use crate::idmap::UserNamespace;
 
 /// Which new namespaces a pod needs and where to pin them.
 #[derive(Debug, Clone)]
@@ -33,6 +39,8 @@ pub struct PinRequest {
     pub ipc: bool,
     /// With a new UTS namespace, the hostname to set in it.
     pub uts_hostname: Option<String>,
+    /// A user namespace of the pod's own, with these mappings.
+    pub userns: Option<UserNamespace>,
 }
 
 impl PinRequest {
@@ -40,6 +48,7 @@ impl PinRequest {
     pub fn paths(&self) -> PodNamespaces {
         let at = |wanted: bool, name: &str| wanted.then(|| self.dir.join(name));
         PodNamespaces {
+            user: at(self.userns.is_some(), "user"),
             net: at(self.net, "net"),
             ipc: at(self.ipc, "ipc"),
             uts: at(self.uts_hostname.is_some(), "uts"),
@@ -53,6 +62,10 @@ impl PinRequest {
 pub fn create_pinned(req: PinRequest) -> Result<PodNamespaces, OsError> {
     let paths = req.paths();
     if paths.pins().next().is_none() {
+        return Ok(paths);
+    }
+    if let Some(userns) = req.userns {
+        super::userns::create_pinned(&req, &userns)?;
         return Ok(paths);
     }
     let dir = req.dir.clone();
@@ -92,22 +105,21 @@ fn pin_from_this_thread(req: &PinRequest) -> Result<(), OsError> {
     }
     let paths = req.paths();
     for (kind, target) in paths.pins() {
-        pin(kind, target)?;
+        pin(Path::new(&format!("/proc/thread-self/ns/{kind}")), target)?;
     }
     Ok(())
 }
 
-/// Bind-mounts this thread's namespace of `kind` onto `target`.
-fn pin(kind: &str, target: &Path) -> Result<(), OsError> {
+/// Bind-mounts the namespace file `source` onto a new file `target`.
+pub(super) fn pin(source: &Path, target: &Path) -> Result<(), OsError> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o444)
         .open(target)
         .map_err(OsError::with("create namespace pin", target))?;
-    let source = PathBuf::from(format!("/proc/thread-self/ns/{kind}"));
     mount(
-        Some(&source),
+        Some(source),
         target,
         None::<&str>,
         MsFlags::MS_BIND,
@@ -118,7 +130,7 @@ fn pin(kind: &str, target: &Path) -> Result<(), OsError> {
 
 /// Brings `lo` up in the calling thread's network namespace: an
 /// `SIOCSIFFLAGS` ioctl on a socket made in that namespace (netdevice(7)).
-fn loopback_up() -> std::io::Result<()> {
+pub(super) fn loopback_up() -> std::io::Result<()> {
     let sock = socket(
         AddressFamily::Inet,
         SockType::Datagram,
@@ -165,6 +177,7 @@ mod tests {
             net: true,
             ipc: true,
             uts_hostname: Some("pinned-host".into()),
+            userns: None,
         };
         let ns = create_pinned(req).unwrap();
         assert!(all_pinned(&ns));
@@ -203,6 +216,7 @@ mod tests {
             net: false,
             ipc: false,
             uts_hostname: None,
+            userns: None,
         })
         .unwrap();
         assert_eq!(ns, PodNamespaces::default());

@@ -65,6 +65,7 @@ impl SandboxManager {
             return Ok(());
         };
         let namespaces = PauseNamespaces {
+            user: pod.namespaces.user.clone(),
             net: pod.namespaces.net.clone(),
             ipc: pod.namespaces.ipc.clone(),
             uts: pod.namespaces.uts.clone(),

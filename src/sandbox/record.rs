@@ -63,6 +63,10 @@ pub struct NamespaceOptions {
     pub ipc: NamespaceMode,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_id: String,
+    /// The pod's own user namespace and its mappings (CRI `userns_options`
+    /// mode `POD`); `None` is the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<crate::idmap::UserNamespace>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

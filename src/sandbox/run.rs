@@ -36,6 +36,7 @@ impl SandboxManager {
             // The UTS namespace follows the network: a host-network pod
             // has the node's name.
             uts_hostname: (!config.host_network()).then(|| hostname.clone()),
+            userns: config.linux.namespaces.userns,
         };
         let shm = if config.host_ipc() {
             HOST_SHM.into()
@@ -203,6 +204,9 @@ fn validate(config: &PodConfig) -> Result<(), SandboxError> {
             ));
         }
     }
+    if ns.userns.is_some() {
+        validate_userns(config)?;
+    }
     if let Some(dns) = &config.dns {
         files::validate_dns(dns)?;
     }
@@ -254,6 +258,35 @@ fn runtime_handler(
             ))
         }
     }
+}
+
+/// A pod with its own user namespace must own its network, IPC and PID
+/// namespaces too (Kubernetes refuses `hostUsers: false` with
+/// `hostNetwork`, `hostIPC` or `hostPID`; ketch reports
+/// `user_namespaces_host_network: false`): the node's namespaces are not
+/// the user namespace's to join or configure. And the idmapped mounts its
+/// root filesystem needs must work here (probed at start).
+fn validate_userns(config: &PodConfig) -> Result<(), SandboxError> {
+    let ns = &config.linux.namespaces;
+    for (field, mode) in [
+        ("namespace_options.network", ns.network),
+        ("namespace_options.ipc", ns.ipc),
+        ("namespace_options.pid", ns.pid),
+    ] {
+        if mode == NamespaceMode::Node {
+            return Err(SandboxError::invalid(
+                field,
+                "NODE cannot be combined with a user namespace of the pod's own (userns_options mode POD)",
+            ));
+        }
+    }
+    if !crate::idmap::supported() {
+        return Err(SandboxError::Unsupported(
+            "user namespaces need idmapped mounts, which do not work on this node (see the log at start)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a pod may set sysctl `key`: only the namespaced ones, which

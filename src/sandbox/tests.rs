@@ -228,6 +228,7 @@ async fn recover_cleans_half_made_pods_and_stray_dirs_and_keeps_the_rest() {
         net: true,
         ipc: false,
         uts_hostname: None,
+        userns: None,
     })
     .unwrap();
     files::mount_shm(&half.shm).unwrap();
