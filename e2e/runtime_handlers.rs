@@ -507,7 +507,10 @@ async fn unknown_handlers_and_missing_runtimes_are_refused_and_status_lists_hand
     assert_eq!(names, ["", "crun", "gone", "runc"]);
     for h in &status.runtime_handlers {
         let f = h.features.as_ref().unwrap();
-        assert!(!f.user_namespaces, "{h:?}");
+        // The built-in executor's depends on this node's idmapped mounts.
+        if !h.name.is_empty() {
+            assert!(!f.user_namespaces, "{h:?}");
+        }
         // As the runtime's own `features` says (runc 1.1.5 lists `rro`);
         // false for a runtime that cannot run.
         let listed = [("runc", RUNC), ("crun", CRUN)]

@@ -435,10 +435,18 @@ pub(crate) fn enter_cgroup_at(dir: BorrowedFd<'_>) -> Result<(), StepError> {
 /// single-threaded (a forked child of the monitor, the exec helper); a v2
 /// directory has no `tasks` and gets "0" in `cgroup.procs`.
 pub(crate) fn enter_cgroups(dirs: &[PathBuf]) -> Result<(), StepError> {
+    // Without O_CREAT: cgroupfs answers a create of a missing file with
+    // EACCES, not ENOENT, and `tasks` is missing on cgroup2.
+    let write_zero = |file: PathBuf| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"0"))
+    };
     for dir in dirs {
-        let joined = match std::fs::write(dir.join("tasks"), "0") {
+        let joined = match write_zero(dir.join("tasks")) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::write(dir.join("cgroup.procs"), "0")
+                write_zero(dir.join("cgroup.procs"))
             }
             other => other,
         };
