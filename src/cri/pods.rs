@@ -75,12 +75,28 @@ pub(super) fn container_statuses(cri: &CriService, pod_id: &str) -> Vec<cri::Con
         pod_id: Some(pod_id.to_owned()),
         ..Default::default()
     };
-    cri.runtime
+    let mut statuses: Vec<cri::ContainerStatus> = cri
+        .runtime
         .containers()
         .list(&filter)
         .iter()
         .map(super::containers::to_status)
-        .collect()
+        .collect();
+    newest_first(&mut statuses);
+    statuses
+}
+
+/// Newest container first, as kubelet sorts its own list: with Evented
+/// PLEG it takes PodSandboxStatus's list as it comes
+/// (`kuberuntime_manager.go` GetPodStatus) and the first status of a name
+/// as that container's current one; an exited predecessor listed first
+/// looks like a crashed container to restart (CrashLoopBackOff).
+fn newest_first(statuses: &mut [cri::ContainerStatus]) {
+    statuses.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
 }
 
 pub(super) async fn list(
@@ -479,6 +495,19 @@ fn pod_filter(filter: Option<cri::PodSandboxFilter>) -> Result<PodFilter, Sandbo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_statuses_come_newest_first() {
+        let status = |id: &str, created_at: i64| cri::ContainerStatus {
+            id: id.to_owned(),
+            created_at,
+            ..Default::default()
+        };
+        let mut list = vec![status("old", 1), status("new", 3), status("mid", 2)];
+        newest_first(&mut list);
+        let ids: Vec<&str> = list.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["new", "mid", "old"]);
+    }
 
     fn mapping(container_id: u32, host_id: u32, length: u32) -> cri::IdMapping {
         cri::IdMapping {
