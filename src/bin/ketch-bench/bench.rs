@@ -77,6 +77,9 @@ mod key {
     pub const TO_RUNNING: &str = "e2e.to_running";
     pub const CTR_CREATE_SECCOMP: &str = "container.create_seccomp";
     pub const CTR_START_SECCOMP: &str = "container.start_seccomp";
+    pub const POD_RUN_USERNS: &str = "pod.run_userns";
+    pub const CTR_CREATE_USERNS: &str = "container.create_userns";
+    pub const CTR_START_USERNS: &str = "container.start_userns";
     pub const EXEC: &str = "exec.echo";
     pub const LIST_CONTAINERS: &str = "list.containers";
     pub const LIST_PODS: &str = "list.pods";
@@ -88,6 +91,59 @@ mod key {
     pub const MEM_PER_CTR_RSS: &str = "memory.per_container_rss";
     pub const MEM_PER_CTR_PSS: &str = "memory.per_container_pss";
     pub const MEM_IDLE_AFTER: &str = "memory.daemon_idle_after";
+}
+
+/// The pod-and-container starts measured apart from the plain lifecycle.
+#[derive(Clone, Copy)]
+enum Variant {
+    /// The container under the `RuntimeDefault` seccomp profile (what
+    /// kubelet sends with `--seccomp-default`).
+    Seccomp,
+    /// The pod with a user namespace of its own (`hostUsers: false`).
+    UserNamespace,
+}
+
+impl Variant {
+    fn tag(self) -> &'static str {
+        match self {
+            Variant::Seccomp => "seccomp",
+            Variant::UserNamespace => "userns",
+        }
+    }
+
+    /// The keys of RunPodSandbox (when it is measured: the seccomp
+    /// profile is the container's, its pod the plain one), CreateContainer
+    /// and StartContainer.
+    fn keys(self) -> (Option<&'static str>, &'static str, &'static str) {
+        match self {
+            Variant::Seccomp => (None, key::CTR_CREATE_SECCOMP, key::CTR_START_SECCOMP),
+            Variant::UserNamespace => (
+                Some(key::POD_RUN_USERNS),
+                key::CTR_CREATE_USERNS,
+                key::CTR_START_USERNS,
+            ),
+        }
+    }
+
+    fn measured(self) -> Vec<&'static str> {
+        let (run, create, start) = self.keys();
+        run.into_iter().chain([create, start]).collect()
+    }
+}
+
+/// 65536 IDs from 1 000 000 000 up, container root first, as kubelet
+/// picks a pod's range.
+fn pod_user_namespace() -> UserNamespace {
+    let mapping = || IdMapping {
+        host_id: 1_000_000_000,
+        container_id: 0,
+        length: 65_536,
+    };
+    UserNamespace {
+        mode: NamespaceMode::Pod as i32,
+        uids: vec![mapping()],
+        gids: vec![mapping()],
+    }
 }
 
 const POD_KEYS: [&str; 4] = [
@@ -146,6 +202,10 @@ impl Bench {
         let g = "container with the RuntimeDefault seccomp profile";
         r.declare(key::CTR_CREATE_SECCOMP, g, "CreateContainer", Unit::Ms);
         r.declare(key::CTR_START_SECCOMP, g, "StartContainer", Unit::Ms);
+        let g = "pod with a user namespace of its own (hostUsers: false)";
+        r.declare(key::POD_RUN_USERNS, g, "RunPodSandbox", Unit::Ms);
+        r.declare(key::CTR_CREATE_USERNS, g, "CreateContainer", Unit::Ms);
+        r.declare(key::CTR_START_USERNS, g, "StartContainer", Unit::Ms);
         let g = "end to end";
         r.declare(
             key::TO_RUNNING,
@@ -215,7 +275,8 @@ impl Bench {
         self.sample_daemon(key::MEM_IDLE);
         self.prepare_images().await;
         self.lifecycle().await;
-        self.seccomp_starts().await;
+        self.variant_starts(Variant::Seccomp).await;
+        self.variant_starts(Variant::UserNamespace).await;
         for n in self.p.concurrency.clone() {
             self.concurrent(n).await;
         }
@@ -452,11 +513,10 @@ impl Bench {
         Ok(())
     }
 
-    /// CreateContainer and StartContainer of a container under the
-    /// `RuntimeDefault` seccomp profile (what kubelet sends with
-    /// `--seccomp-default` or a pod asking for it), each in a fresh pod.
-    async fn seccomp_starts(&mut self) {
-        let keys = [key::CTR_CREATE_SECCOMP, key::CTR_START_SECCOMP];
+    /// A pod and its container made in a way that costs more than the
+    /// plain lifecycle's, each in a fresh pod (see [`Variant`]).
+    async fn variant_starts(&mut self, variant: Variant) {
+        let keys = variant.measured();
         if let Some(reason) = self.no_image.clone() {
             self.block_all(&keys, &reason);
             return;
@@ -464,7 +524,7 @@ impl Bench {
         for i in 0..self.p.warmup + self.p.iterations {
             let record = i >= self.p.warmup;
             let mut made = Made::default();
-            let result = self.seccomp_once(&mut made, record).await;
+            let result = self.variant_once(variant, &mut made, record).await;
             teardown(&self.cri, made).await;
             if let Err(e) = result {
                 self.block_all(&keys, &e.blocking_reason());
@@ -473,33 +533,56 @@ impl Bench {
         }
     }
 
-    async fn seccomp_once(&mut self, made: &mut Made, record: bool) -> Result<(), OpError> {
+    async fn variant_once(
+        &mut self,
+        variant: Variant,
+        made: &mut Made,
+        record: bool,
+    ) -> Result<(), OpError> {
         let t = self.cri.timeout;
         let mut rt = self.cri.runtime.clone();
-        let config = self.specs.pod("seccomp");
-        let pod_id = timed(
+        let mut config = self.specs.pod(variant.tag());
+        let mut container = self.specs.container("app");
+        match variant {
+            Variant::Seccomp => {
+                if let Some(security) = container
+                    .linux
+                    .as_mut()
+                    .and_then(|l| l.security_context.as_mut())
+                {
+                    security.seccomp = Some(SecurityProfile {
+                        profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                        localhost_ref: String::new(),
+                    });
+                }
+            }
+            Variant::UserNamespace => {
+                if let Some(ns) = config
+                    .linux
+                    .as_mut()
+                    .and_then(|l| l.security_context.as_mut())
+                    .and_then(|s| s.namespace_options.as_mut())
+                {
+                    ns.userns_options = Some(pod_user_namespace());
+                }
+            }
+        }
+        let (run_key, create_key, start_key) = variant.keys();
+        let r = timed(
             "RunPodSandbox",
             t,
             rt.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: self.specs.runtime_handler.clone(),
             }),
         )
-        .await?
-        .0
+        .await;
+        let pod_id = match run_key {
+            Some(key) => self.note(key, record, r)?,
+            None => r?.0,
+        }
         .pod_sandbox_id;
         made.pod = Some(pod_id.clone());
-        let mut container = self.specs.container("app");
-        if let Some(security) = container
-            .linux
-            .as_mut()
-            .and_then(|l| l.security_context.as_mut())
-        {
-            security.seccomp = Some(SecurityProfile {
-                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
-                localhost_ref: String::new(),
-            });
-        }
         let r = timed(
             "CreateContainer",
             t,
@@ -510,7 +593,7 @@ impl Bench {
             }),
         )
         .await;
-        let cid = self.note(key::CTR_CREATE_SECCOMP, record, r)?.container_id;
+        let cid = self.note(create_key, record, r)?.container_id;
         made.containers.push(cid.clone());
         let r = timed(
             "StartContainer",
@@ -518,7 +601,7 @@ impl Bench {
             rt.start_container(StartContainerRequest { container_id: cid }),
         )
         .await;
-        self.note(key::CTR_START_SECCOMP, record, r)?;
+        self.note(start_key, record, r)?;
         Ok(())
     }
 
