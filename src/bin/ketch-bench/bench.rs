@@ -521,6 +521,14 @@ impl Bench {
             self.block_all(&keys, &reason);
             return;
         }
+        if let Variant::UserNamespace = variant
+            && let Some(reason) = self.no_user_namespaces().await
+        {
+            // A runtime that predates the field would run the pod in the
+            // node's user namespace and measure the wrong thing.
+            self.block_all(&keys, &reason);
+            return;
+        }
         for i in 0..self.p.warmup + self.p.iterations {
             let record = i >= self.p.warmup;
             let mut made = Made::default();
@@ -531,6 +539,21 @@ impl Bench {
                 return;
             }
         }
+    }
+
+    /// Why pods with their own user namespace cannot be measured: the
+    /// runtime's Status does not say its handler supports them.
+    async fn no_user_namespaces(&self) -> Option<String> {
+        let mut rt = self.cri.runtime.clone();
+        let status = match rt.status(StatusRequest { verbose: false }).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => return Some(format!("Status: {}", e.message())),
+        };
+        let supported = status.runtime_handlers.iter().any(|h| {
+            h.name == self.specs.runtime_handler
+                && h.features.as_ref().is_some_and(|f| f.user_namespaces)
+        });
+        (!supported).then(|| "the runtime does not report user namespaces in Status".to_owned())
     }
 
     async fn variant_once(
