@@ -556,13 +556,7 @@ async fn unknown_handlers_and_missing_runtimes_are_refused_and_status_lists_hand
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("/nonexistent/bin/runc"), "{err:?}");
     // Neither left a pod behind.
-    let pods = env
-        .rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = env.pods().await;
     assert!(pods.is_empty(), "{pods:?}");
     env.daemon.assert_clean();
 }

@@ -487,13 +487,7 @@ async fn refusals_name_the_problem_with_their_code() {
         words(&host_map)
     );
     env.remove_pod(&pod.0).await;
-    let listed = env
-        .rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = env.pods().await;
     assert!(listed.is_empty(), "no half-made pod: {listed:?}");
     env.daemon.assert_clean();
 }

@@ -217,6 +217,16 @@ impl Env {
             .map(|r| r.into_inner())
     }
 
+    /// Every pod the daemon lists.
+    pub async fn pods(&mut self) -> Vec<PodSandbox> {
+        self.rt
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .expect("list pods")
+            .into_inner()
+            .items
+    }
+
     pub async fn remove_container(&mut self, id: &str) {
         self.rt
             .remove_container(RemoveContainerRequest {

@@ -141,14 +141,28 @@ pub fn create_args(
     console: Option<&Path>,
     id: &str,
 ) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
+    let args: Vec<OsString> = vec![
         "create".into(),
         "--bundle".into(),
         bundle.into(),
         "--pid-file".into(),
         pid_file.into(),
     ];
+    with_console_and_id(args, console, false, id)
+}
+
+/// `args`, then the console socket (with `--tty` when the command needs it
+/// said: `exec`; `create` takes the terminal from the spec) and the ID.
+fn with_console_and_id(
+    mut args: Vec<OsString>,
+    console: Option<&Path>,
+    tty_flag: bool,
+    id: &str,
+) -> Vec<OsString> {
     if let Some(socket) = console {
+        if tty_flag {
+            args.push("--tty".into());
+        }
         args.push("--console-socket".into());
         args.push(socket.into());
     }
@@ -163,7 +177,7 @@ pub fn exec_args(
     console: Option<&Path>,
     id: &str,
 ) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
+    let args: Vec<OsString> = vec![
         "exec".into(),
         "--detach".into(),
         "--process".into(),
@@ -171,13 +185,7 @@ pub fn exec_args(
         "--pid-file".into(),
         pid_file.into(),
     ];
-    if let Some(socket) = console {
-        args.push("--tty".into());
-        args.push("--console-socket".into());
-        args.push(socket.into());
-    }
-    args.push(id.into());
-    args
+    with_console_and_id(args, console, true, id)
 }
 
 impl OciRuntime {
