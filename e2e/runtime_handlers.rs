@@ -351,7 +351,7 @@ async fn logs_attach_stop_codes_and_a_removal_that_leaves_nothing() {
 
         // The process runs in ketch's cgroup for it, which the runtime
         // joined (and applies the limits of).
-        let pid = container_pid(&mut env, &id).await;
+        let pid = env.container_pid(&id).await;
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert!(cgroup.contains(&id), "{handler}: {cgroup}");
 
@@ -402,20 +402,6 @@ async fn logs_attach_stop_codes_and_a_removal_that_leaves_nothing() {
         env.remove_pod(&pod.0).await;
     }
     env.daemon.assert_clean();
-}
-
-async fn container_pid(env: &mut Env, id: &str) -> i32 {
-    let status = env
-        .rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    info["pid"].as_i64().expect("pid in the verbose status") as i32
 }
 
 #[tokio::test]

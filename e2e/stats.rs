@@ -87,18 +87,8 @@ fn within(what: &str, got: u64, want: u64, tolerance: f64) {
 }
 
 async fn cgroup_path(env: &mut Env, id: &str) -> String {
-    let info = env
-        .rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    v["cgroupPath"].as_str().unwrap().to_owned()
+    let info = env.verbose_info(id).await;
+    info["cgroupPath"].as_str().unwrap().to_owned()
 }
 
 async fn stats(env: &mut Env, id: &str) -> ContainerStats {

@@ -105,21 +105,6 @@ async fn exec_ok(env: &mut Env, id: &str, cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The container's pid on the host, from the verbose status.
-async fn host_pid(env: &mut Env, id: &str) -> i32 {
-    let reply = env
-        .rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&reply.info["info"]).unwrap();
-    info["pid"].as_i64().expect("a running container has a pid") as i32
-}
-
 /// A `/proc/<pid>/status` field, split into its values.
 fn status_ids(pid: i32, field: &str) -> Vec<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -163,7 +148,7 @@ async fn root_inside_is_the_mapped_id_outside_and_the_pod_works() {
     assert_eq!(exec_ok(&mut env, &id, &["id", "-g"]).await.trim(), "0");
 
     // Outside: the container's process and its exec'd ones are HOST_ID.
-    let pid = host_pid(&mut env, &id).await;
+    let pid = env.container_pid(&id).await;
     assert_eq!(status_ids(pid, "Uid"), [HOST_ID; 4]);
     assert_eq!(status_ids(pid, "Gid"), [HOST_ID; 4]);
 
@@ -515,7 +500,7 @@ async fn a_daemon_restart_keeps_userns_pods_running_and_usable() {
             .any(|l| words(l) == ["1", "ketch-shim"] || words(l) == ["1", "ketch"]),
         "{ps}"
     );
-    let pid = host_pid(&mut env, &id).await;
+    let pid = env.container_pid(&id).await;
 
     env.daemon.kill9();
     env.daemon.restart().await;
@@ -523,7 +508,7 @@ async fn a_daemon_restart_keeps_userns_pods_running_and_usable() {
 
     let status = env.status(&id).await;
     assert_eq!(status.state, ContainerState::ContainerRunning as i32);
-    assert_eq!(host_pid(&mut env, &id).await, pid);
+    assert_eq!(env.container_pid(&id).await, pid);
     assert_eq!(exec_ok(&mut env, &id, &["id", "-u"]).await.trim(), "0");
     assert_eq!(status_ids(pid, "Uid")[0], HOST_ID);
     // A new container after the restart joins the same namespaces.
@@ -533,7 +518,7 @@ async fn a_daemon_restart_keeps_userns_pods_running_and_usable() {
             container_config("after", &env.busybox(), &["sleep", "1000"]),
         )
         .await;
-    let second_pid = host_pid(&mut env, &second).await;
+    let second_pid = env.container_pid(&second).await;
     for ns in ["user", "net", "pid"] {
         assert_eq!(
             std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap(),

@@ -217,6 +217,26 @@ impl Env {
             .map(|r| r.into_inner())
     }
 
+    /// The `info` of a container's verbose status, parsed.
+    pub async fn verbose_info(&mut self, id: &str) -> serde_json::Value {
+        let reply = self
+            .rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.to_owned(),
+                verbose: true,
+            })
+            .await
+            .expect("verbose container status")
+            .into_inner();
+        serde_json::from_str(&reply.info["info"]).expect("verbose info is JSON")
+    }
+
+    /// A running container's pid on the host, from its verbose status.
+    pub async fn container_pid(&mut self, id: &str) -> i32 {
+        let info = self.verbose_info(id).await;
+        info["pid"].as_i64().expect("a running container has a pid") as i32
+    }
+
     /// Every pod the daemon lists.
     pub async fn pods(&mut self) -> Vec<PodSandbox> {
         self.rt
