@@ -237,15 +237,9 @@ async fn pods_of_each_handler_serve_http_side_by_side_with_a_builtin_pod() {
 
         // Port-forward reaches the same server.
         let url = env
-            .rt
-            .port_forward(PortForwardRequest {
-                pod_sandbox_id: pod.0.clone(),
-                port: vec![i32::from(WEB_PORT)],
-            })
+            .port_forward_url(&pod.0, &[i32::from(WEB_PORT)])
             .await
-            .unwrap()
-            .into_inner()
-            .url;
+            .unwrap();
         let (reply, error) = spdy_forward(&url, WEB_PORT, b"GET /exec.html HTTP/1.0\r\n\r\n").await;
         let reply = String::from_utf8_lossy(&reply);
         assert!(

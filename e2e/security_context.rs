@@ -33,18 +33,6 @@ fn status_field(status: &str, field: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn exec_ok(env: &mut Env, id: &str, cmd: &[&str]) -> String {
-    let out = env.exec(id, cmd, 20).await.unwrap();
-    assert_eq!(
-        out.exit_code,
-        0,
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn sh(cmd: &str) {
     let status = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
     assert!(status.success(), "{cmd}");
@@ -115,7 +103,7 @@ async fn mount_propagation_private_host_to_container_and_bidirectional() {
     let seen: Vec<String> = {
         let mut seen = Vec::new();
         for id in &ids {
-            seen.push(exec_ok(&mut env, id, &["ls", "/mnt/from-host"]).await);
+            seen.push(env.exec_ok(id, &["ls", "/mnt/from-host"]).await);
         }
         seen
     };
@@ -127,8 +115,7 @@ async fn mount_propagation_private_host_to_container_and_bidirectional() {
     // the host.
     for (i, id) in ids.iter().enumerate() {
         let dir = format!("/mnt/from-ctr{i}");
-        exec_ok(
-            &mut env,
+        env.exec_ok(
             id,
             &[
                 "sh",
@@ -212,7 +199,7 @@ async fn privileged_container_has_everything_ketch_holds() {
     sc.readonly_paths = vec!["/proc/sys".into()];
     let id = env.run_container(&pod, config).await;
 
-    let status = exec_ok(&mut env, &id, &["cat", "/proc/self/status"]).await;
+    let status = env.exec_ok(&id, &["cat", "/proc/self/status"]).await;
     let own = own_bounding_set();
     for field in ["CapBnd", "CapEff", "CapPrm"] {
         assert_eq!(status_field(&status, field), own, "{field}");
@@ -224,16 +211,12 @@ async fn privileged_container_has_everything_ketch_holds() {
     } else {
         "bridge"
     };
-    exec_ok(
-        &mut env,
-        &id,
-        &["ip", "link", "add", "ketch0", "type", kind],
-    )
-    .await;
-    let links = exec_ok(&mut env, &id, &["ip", "link", "show", "ketch0"]).await;
+    env.exec_ok(&id, &["ip", "link", "add", "ketch0", "type", kind])
+        .await;
+    let links = env.exec_ok(&id, &["ip", "link", "show", "ketch0"]).await;
     assert!(links.contains("ketch0"), "{links}");
     // /sys read-write, nothing masked or read-only.
-    let mounts = exec_ok(&mut env, &id, &["cat", "/proc/mounts"]).await;
+    let mounts = env.exec_ok(&id, &["cat", "/proc/mounts"]).await;
     let sys = mounts.lines().find(|l| l.split(' ').nth(1) == Some("/sys"));
     assert!(sys.is_some_and(|l| l.contains(" rw,")), "{mounts}");
     assert!(
@@ -242,15 +225,11 @@ async fn privileged_container_has_everything_ketch_holds() {
             .any(|l| l.split(' ').nth(1) == Some("/proc/kcore")),
         "{mounts}"
     );
-    exec_ok(
-        &mut env,
-        &id,
-        &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
-    )
-    .await;
+    env.exec_ok(&id, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
+        .await;
     // The host's devices, and the device cgroup open.
     if Path::new("/dev/loop-control").exists() {
-        exec_ok(&mut env, &id, &["test", "-c", "/dev/loop-control"]).await;
+        env.exec_ok(&id, &["test", "-c", "/dev/loop-control"]).await;
     }
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
@@ -269,7 +248,7 @@ async fn capabilities_add_drop_and_ambient() {
         ..Default::default()
     });
     let all = env.run_container(&pod, config).await;
-    let status = exec_ok(&mut env, &all, &["cat", "/proc/self/status"]).await;
+    let status = env.exec_ok(&all, &["cat", "/proc/self/status"]).await;
     assert_eq!(status_field(&status, "CapEff"), own_bounding_set());
 
     // drop ALL + add NET_BIND_SERVICE, for a non-root user; and the same
@@ -283,14 +262,13 @@ async fn capabilities_add_drop_and_ambient() {
         add_ambient_capabilities: vec!["NET_BIND_SERVICE".into()],
     });
     let nbs = env.run_container(&pod, config).await;
-    let status = exec_ok(&mut env, &nbs, &["cat", "/proc/self/status"]).await;
+    let status = env.exec_ok(&nbs, &["cat", "/proc/self/status"]).await;
     let bit = format!("{:016x}", 1u64 << 10);
     for field in ["CapBnd", "CapPrm", "CapEff", "CapInh", "CapAmb"] {
         assert_eq!(status_field(&status, field), bit, "{field}: {status}");
     }
     // Port 80 as uid 1000.
-    exec_ok(
-        &mut env,
+    env.exec_ok(
         &nbs,
         &[
             "sh",
@@ -341,7 +319,7 @@ async fn users_groups_and_supplemental_groups_policy() {
         let mut reported = user.supplemental_groups.clone();
         reported.sort_unstable();
         assert_eq!((user.uid, user.gid, reported), (1000, 1000, groups.clone()));
-        let out = exec_ok(&mut env, &id, &["id", "-G"]).await;
+        let out = env.exec_ok(&id, &["id", "-G"]).await;
         let mut seen: Vec<i64> = out.split_whitespace().map(|g| g.parse().unwrap()).collect();
         seen.sort_unstable();
         seen.dedup();
@@ -354,8 +332,8 @@ async fn users_groups_and_supplemental_groups_policy() {
     sc.run_as_username = "www".into();
     sc.run_as_group = Some(Int64Value { value: 4321 });
     let id = env.run_container(&pod, config).await;
-    assert_eq!(exec_ok(&mut env, &id, &["id", "-u"]).await, "1000\n");
-    assert_eq!(exec_ok(&mut env, &id, &["id", "-g"]).await, "4321\n");
+    assert_eq!(env.exec_ok(&id, &["id", "-u"]).await, "1000\n");
+    assert_eq!(env.exec_ok(&id, &["id", "-g"]).await, "4321\n");
     let mut config = container_config("nouser", &env.busybox(), &["true"]);
     security(&mut config).run_as_group = Some(Int64Value { value: 4321 });
     let err = env.create(&pod, config).await.unwrap_err();
@@ -379,8 +357,8 @@ async fn masked_and_readonly_paths_as_sent() {
     sc.readonly_paths = vec!["/tmp".into()];
     let id = env.run_container(&pod, config).await;
     // A file gets /dev/null, a directory an empty read-only tmpfs.
-    assert_eq!(exec_ok(&mut env, &id, &["cat", "/etc/passwd"]).await, "");
-    assert_eq!(exec_ok(&mut env, &id, &["ls", "-A", "/home"]).await, "");
+    assert_eq!(env.exec_ok(&id, &["cat", "/etc/passwd"]).await, "");
+    assert_eq!(env.exec_ok(&id, &["ls", "-A", "/home"]).await, "");
     let out = env.exec(&id, &["mkdir", "/home/x"], 10).await.unwrap();
     assert_ne!(out.exit_code, 0, "{out:?}");
     let out = env.exec(&id, &["touch", "/tmp/x"], 10).await.unwrap();
@@ -389,14 +367,14 @@ async fn masked_and_readonly_paths_as_sent() {
         "{out:?}"
     );
     // Only what was sent: /proc/sys stays writable here.
-    let mounts = exec_ok(&mut env, &id, &["cat", "/proc/mounts"]).await;
+    let mounts = env.exec_ok(&id, &["cat", "/proc/mounts"]).await;
     assert!(!mounts.contains(" /proc/sys "), "{mounts}");
     assert!(!mounts.contains(" /proc/keys "), "{mounts}");
 
     // procMount: Unmasked sends no paths: nothing is masked.
     let config = container_config("unmasked", &env.busybox(), &["sleep", "1000"]);
     let id = env.run_container(&pod, config).await;
-    let mounts = exec_ok(&mut env, &id, &["cat", "/proc/mounts"]).await;
+    let mounts = env.exec_ok(&id, &["cat", "/proc/mounts"]).await;
     assert!(
         !mounts.contains(" /proc/kcore ") && !mounts.contains(" /proc/sys "),
         "{mounts}"
@@ -559,16 +537,16 @@ async fn only_namespaced_sysctls() {
             container_config("c", &env.busybox(), &["sleep", "1000"]),
         )
         .await;
-    let out = exec_ok(
-        &mut env,
-        &id,
-        &[
-            "cat",
-            "/proc/sys/net/ipv4/ip_unprivileged_port_start",
-            "/proc/sys/kernel/shm_rmid_forced",
-        ],
-    )
-    .await;
+    let out = env
+        .exec_ok(
+            &id,
+            &[
+                "cat",
+                "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+                "/proc/sys/kernel/shm_rmid_forced",
+            ],
+        )
+        .await;
     assert_eq!(out, "100\n1\n");
     env.remove_pod(&pod.0).await;
     env.daemon.assert_clean();
@@ -594,8 +572,9 @@ async fn devices_with_their_permissions() {
         },
     ];
     let id = env.run_container(&pod, config).await;
-    exec_ok(&mut env, &id, &["sh", "-c", ": < /dev/lc"]).await;
-    exec_ok(&mut env, &id, &["sh", "-c", "echo x > /dev/rw-null"]).await;
+    env.exec_ok(&id, &["sh", "-c", ": < /dev/lc"]).await;
+    env.exec_ok(&id, &["sh", "-c", "echo x > /dev/rw-null"])
+        .await;
     let out = env
         .exec(&id, &["sh", "-c", ": > /dev/lc"], 10)
         .await

@@ -80,7 +80,7 @@ impl Env {
             .map(|r| r.into_inner().url)
     }
 
-    async fn port_forward_url(
+    pub(crate) async fn port_forward_url(
         &mut self,
         pod: &str,
         ports: &[i32],

@@ -93,18 +93,6 @@ async fn supported(env: &mut Env) -> bool {
     on
 }
 
-async fn exec_ok(env: &mut Env, id: &str, cmd: &[&str]) -> String {
-    let out = env.exec(id, cmd, 20).await.unwrap();
-    assert_eq!(
-        out.exit_code,
-        0,
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A `/proc/<pid>/status` field, split into its values.
 fn status_ids(pid: i32, field: &str) -> Vec<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -137,15 +125,15 @@ async fn root_inside_is_the_mapped_id_outside_and_the_pod_works() {
         .await;
 
     // Inside: root, in a namespace mapping 0 to HOST_ID.
-    let uid_map = exec_ok(&mut env, &id, &["cat", "/proc/self/uid_map"]).await;
+    let uid_map = env.exec_ok(&id, &["cat", "/proc/self/uid_map"]).await;
     assert_eq!(
         words(&uid_map),
         ["0", &HOST_ID.to_string(), &LENGTH.to_string()]
     );
-    let gid_map = exec_ok(&mut env, &id, &["cat", "/proc/self/gid_map"]).await;
+    let gid_map = env.exec_ok(&id, &["cat", "/proc/self/gid_map"]).await;
     assert_eq!(words(&gid_map)[1], HOST_ID.to_string());
-    assert_eq!(exec_ok(&mut env, &id, &["id", "-u"]).await.trim(), "0");
-    assert_eq!(exec_ok(&mut env, &id, &["id", "-g"]).await.trim(), "0");
+    assert_eq!(env.exec_ok(&id, &["id", "-u"]).await.trim(), "0");
+    assert_eq!(env.exec_ok(&id, &["id", "-g"]).await.trim(), "0");
 
     // Outside: the container's process and its exec'd ones are HOST_ID.
     let pid = env.container_pid(&id).await;
@@ -155,7 +143,7 @@ async fn root_inside_is_the_mapped_id_outside_and_the_pod_works() {
     // The image's files are root's inside, HOST_ID's seen from the host,
     // through the container's root.
     assert_eq!(
-        exec_ok(&mut env, &id, &["stat", "-c", "%u:%g", "/bin/busybox"])
+        env.exec_ok(&id, &["stat", "-c", "%u:%g", "/bin/busybox"])
             .await
             .trim(),
         "0:0"
@@ -165,7 +153,7 @@ async fn root_inside_is_the_mapped_id_outside_and_the_pod_works() {
 
     // Root may write at / (the upper dir is the mapped root's), and what
     // it writes is HOST_ID's on the host.
-    exec_ok(&mut env, &id, &["touch", "/made-by-root"]).await;
+    env.exec_ok(&id, &["touch", "/made-by-root"]).await;
     let upper = env
         .daemon
         .root_dir
@@ -176,26 +164,26 @@ async fn root_inside_is_the_mapped_id_outside_and_the_pod_works() {
 
     // The pod's files, /dev/shm, /proc and /sys as a pod needs them.
     assert_eq!(
-        exec_ok(&mut env, &id, &["cat", "/etc/hostname"])
-            .await
-            .trim(),
+        env.exec_ok(&id, &["cat", "/etc/hostname"]).await.trim(),
         hostname
     );
-    assert_eq!(exec_ok(&mut env, &id, &["hostname"]).await.trim(), hostname);
-    exec_ok(&mut env, &id, &["cat", "/etc/hosts", "/etc/resolv.conf"]).await;
-    exec_ok(&mut env, &id, &["touch", "/dev/shm/x"]).await;
-    let nets = exec_ok(&mut env, &id, &["ls", "/sys/class/net"]).await;
+    assert_eq!(env.exec_ok(&id, &["hostname"]).await.trim(), hostname);
+    env.exec_ok(&id, &["cat", "/etc/hosts", "/etc/resolv.conf"])
+        .await;
+    env.exec_ok(&id, &["touch", "/dev/shm/x"]).await;
+    let nets = env.exec_ok(&id, &["ls", "/sys/class/net"]).await;
     assert!(words(&nets).contains(&"lo".to_owned()), "{nets}");
-    let ps = exec_ok(&mut env, &id, &["ps", "-o", "pid,comm"]).await;
+    let ps = env.exec_ok(&id, &["ps", "-o", "pid,comm"]).await;
     assert!(ps.contains("sleep"), "{ps}");
-    let cgroups = exec_ok(&mut env, &id, &["ls", "/sys/fs/cgroup"]).await;
+    let cgroups = env.exec_ok(&id, &["ls", "/sys/fs/cgroup"]).await;
     assert!(
         !cgroups.trim().is_empty(),
         "the cgroup filesystems are mounted"
     );
     // Capabilities are the user namespace's: CAP_CHOWN gives a file to
     // another of its IDs, which is that ID's mapped one on the host.
-    exec_ok(&mut env, &id, &["chown", "1000:1000", "/made-by-root"]).await;
+    env.exec_ok(&id, &["chown", "1000:1000", "/made-by-root"])
+        .await;
     let chowned = std::fs::metadata(&upper).unwrap();
     assert_eq!(
         (chowned.uid(), chowned.gid()),
@@ -257,7 +245,7 @@ async fn root_inside_is_the_mapped_id_outside_and_the_pod_works() {
 
 /// The inode of `/bin/busybox` as seen in the container.
 async fn busybox_inode(env: &mut Env, id: &str) -> String {
-    exec_ok(env, id, &["stat", "-c", "%i %u", "/bin/busybox"])
+    env.exec_ok(id, &["stat", "-c", "%i %u", "/bin/busybox"])
         .await
         .trim()
         .to_owned()
@@ -337,7 +325,7 @@ async fn volumes_are_plain_binds_unless_the_mount_carries_id_mappings() {
     ];
     let id = env.run_container(&pod, cfg).await;
 
-    exec_ok(&mut env, &id, &["touch", "/plain/written"]).await;
+    env.exec_ok(&id, &["touch", "/plain/written"]).await;
     let plain_file = std::fs::metadata(plain.join("written")).unwrap();
     assert_eq!(
         (plain_file.uid(), plain_file.gid()),
@@ -346,13 +334,13 @@ async fn volumes_are_plain_binds_unless_the_mount_carries_id_mappings() {
     );
 
     assert_eq!(
-        exec_ok(&mut env, &id, &["stat", "-c", "%u", "/idmapped/from-host"])
+        env.exec_ok(&id, &["stat", "-c", "%u", "/idmapped/from-host"])
             .await
             .trim(),
         "0",
         "the host's root file is the container root's"
     );
-    exec_ok(&mut env, &id, &["touch", "/idmapped/written"]).await;
+    env.exec_ok(&id, &["touch", "/idmapped/written"]).await;
     let idmapped_file = std::fs::metadata(idmapped.join("written")).unwrap();
     assert_eq!(
         (idmapped_file.uid(), idmapped_file.gid()),
@@ -468,7 +456,7 @@ async fn refusals_name_the_problem_with_their_code() {
         .await;
     let host_map = std::fs::read_to_string("/proc/self/uid_map").unwrap();
     assert_eq!(
-        words(&exec_ok(&mut env, &id, &["cat", "/proc/self/uid_map"]).await),
+        words(&env.exec_ok(&id, &["cat", "/proc/self/uid_map"]).await),
         words(&host_map)
     );
     env.remove_pod(&pod.0).await;
@@ -494,7 +482,7 @@ async fn a_daemon_restart_keeps_userns_pods_running_and_usable() {
             container_config("r", &env.busybox(), &["sleep", "1000"]),
         )
         .await;
-    let ps = exec_ok(&mut env, &id, &["ps", "-o", "pid,comm"]).await;
+    let ps = env.exec_ok(&id, &["ps", "-o", "pid,comm"]).await;
     assert!(
         ps.lines()
             .any(|l| words(l) == ["1", "ketch-shim"] || words(l) == ["1", "ketch"]),
@@ -509,7 +497,7 @@ async fn a_daemon_restart_keeps_userns_pods_running_and_usable() {
     let status = env.status(&id).await;
     assert_eq!(status.state, ContainerState::ContainerRunning as i32);
     assert_eq!(env.container_pid(&id).await, pid);
-    assert_eq!(exec_ok(&mut env, &id, &["id", "-u"]).await.trim(), "0");
+    assert_eq!(env.exec_ok(&id, &["id", "-u"]).await.trim(), "0");
     assert_eq!(status_ids(pid, "Uid")[0], HOST_ID);
     // A new container after the restart joins the same namespaces.
     let second = env
@@ -546,15 +534,9 @@ async fn port_forward_and_attach_reach_a_userns_pod() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let reply = loop {
         let url = env
-            .rt
-            .port_forward(PortForwardRequest {
-                pod_sandbox_id: pod.0.clone(),
-                port: vec![i32::from(WEB_PORT)],
-            })
+            .port_forward_url(&pod.0, &[i32::from(WEB_PORT)])
             .await
-            .unwrap()
-            .into_inner()
-            .url;
+            .unwrap();
         let (reply, _) = spdy_forward(&url, WEB_PORT, b"GET / HTTP/1.0\r\n\r\n").await;
         let reply = String::from_utf8_lossy(&reply).into_owned();
         if reply.starts_with("HTTP/1") || std::time::Instant::now() > deadline {

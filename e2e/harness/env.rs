@@ -217,6 +217,20 @@ impl Env {
             .map(|r| r.into_inner())
     }
 
+    /// ExecSync that must succeed: its stdout (the output in the panic
+    /// message otherwise).
+    pub async fn exec_ok(&mut self, id: &str, cmd: &[&str]) -> String {
+        let out = self.exec(id, cmd, 20).await.expect("exec");
+        assert_eq!(
+            out.exit_code,
+            0,
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The `info` of a container's verbose status, parsed.
     pub async fn verbose_info(&mut self, id: &str) -> serde_json::Value {
         let reply = self
