@@ -405,13 +405,15 @@ async fn list_container_stats_filters_and_errors() {
     env.daemon.assert_clean();
 }
 
-/// A free loopback port (bound, then let go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The port of the metrics endpoint, from the daemon's start-up line.
+fn metrics_port(log: &str) -> u16 {
+    log.lines()
+        .filter(|l| l.contains("serving Prometheus metrics"))
+        .find_map(|l| {
+            let addr = l.split("address=").nth(1)?.split_whitespace().next()?;
+            addr.rsplit(':').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
 }
 
 fn scrape(port: u16) -> String {
@@ -437,12 +439,14 @@ fn value(text: &str, prefix: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_counters_move_with_the_calls_made() {
-    let port = free_port();
+    // Port 0, then the port the daemon says it bound: a port picked
+    // free beforehand may be taken by a parallel test meanwhile.
     let mut env = Env::start_with(DaemonOptions {
-        config_toml: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        config_toml: "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_owned(),
         ..Default::default()
     })
     .await;
+    let port = metrics_port(&env.daemon.log());
     let before = scrape(port);
     let list_count =
         "ketch_cri_request_duration_seconds_count{method=\"ListContainerStats\",code=\"Ok\"}";

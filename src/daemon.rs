@@ -97,7 +97,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 addr: metrics_addr.clone(),
                 source,
             })?;
-        tracing::info!(address = %metrics_addr, "serving Prometheus metrics on /metrics");
+        // The bound address: with port 0 the kernel picks one.
+        let bound = listener
+            .local_addr()
+            .map_or_else(|_| metrics_addr.clone(), |a| a.to_string());
+        tracing::info!(address = %bound, "serving Prometheus metrics on /metrics");
         tokio::spawn(crate::metrics::serve(listener, runtime.clone()));
     }
     let signal = shutdown_signal()?;
