@@ -181,9 +181,13 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     crate::logging::init(&config.log_level, config.log_format);
-    crate::memory::limit_arenas();
+    crate::memory::tune_malloc();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A burst of pod starts spawns a blocking thread per call, each
+        // with its stack and malloc cache (~0.2 MiB resident): let them
+        // go a second after the burst instead of tokio's ten.
+        .thread_keep_alive(crate::memory::BLOCKING_THREAD_KEEP_ALIVE)
         .build()
     {
         Ok(rt) => rt,

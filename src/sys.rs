@@ -282,6 +282,17 @@ pub mod malloc {
         unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
     }
 
+    /// Serves every allocation of `bytes` or more with its own mmap
+    /// (`M_MMAP_THRESHOLD`), unmapped when freed. Setting it also turns
+    /// off glibc's dynamic threshold, which otherwise rises to the size of
+    /// the largest mapped block freed, from then on serving such blocks
+    /// from the arenas, where they stay after being freed.
+    pub fn set_mmap_threshold(bytes: i32) {
+        // SAFETY: as above: a malloc parameter, refused with 0 when out
+        // of range.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) };
+    }
+
     /// Bytes malloc holds in free chunks, over all arenas.
     pub fn free_bytes() -> Option<usize> {
         // SAFETY: mallinfo2 takes no arguments and returns a plain struct
@@ -301,6 +312,7 @@ pub mod malloc {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub mod malloc {
     pub fn set_arena_max(_arenas: i32) {}
+    pub fn set_mmap_threshold(_bytes: i32) {}
     pub fn free_bytes() -> Option<usize> {
         None
     }
