@@ -8,9 +8,7 @@
 //! `nix` and `std` only.
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -156,34 +154,170 @@ pub fn set_domainname(name: &str) -> nix::Result<()> {
     Errno::result(unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) }).map(drop)
 }
 
-/// Places descriptors at fixed numbers in a child about to exec: each
-/// `(from, to)` pair becomes `to` (without close-on-exec) in the child.
-///
-/// The closure runs between fork and exec in a possibly multi-threaded
-/// process, so it makes only async-signal-safe calls (fcntl, dup2).
-pub fn pass_fds<const N: usize>(cmd: &mut Command, fds: [(RawFd, RawFd); N]) {
-    // SAFETY: the closure calls only fcntl and dup2, both async-signal-safe
-    // (signal-safety(7)), and touches no memory but its captured array.
-    unsafe {
-        cmd.pre_exec(move || {
-            // First move every source above the targets, so a source that
-            // happens to sit at another's target number is not overwritten.
-            let mut moved = [0; N];
-            for (i, (from, _)) in fds.iter().enumerate() {
-                let fd = libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, 64);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                moved[i] = fd;
-            }
-            for (i, (_, to)) in fds.iter().enumerate() {
-                if libc::dup2(moved[i], *to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+/// A child process started by [`spawn_with_fds`]; wait for it with
+/// [`SpawnedChild::wait`] (nothing reaps it otherwise).
+#[derive(Debug)]
+pub struct SpawnedChild {
+    pid: Pid,
+    status: Option<i32>,
+}
+
+impl SpawnedChild {
+    pub fn pid(&self) -> Pid {
+        self.pid
     }
+
+    /// Waits for the child (once; later calls return the same status):
+    /// its exit code, or 128 + the signal that killed it.
+    pub fn wait(&mut self) -> std::io::Result<i32> {
+        if let Some(code) = self.status {
+            return Ok(code);
+        }
+        loop {
+            match nix::sys::wait::waitpid(self.pid, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => {
+                    self.status = Some(code);
+                    return Ok(code);
+                }
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                    self.status = Some(128 + sig as i32);
+                    return Ok(128 + sig as i32);
+                }
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Starts `program` with `args` and this process's environment, each
+/// `(from, to)` pair of `fds` placed at descriptor `to` (stdio included);
+/// every other descriptor of ours is close-on-exec and stays behind.
+///
+/// posix_spawn(3) and not `Command` with a `pre_exec` hook: glibc makes
+/// the child with `clone(CLONE_VM | CLONE_VFORK)`, where a hook forces a
+/// fork, which copies the daemon's page tables and makes every page it
+/// writes afterwards a copy-on-write fault. The child starts with no
+/// signal blocked and SIGPIPE at its default, as with `Command`.
+pub fn spawn_with_fds(
+    program: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    fds: &[(BorrowedFd<'_>, RawFd)],
+) -> std::io::Result<SpawnedChild> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstring = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let path = cstring(program.as_os_str().as_bytes())?;
+    let mut argv_owned = vec![path.clone()];
+    for arg in args {
+        argv_owned.push(cstring(arg.as_bytes())?);
+    }
+    let mut envp_owned = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let mut pair = key.as_bytes().to_vec();
+        pair.push(b'=');
+        pair.extend_from_slice(value.as_bytes());
+        envp_owned.push(cstring(&pair)?);
+    }
+    let mut argv: Vec<*mut libc::c_char> =
+        argv_owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv.push(std::ptr::null_mut());
+    let mut envp: Vec<*mut libc::c_char> =
+        envp_owned.iter().map(|e| e.as_ptr().cast_mut()).collect();
+    envp.push(std::ptr::null_mut());
+    // Every source first moves above the targets (close-on-exec copies,
+    // ours until the spawn returns), so that placing one cannot overwrite
+    // a source still to be placed.
+    let mut moved = Vec::with_capacity(fds.len());
+    for (from, to) in fds {
+        let high = fcntl(from, FcntlArg::F_DUPFD_CLOEXEC(64))?;
+        // SAFETY: fcntl just returned this new descriptor; nothing else
+        // owns it.
+        moved.push((unsafe { std::os::fd::OwnedFd::from_raw_fd(high) }, *to));
+    }
+
+    let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+    // SAFETY: initialises the object `actions` points to; it is destroyed
+    // below on every path once initialised.
+    let rc = unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+    // SAFETY: as above, for the attributes object.
+    let rc = unsafe { libc::posix_spawnattr_init(attr.as_mut_ptr()) };
+    if rc != 0 {
+        // SAFETY: initialised just above and not used after this.
+        unsafe { libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr()) };
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    let spawned = (|| {
+        for (fd, to) in &moved {
+            // SAFETY: `actions` is initialised; dup2 in the child clears
+            // close-on-exec on `to` (a copy of a descriptor that stays
+            // open until the spawn returns).
+            let rc = unsafe {
+                libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), fd.as_raw_fd(), *to)
+            };
+            if rc != 0 {
+                return Err(std::io::Error::from_raw_os_error(rc));
+            }
+        }
+        // SAFETY: sigset_t is plain data that sigemptyset/sigaddset fill;
+        // `attr` is initialised and the sets outlive the calls.
+        let rc = unsafe {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            let mut pipe: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut pipe);
+            libc::sigaddset(&mut pipe, libc::SIGPIPE);
+            let a = libc::posix_spawnattr_setsigmask(attr.as_mut_ptr(), &empty);
+            let b = libc::posix_spawnattr_setsigdefault(attr.as_mut_ptr(), &pipe);
+            let flags =
+                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short;
+            let c = libc::posix_spawnattr_setflags(attr.as_mut_ptr(), flags);
+            if a != 0 {
+                a
+            } else if b != 0 {
+                b
+            } else {
+                c
+            }
+        };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: path, argv and envp are NUL-terminated strings in
+        // null-terminated arrays that outlive the call; `actions` and
+        // `attr` are initialised. The child runs no code of ours: glibc
+        // applies the actions and execs.
+        let rc = unsafe {
+            libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                actions.as_ptr(),
+                attr.as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(SpawnedChild {
+            pid: Pid::from_raw(pid),
+            status: None,
+        })
+    })();
+    // SAFETY: both were initialised above and are not used after this.
+    unsafe {
+        libc::posix_spawnattr_destroy(attr.as_mut_ptr());
+        libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr());
+    }
+    spawned
 }
 
 /// Sets `IFF_UP` on the network interface `name` of the namespace `sock`

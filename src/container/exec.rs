@@ -100,6 +100,7 @@ impl ContainerManager {
                 scratch_dir: self.sockets_dir().to_owned(),
             }),
             seccomp_program: None,
+            cgroup_mounts: None,
         })
     }
 }

@@ -33,7 +33,6 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -53,7 +52,7 @@ use tokio_util::task::TaskTracker;
 
 use super::state::State;
 use super::{ContainerError, ContainerManager, ContainerRecord};
-use crate::executor::exec::{self, ExecError, ExecTarget};
+use crate::executor::exec::{self, ChildStdio, ExecError, ExecTarget};
 use crate::monitor::proto;
 use crate::store::StoreError;
 use crate::streaming::{
@@ -363,7 +362,7 @@ impl Spawner {
     /// here once it holds them).
     async fn start(
         self,
-        stdio: [Stdio; 3],
+        stdio: [ChildStdio; 3],
         cancel: &Cancel,
     ) -> Result<(Running, Option<OwnedFd>), BackendError> {
         let cancel = cancel.clone();
@@ -659,16 +658,16 @@ async fn exec_pipes(
     let output = io.stdout.is_some().then(pipe).transpose()?;
     let errors = io.stderr.is_some().then(pipe).transpose()?;
     let (child_in, our_in) = match input {
-        Some((r, w)) => (Stdio::from(r), Some(w)),
-        None => (Stdio::null(), None),
+        Some((r, w)) => (ChildStdio::Fd(r), Some(w)),
+        None => (ChildStdio::Null, None),
     };
     let (child_out, our_out) = match output {
-        Some((r, w)) => (Stdio::from(w), Some(r)),
-        None => (Stdio::null(), None),
+        Some((r, w)) => (ChildStdio::Fd(w), Some(r)),
+        None => (ChildStdio::Null, None),
     };
     let (child_err, our_err) = match errors {
-        Some((r, w)) => (Stdio::from(w), Some(r)),
-        None => (Stdio::null(), None),
+        Some((r, w)) => (ChildStdio::Fd(w), Some(r)),
+        None => (ChildStdio::Null, None),
     };
     let (running, _) = spawner
         .start([child_in, child_out, child_err], &cancel)
@@ -701,7 +700,7 @@ async fn exec_pipes(
 async fn exec_tty(spawner: Spawner, mut io: StreamIo, cancel: Cancel) -> Result<i32, BackendError> {
     // The terminal is made in the container; the helper's own stdio is
     // /dev/null.
-    let stdio = [Stdio::null(), Stdio::null(), Stdio::null()];
+    let stdio = [ChildStdio::Null, ChildStdio::Null, ChildStdio::Null];
     let (running, master) = spawner.start(stdio, &cancel).await?;
     let master = master.ok_or_else(|| failed("exec", "the exec helper passed no terminal"))?;
     let (mut output, input) = terminal(master)?;

@@ -32,10 +32,10 @@
 //! then `X` + i32 LE exit code (128 + signal for a signal death).
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -109,6 +109,13 @@ pub struct ExecProcess {
     /// from the daemon's cache, so the helper does not compile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp_program: Option<String>,
+    /// The cgroup lines of the daemon's mount table ([`spawn`] fills it
+    /// from [`cgroup_mount_table`]), so the helper need not read
+    /// `/proc/self/mountinfo`: on a node that lists every container's
+    /// mounts, and the kernel formats all of them on each read (a fifth of
+    /// the helper's time with a handful of containers, read twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_mounts: Option<String>,
 }
 
 impl From<&Process> for ExecProcess {
@@ -118,6 +125,7 @@ impl From<&Process> for ExecProcess {
             seccomp: None,
             runtime: None,
             seccomp_program: None,
+            cgroup_mounts: None,
         }
     }
 }
@@ -128,9 +136,18 @@ impl From<&ExecProcess> for ExecProcess {
     }
 }
 
+/// One of the stdio descriptors [`spawn`] gives the helper.
+#[derive(Debug)]
+pub enum ChildStdio {
+    /// /dev/null, read and write.
+    Null,
+    /// This descriptor (the child's end; closed here once it holds it).
+    Fd(OwnedFd),
+}
+
 /// A process started in a container.
 pub struct ExecHandle {
-    helper: Child,
+    helper: sys::SpawnedChild,
     status: std::fs::File,
     pid: Pid,
     console: Option<OwnedFd>,
@@ -177,9 +194,9 @@ pub fn spawn(
     exe: &Path,
     target: ExecTarget,
     process: impl Into<ExecProcess>,
-    stdin: Stdio,
-    stdout: Stdio,
-    stderr: Stdio,
+    stdin: ChildStdio,
+    stdout: ChildStdio,
+    stderr: ChildStdio,
 ) -> Result<ExecHandle, ExecError> {
     let io = |context| move |source| ExecError::Io { context, source };
     let mut process: ExecProcess = process.into();
@@ -191,6 +208,9 @@ pub fn spawn(
                 Some(base64::engine::general_purpose::STANDARD.encode(&program.bytes));
         }
     }
+    if process.cgroup_mounts.is_none() {
+        process.cgroup_mounts = cgroup_mount_table().map(str::to_owned);
+    }
     let json = serde_json::to_vec(&process).map_err(ExecError::Encode)?;
     let (spec_r, spec_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create a pipe")(e.into()))?;
     let (status_r, status_w) =
@@ -200,37 +220,46 @@ pub fn spawn(
         .then(super::console::channel)
         .transpose()
         .map_err(|e| io("create a socket pair")(e.into()))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("exec")
-        .arg("--pid")
-        .arg(target.pid.to_string())
-        .arg("--start-time")
-        .arg(target.start_time.to_string())
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(stderr);
-    match &console {
-        Some((_, theirs)) => sys::pass_fds(
-            &mut cmd,
-            [
-                (spec_r.as_raw_fd(), SPEC_FD),
-                (status_w.as_raw_fd(), STATUS_FD),
-                (theirs.as_raw_fd(), CONSOLE_FD),
-            ],
+    let (pid_arg, start_arg) = (target.pid.to_string(), target.start_time.to_string());
+    let args = [
+        "exec".as_ref(),
+        "--pid".as_ref(),
+        pid_arg.as_ref(),
+        "--start-time".as_ref(),
+        start_arg.as_ref(),
+    ];
+    let null = match (&stdin, &stdout, &stderr) {
+        (ChildStdio::Fd(_), ChildStdio::Fd(_), ChildStdio::Fd(_)) => None,
+        _ => Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(io("open /dev/null"))?,
         ),
-        None => sys::pass_fds(
-            &mut cmd,
-            [
-                (spec_r.as_raw_fd(), SPEC_FD),
-                (status_w.as_raw_fd(), STATUS_FD),
-            ],
-        ),
+    };
+    let mut fds: Vec<(BorrowedFd<'_>, RawFd)> = Vec::with_capacity(6);
+    for (fd, stdio) in [(0, &stdin), (1, &stdout), (2, &stderr)] {
+        let source = match stdio {
+            ChildStdio::Fd(owned) => owned.as_fd(),
+            ChildStdio::Null => null
+                .as_ref()
+                .map(|f| f.as_fd())
+                .ok_or_else(|| io("open /dev/null")(std::io::ErrorKind::NotFound.into()))?,
+        };
+        fds.push((source, fd));
     }
-    let helper = cmd.spawn().map_err(|source| ExecError::Spawn {
+    fds.push((spec_r.as_fd(), SPEC_FD));
+    fds.push((status_w.as_fd(), STATUS_FD));
+    if let Some((_, theirs)) = &console {
+        fds.push((theirs.as_fd(), CONSOLE_FD));
+    }
+    let helper = sys::spawn_with_fds(exe, &args, &fds).map_err(|source| ExecError::Spawn {
         exe: exe.to_owned(),
         source,
     })?;
-    drop(cmd);
+    drop(fds);
+    drop((stdin, stdout, stderr, null));
     drop(spec_r);
     drop(status_w);
     let console = console.map(|(ours, _)| ours);
@@ -333,9 +362,9 @@ pub fn exec_sync(
         exe,
         target,
         process,
-        Stdio::null(),
-        Stdio::from(out_w),
-        Stdio::from(err_w),
+        ChildStdio::Null,
+        ChildStdio::Fd(out_w),
+        ChildStdio::Fd(err_w),
     )?;
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut collector = Collector::default();
@@ -357,7 +386,7 @@ pub fn exec_sync(
                 }
                 if killed_at.is_some_and(|k| k.elapsed() > Duration::from_secs(10)) {
                     // A process stuck in the kernel: do not wait forever.
-                    let _ = kill(Pid::from_raw(handle.helper.id() as i32), Signal::SIGKILL);
+                    let _ = kill(handle.helper.pid(), Signal::SIGKILL);
                     break;
                 }
                 if timed_out {
@@ -532,6 +561,7 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
         seccomp,
         runtime,
         seccomp_program,
+        cgroup_mounts,
     } = serde_json::from_slice(&json)
         .map_err(|e| StepError::msg("parse the process spec", e.to_string()))?;
     if let Some(target) = runtime {
@@ -618,8 +648,14 @@ fn helper(args: &ExecArgs, spec: OwnedFd, status: &OwnedFd) -> Result<i32, Helpe
     // A cgroup the helper is already in is not joined again: even a move
     // to where one is takes the kernel's migration lock (on a hybrid host,
     // the unified tree's root, which ketch leaves alone).
-    let ours = cgroup_dirs(Pid::this())?;
-    let theirs: Vec<PathBuf> = cgroup_dirs(pid)?
+    // The daemon's cgroup mounts when it sent them (the helper is in its
+    // mount namespace still), else one read of the mount table for both.
+    let mountinfo = match cgroup_mounts {
+        Some(table) => table,
+        None => read_mountinfo()?,
+    };
+    let ours = resolve_cgroup_dirs(&read_proc_cgroup(Pid::this())?, &mountinfo);
+    let theirs: Vec<PathBuf> = resolve_cgroup_dirs(&read_proc_cgroup(pid)?, &mountinfo)
         .into_iter()
         .filter(|d| !ours.contains(d))
         .collect();
@@ -757,11 +793,48 @@ fn same_file(a: &str, b: &str) -> bool {
 /// process's mount table (/proc/<pid>/cgroup paths are relative to each
 /// hierarchy's root).
 pub fn cgroup_dirs(pid: Pid) -> Result<Vec<PathBuf>, StepError> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .map_err(|e| StepError::io(format!("read /proc/{pid}/cgroup"), &e))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| StepError::io("read /proc/self/mountinfo", &e))?;
-    Ok(resolve_cgroup_dirs(&cgroups, &mountinfo))
+    Ok(resolve_cgroup_dirs(
+        &read_proc_cgroup(pid)?,
+        &read_mountinfo()?,
+    ))
+}
+
+/// The cgroup and cgroup2 lines of this process's `/proc/self/mountinfo`,
+/// read once: cgroup hierarchies are mounted when the node boots and stay.
+/// None when the table cannot be read (the helper then reads its own).
+pub fn cgroup_mount_table() -> Option<&'static str> {
+    static TABLE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            let all = read_mountinfo().ok()?;
+            Some(cgroup_lines(&all))
+        })
+        .as_deref()
+}
+
+/// The lines of a mountinfo table whose filesystem is cgroup or cgroup2.
+fn cgroup_lines(mountinfo: &str) -> String {
+    let mut out = String::new();
+    for line in mountinfo.lines() {
+        let fstype = line
+            .split_once(" - ")
+            .and_then(|(_, right)| right.split(' ').next());
+        if matches!(fstype, Some("cgroup" | "cgroup2")) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn read_proc_cgroup(pid: Pid) -> Result<String, StepError> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| StepError::io(format!("read /proc/{pid}/cgroup"), &e))
+}
+
+fn read_mountinfo() -> Result<String, StepError> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| StepError::io("read /proc/self/mountinfo", &e))
 }
 
 fn resolve_cgroup_dirs(cgroups: &str, mountinfo: &str) -> Vec<PathBuf> {
@@ -857,6 +930,34 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/cpu/pods/c1"),
                 PathBuf::from("/sys/fs/cgroup/systemd"),
                 PathBuf::from("/sys/fs/cgroup/unified/pods/c1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_cgroup_lines_of_a_mount_table_resolve_as_the_whole_table() {
+        let mountinfo = "\
+22 1 0:21 / / rw - ext4 /dev/vda1 rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 /kubepods /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+90 22 0:50 / /var/lib/ketch/c1/rootfs rw - overlay overlay rw,lowerdir=/l/cgroup
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        let table = cgroup_lines(mountinfo);
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(!table.contains("overlay") && !table.contains("tmpfs"));
+        let cgroups = "4:memory:/kubepods/c1\n3:cpu,cpuacct:/c1\n0::/c1\n";
+        assert_eq!(
+            resolve_cgroup_dirs(cgroups, &table),
+            resolve_cgroup_dirs(cgroups, mountinfo)
+        );
+        assert_eq!(
+            resolve_cgroup_dirs(cgroups, &table),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/memory/c1"),
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/c1"),
+                PathBuf::from("/sys/fs/cgroup/unified/c1"),
             ]
         );
     }
