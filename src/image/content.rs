@@ -126,10 +126,23 @@ pub struct BlobWriter {
 impl BlobWriter {
     /// Verifies digest and size, fsyncs and renames the blob into place.
     pub fn commit(
+        self,
+        expected: &Digest,
+        size: u64,
+        what: &'static str,
+    ) -> Result<(), ImageError> {
+        self.commit_synced(expected, size, what, None)
+    }
+
+    /// As [`BlobWriter::commit`]; `synced_fs` is the device of a file
+    /// system `syncfs`'d since the last write: on that one the blob's data
+    /// is on disk already and needs no fsync of its own.
+    pub fn commit_synced(
         mut self,
         expected: &Digest,
         size: u64,
         what: &'static str,
+        synced_fs: Option<u64>,
     ) -> Result<(), ImageError> {
         let len = self.hasher.len();
         let hasher = std::mem::take(&mut self.hasher);
@@ -148,9 +161,16 @@ impl BlobWriter {
                 reason: format!("content hashes to {actual}"),
             });
         }
-        self.file
-            .sync_all()
-            .map_err(|e| ImageError::io("fsync blob", &self.path, e))?;
+        let same_fs = |dev| {
+            self.file
+                .metadata()
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::dev(&m) == dev)
+        };
+        if !synced_fs.is_some_and(same_fs) {
+            self.file
+                .sync_all()
+                .map_err(|e| ImageError::io("fsync blob", &self.path, e))?;
+        }
         let target = self.store.path(expected);
         std::fs::rename(&self.path, &target)
             .map_err(|e| ImageError::io("rename blob into place", &target, e))?;

@@ -204,8 +204,12 @@ pub fn apply_layer(
         });
     }
     let commit = || {
+        // One flush for the layer's files and the blob's copy (when both
+        // are on one file system): the blob is committed after it without
+        // an fsync of its own, then the layer is named.
+        let synced_fs = tmp.sync()?;
         if let (Some(blob), Some((digest, size))) = (blob, &spec.blob) {
-            blob.commit(digest, *size, "layer")?;
+            blob.commit_synced(digest, *size, "layer", Some(synced_fs))?;
         }
         tmp.commit(&layers.path(&spec.chain_id))?;
         sync_dir(&layers.dir)
@@ -254,13 +258,21 @@ impl TempDir {
         })
     }
 
-    /// Flushes the filesystem (so the files are durable before the name
-    /// is) and renames the directory to `target`. A target someone else
-    /// made meanwhile wins; ours is dropped.
-    fn commit(mut self, target: &Path) -> Result<(), ImageError> {
+    /// Flushes the file system the directory is on (so its files are
+    /// durable before its name is); returns that file system's device.
+    fn sync(&self) -> Result<u64, ImageError> {
         let dir = std::fs::File::open(&self.path)
             .map_err(|e| ImageError::io("open layer", &self.path, e))?;
         nix::unistd::syncfs(&dir).map_err(|e| ImageError::nix("syncfs", &self.path, e))?;
+        let meta = dir
+            .metadata()
+            .map_err(|e| ImageError::io("stat layer", &self.path, e))?;
+        Ok(std::os::unix::fs::MetadataExt::dev(&meta))
+    }
+
+    /// Renames the directory, [`TempDir::sync`]'d, to `target`. A target
+    /// someone else made meanwhile wins; ours is dropped.
+    fn commit(mut self, target: &Path) -> Result<(), ImageError> {
         match std::fs::rename(&self.path, target) {
             Ok(()) => {
                 self.committed = true;
