@@ -286,16 +286,19 @@ async fn id_prefixes_resolve_and_ambiguous_prefixes_are_refused() {
     );
 
     // The shortest prefix unique among all pods resolves.
-    for id in &ids {
-        let len = (1..=64)
+    let unique_len = |id: &str| {
+        (1..=64)
             .find(|n| ids.iter().filter(|o| o.starts_with(&id[..*n])).count() == 1)
-            .unwrap();
-        let st = status(&mut client, &id[..len]).await.unwrap();
+            .unwrap()
+    };
+    for id in &ids {
+        let st = status(&mut client, &id[..unique_len(id)]).await.unwrap();
         assert_eq!(&st.status.unwrap().id, id);
     }
 
-    // Stop and remove by prefix.
-    let short = &a[..shared + 1];
+    // Stop and remove by prefix: one longer than the part `a` shares with
+    // `b` may still be shared with a third pod, so the unique one.
+    let short = &a[..unique_len(&a)];
     stop(&mut client, short).await.unwrap();
     assert_eq!(
         state(&status(&mut client, &a).await.unwrap()),
