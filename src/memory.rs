@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use crate::sys::malloc;
 
-/// How often the trimmer looks (`mallinfo2` walks the free lists: tens of
-/// microseconds).
+/// How often the trimmer looks (`mallinfo2` walks malloc's free lists,
+/// on a blocking thread).
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// Freed memory malloc may keep before it is trimmed.
 const TRIM_THRESHOLD: usize = 1024 * 1024;

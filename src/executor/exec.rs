@@ -228,24 +228,18 @@ pub fn spawn(
         "--start-time".as_ref(),
         start_arg.as_ref(),
     ];
-    let null = match (&stdin, &stdout, &stderr) {
-        (ChildStdio::Fd(_), ChildStdio::Fd(_), ChildStdio::Fd(_)) => None,
-        _ => Some(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .map_err(io("open /dev/null"))?,
-        ),
-    };
+    // For the stdio given as `Null`; opened whether needed or not, which
+    // costs one open(2).
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(io("open /dev/null"))?;
     let mut fds: Vec<(BorrowedFd<'_>, RawFd)> = Vec::with_capacity(6);
     for (fd, stdio) in [(0, &stdin), (1, &stdout), (2, &stderr)] {
         let source = match stdio {
             ChildStdio::Fd(owned) => owned.as_fd(),
-            ChildStdio::Null => null
-                .as_ref()
-                .map(|f| f.as_fd())
-                .ok_or_else(|| io("open /dev/null")(std::io::ErrorKind::NotFound.into()))?,
+            ChildStdio::Null => null.as_fd(),
         };
         fds.push((source, fd));
     }
