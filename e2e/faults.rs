@@ -182,7 +182,7 @@ async fn a_crash_at_each_step_of_running_a_shared_pid_pod_leaves_nothing() {
     for point in [
         "run-pod-after-namespaces",
         "run-pod-after-pid-holder",
-        "run-pod-after-pid-holder-record",
+        "run-pod-after-cni-add",
         "run-pod-before-ready",
     ] {
         let config = shared_pid_config(&daemon, &unique("crashrun"));

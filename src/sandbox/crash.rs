@@ -9,7 +9,8 @@
 //!
 //! Points: `run-pod-after-record`, `run-pod-after-namespaces`,
 //! `run-pod-after-pid-holder` (holder running, not yet recorded),
-//! `run-pod-after-pid-holder-record`,
+//! `run-pod-after-pid-holder-record` (only for a holder that joined no
+//! pinned namespace: one that did is found by them, not recorded here),
 //! `run-pod-after-cni-add` (CNI ADD done, its result not yet persisted),
 //! `run-pod-after-network`, `run-pod-before-ready`;
 //! `stop-pod-after-not-ready` (NOTREADY committed, holder still running),

@@ -106,13 +106,18 @@ impl SandboxManager {
         crash_point("run-pod-after-namespaces");
 
         // The holder of a shared PID namespace, on disk before the pod can
-        // be READY; a crash before the record is cleaned by `undo`, which
-        // finds the holder by the namespaces it joined.
+        // be READY (the next record write carries it). A crash before that
+        // is cleaned by `undo`, which finds the holder by the pinned
+        // namespaces it joined; only a holder that joined none (a pod on
+        // the node's network and IPC) must be recorded at once, or nothing
+        // would find it.
         self.start_pid_holder(pod).await?;
         if pod.pid_holder.is_some() {
             crash_point("run-pod-after-pid-holder");
-            self.store.persist(pod)?;
-            crash_point("run-pod-after-pid-holder-record");
+            if !holder_findable_by_pins(pod) {
+                self.store.persist(pod)?;
+                crash_point("run-pod-after-pid-holder-record");
+            }
         }
 
         // THE place the pod's network is set up (CNI ADD).
@@ -173,6 +178,14 @@ impl SandboxManager {
             }
         }
     }
+}
+
+/// Whether a crash's undo would find the pod's PID namespace holder
+/// without a record: [`crate::pod_pid::find_by_namespaces`] finds a
+/// holder by the pinned network, IPC or UTS namespace it joined.
+fn holder_findable_by_pins(pod: &PodSandbox) -> bool {
+    let ns = &pod.namespaces;
+    ns.net.is_some() || ns.ipc.is_some() || ns.uts.is_some()
 }
 
 /// Checks what the CRI requires and what ketch supports, before anything
