@@ -375,6 +375,66 @@ async fn compressions_platforms_and_whiteouts() {
     daemon.assert_clean();
 }
 
+/// Whether the content store holds blob `digest` ("sha256:<hex>").
+fn stored_blob(daemon: &Daemon, digest: &str) -> bool {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    daemon.root_dir.join("content/sha256").join(hex).is_file()
+}
+
+#[tokio::test]
+async fn pulled_layer_blobs_are_dropped_once_unpacked_unless_configured_to_stay() {
+    let registry = Registry::start_plain().await;
+    let images = TestImages::push_all(&registry).await;
+    let image = &images.layered;
+    assert!(image.layer_digests.len() > 1, "{image:?}");
+    for (config_toml, kept) in [
+        ("", false),
+        ("[image]\ndiscard_unpacked_layers = false\n", true),
+    ] {
+        let daemon = Daemon::start_with(DaemonOptions {
+            config_toml: config_toml.into(),
+            ..Default::default()
+        })
+        .await;
+        let mut c = daemon.images().await;
+        assert_eq!(
+            pull(&mut c, &image.reference, None).await.unwrap(),
+            image.id()
+        );
+        // Manifest and config always stay (ImageStatus reads the config).
+        assert!(
+            stored_blob(&daemon, &image.manifest_digest),
+            "{config_toml:?}"
+        );
+        assert!(
+            stored_blob(&daemon, &image.config_digest),
+            "{config_toml:?}"
+        );
+        for layer in &image.layer_digests {
+            assert_eq!(
+                stored_blob(&daemon, layer),
+                kept,
+                "{config_toml:?}: {layer}"
+            );
+        }
+        for dir in layer_dirs(&daemon, &mut c, &image.reference).await {
+            assert!(dir.is_dir(), "{config_toml:?}: {dir:?} unpacked");
+        }
+        assert!(leftovers(&daemon.root_dir).is_empty(), "{config_toml:?}");
+
+        // A layer whose unpacked copy is lost comes back at the next pull:
+        // unpacked from the kept blob, or downloaded again.
+        let top = layer_dirs(&daemon, &mut c, &image.reference)
+            .await
+            .pop()
+            .unwrap();
+        std::fs::remove_dir_all(&top).unwrap();
+        pull(&mut c, &image.reference, None).await.unwrap();
+        assert!(top.is_dir(), "{config_toml:?}: the layer is back");
+        daemon.assert_clean();
+    }
+}
+
 /// An image whose only layer is `entries` (no busybox, for speed).
 async fn push_layer_image(registry: &Registry, repo: &str, entries: Vec<Entry>) -> String {
     let image = ImageBuilder::new().layer(Layer::new(entries)).build();

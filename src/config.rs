@@ -147,6 +147,12 @@ pub struct ImageConfig {
     /// Free bytes the root dir's filesystem must keep while layers unpack;
     /// 0 turns the check off.
     pub free_space_reserve_bytes: u64,
+    /// Whether a pulled layer's compressed blob is dropped once the layer
+    /// is unpacked and verified (containerd's `discard_unpacked_layers`;
+    /// CRI-O never keeps them): nothing in the CRI reads them again, and
+    /// keeping them doubles what a pull writes and what images take on
+    /// disk. A layer whose unpacked copy is lost is then downloaded again.
+    pub discard_unpacked_layers: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -215,6 +221,7 @@ impl Default for ImageConfig {
             max_layer_unpacked_bytes: 64 << 30,
             max_layer_compression_ratio: 1000,
             free_space_reserve_bytes: 1 << 30,
+            discard_unpacked_layers: true,
         }
     }
 }

@@ -40,7 +40,8 @@
 //! # On disk (under `root_dir`)
 //!
 //! ```text
-//! content/sha256/<hex>     verified blobs: manifests, indexes, configs, pulled layer blobs
+//! content/sha256/<hex>     verified blobs: manifests, indexes, configs (and pulled layer
+//!                          blobs when `discard_unpacked_layers` is off)
 //! content/.tmp-*           blobs being written
 //! layers/<chain-id hex>/   one unpacked layer, an overlay lowerdir
 //! layers/.tmp-*            layers being unpacked

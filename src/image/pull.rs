@@ -295,13 +295,11 @@ impl Inner {
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(16);
         let inner = self.clone();
+        let keep_blob = !self.config.image.discard_unpacked_layers;
         let unpack = tokio::task::spawn_blocking(move || {
-            apply_layer(
-                &inner.layers,
-                Some(&inner.content),
-                ChannelReader::new(rx),
-                &spec,
-            )
+            // Verified against its digest either way; stored only if kept.
+            let content = keep_blob.then_some(&inner.content);
+            apply_layer(&inner.layers, content, ChannelReader::new(rx), &spec)
         });
         let mut received: u64 = 0;
         let mut feed_error = None;
