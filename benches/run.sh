@@ -232,6 +232,11 @@ say "registry at $REGISTRY (pid $REG_PID); building and pushing images"
 . "$DIR/images.env"
 
 # --- one CNI network for both runtimes --------------------------------------
+# The bridge with host-local IPAM, as the configs containerd and CRI-O ship
+# and `make run` installs. No `loopback` in the chain: each runtime brings
+# `lo` up on its own (containerd runs the loopback plugin as a network of
+# its own, ketch sets the flag when it makes the namespace), so a chained
+# one would be a second, redundant exec for both.
 cat >"$DIR/cni/net.d/10-ketch-bench.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
@@ -249,8 +254,7 @@ cat >"$DIR/cni/net.d/10-ketch-bench.conflist" <<EOF
         "routes": [{ "dst": "0.0.0.0/0" }],
         "dataDir": "$DIR/cni/ipam"
       }
-    },
-    { "type": "loopback" }
+    }
   ]
 }
 EOF
