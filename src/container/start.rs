@@ -209,12 +209,31 @@ impl ContainerManager {
     }
 }
 
-/// Whether `path` is a mount point (a reboot empties the overlay mounts).
+/// Whether the overlay at `path` is mounted (a reboot empties the overlay
+/// mounts). An overlay always has a device number of its own, unlike the
+/// directory it is mounted on: two stats, where reading
+/// `/proc/self/mountinfo` had the kernel format every mount of the node,
+/// a few for each pod, at every start.
 fn is_mountpoint(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(target), Some(parent)) = (std::fs::symlink_metadata(path), path.parent()) else {
         return false;
     };
-    let wanted = path.display().to_string();
-    text.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == wanted))
+    std::fs::symlink_metadata(parent).is_ok_and(|parent| parent.dev() != target.dev())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_of_another_file_system_is_a_mount_point_a_plain_dir_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("rootfs");
+        std::fs::create_dir(&plain).unwrap();
+        assert!(!is_mountpoint(&plain));
+        assert!(!is_mountpoint(&dir.path().join("missing")));
+        // procfs on its mount point, below a root of another file system.
+        assert!(is_mountpoint(Path::new("/proc")));
+    }
 }
