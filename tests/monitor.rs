@@ -197,6 +197,7 @@ impl Bundle {
             stdin: false,
             stdin_once: false,
             cgroup_dirs: Vec::new(),
+            cgroup_mounts: None,
             exe: Some(ketch()),
             runtime: None,
         }

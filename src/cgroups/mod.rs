@@ -157,12 +157,27 @@ pub struct CgroupManager {
 impl CgroupManager {
     /// Detects the host's cgroup version and mounts (see the module doc).
     pub fn detect() -> Result<Self> {
+        Self::detect_with(None)
+    }
+
+    /// [`CgroupManager::detect`] with the cgroup lines of the mount table
+    /// given (a container's monitor gets them from the daemon, which read
+    /// them once), so that `/proc/self/mountinfo`, which lists every mount
+    /// of the node, is read only when they are not.
+    pub fn detect_with(mount_table: Option<&str>) -> Result<Self> {
         let root = Path::new(CGROUP_ROOT);
         if is_cgroup2(root) {
             return Self::v2_at(root);
         }
-        let mountinfo = files::read(Path::new("/proc/self/mountinfo"))?;
-        let mounts = parse::parse_mountinfo(&mountinfo);
+        let read;
+        let mountinfo = match mount_table {
+            Some(table) => table,
+            None => {
+                read = files::read(Path::new("/proc/self/mountinfo"))?;
+                read.as_str()
+            }
+        };
+        let mounts = parse::parse_mountinfo(mountinfo);
         let v1 = v1::V1::from_mounts(&mounts).ok_or_else(|| {
             CgroupError::NoCgroupFs(format!(
                 "{CGROUP_ROOT} is not cgroup2 and no cgroup v1 hierarchy is mounted"

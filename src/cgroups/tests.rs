@@ -851,3 +851,26 @@ fn v2_device_rules_are_enforced() {
         "kmsg writable"
     );
 }
+
+#[test]
+fn a_mount_table_given_to_detection_is_the_one_used_on_a_v1_host() {
+    if is_cgroup2(Path::new(CGROUP_ROOT)) {
+        eprintln!("skipped: a cgroup2 host is detected without a mount table");
+        return;
+    }
+    // One hierarchy, not this host's whole set: the table given is used,
+    // /proc/self/mountinfo is not read.
+    let table = "35 31 0:32 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n";
+    let given = CgroupManager::detect_with(Some(table)).expect("detect from the table");
+    let CgroupFs::V1(fs) = given.container_fs() else {
+        panic!("a v1 table detects v1");
+    };
+    let names: Vec<&str> = fs.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["memory"]);
+
+    let read = CgroupManager::detect().expect("detect");
+    let CgroupFs::V1(all) = read.container_fs() else {
+        panic!("this host is v1");
+    };
+    assert!(all.len() > 1, "{all:?}");
+}

@@ -193,6 +193,7 @@ impl ContainerManager {
             stdin: record.config.stdin,
             stdin_once: record.config.stdin_once,
             cgroup_dirs,
+            cgroup_mounts: crate::executor::exec::cgroup_mount_table().map(str::to_owned),
             exe: Some(self.exe().to_owned()),
             runtime: record.runtime.clone().map(|rt| (rt, record.id.clone())),
         };

@@ -128,6 +128,9 @@ pub struct StartRequest<'a> {
     /// v1 hierarchy, or the single v2 one); empty leaves the process in the
     /// caller's cgroups.
     pub cgroup_dirs: &'a [PathBuf],
+    /// The cgroup and cgroup2 lines of the host's mount table, when the
+    /// caller has them ([`exec::cgroup_mount_table`]); `None` reads them.
+    pub cgroup_mounts: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -183,6 +186,7 @@ impl<'a> Plan<'a> {
         spec: &'a Spec,
         stdio: &Stdio<'_>,
         cgroup_dirs: &[PathBuf],
+        cgroup_mount_table: Option<&str>,
     ) -> Result<Self, ExecutorError> {
         let invalid = |m: &str| ExecutorError::InvalidSpec(m.to_owned());
         let process = spec
@@ -211,7 +215,13 @@ impl<'a> Plan<'a> {
         let linux = spec.linux().as_ref().ok_or_else(|| invalid("no linux"))?;
         let namespaces = NamespacePlan::new(linux)?;
         let mut warnings = Vec::new();
-        let cgroups = cgroup_mounts(spec, &namespaces, cgroup_dirs, &mut warnings);
+        let cgroups = cgroup_mounts(
+            spec,
+            &namespaces,
+            cgroup_dirs,
+            cgroup_mount_table,
+            &mut warnings,
+        );
         // A spec the container's process would refuse at its mount steps
         // is refused with the same words before anything is made.
         let mounts = MountPlan::new(&rootfs, spec, &cgroups)
@@ -246,7 +256,13 @@ impl<'a> Plan<'a> {
 
 impl Executor for Builtin {
     fn start(&self, req: &StartRequest<'_>) -> Result<StartedProcess, ExecutorError> {
-        let plan = Plan::new(req.bundle, req.spec, &req.stdio, req.cgroup_dirs)?;
+        let plan = Plan::new(
+            req.bundle,
+            req.spec,
+            &req.stdio,
+            req.cgroup_dirs,
+            req.cgroup_mounts,
+        )?;
         let sys = |context| move |source| ExecutorError::Sys { context, source };
         let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
         let console = match req.stdio {
@@ -337,6 +353,7 @@ fn cgroup_mounts(
     spec: &Spec,
     namespaces: &NamespacePlan,
     cgroup_dirs: &[PathBuf],
+    mount_table: Option<&str>,
     warnings: &mut Vec<String>,
 ) -> CgroupMounts {
     let wanted = spec
@@ -346,7 +363,7 @@ fn cgroup_mounts(
         .iter()
         .any(|m| m.typ().as_deref() == Some("cgroup"));
     let fs = if wanted {
-        match CgroupManager::detect() {
+        match CgroupManager::detect_with(mount_table) {
             Ok(manager) => Some(manager.container_fs()),
             Err(e) => {
                 warnings.push(format!("no cgroup filesystem to mount: {e}"));
@@ -466,7 +483,7 @@ mod tests {
         let mut process = spec.process().clone().unwrap();
         process.set_terminal(Some(terminal));
         spec.set_process(Some(process));
-        match Plan::new(bundle.path(), &spec, stdio, &[]) {
+        match Plan::new(bundle.path(), &spec, stdio, &[], None) {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         }

@@ -118,6 +118,9 @@ pub struct MonitorSpec {
     pub stdin_once: bool,
     /// Cgroups to enter before the container's namespaces are made.
     pub cgroup_dirs: Vec<PathBuf>,
+    /// The cgroup lines of the host's mount table, for the container's
+    /// cgroup mounts; `None`: the monitor reads `/proc/self/mountinfo`.
+    pub cgroup_mounts: Option<String>,
     /// The ketch binary to run as the monitor; `None` is [`SELF_EXE`].
     pub exe: Option<PathBuf>,
     /// The external OCI runtime that starts the container, and the
@@ -239,6 +242,8 @@ pub struct MonitorArgs {
     pub stdin_once: bool,
     #[arg(long)]
     pub cgroup_dir: Vec<PathBuf>,
+    #[arg(long)]
+    pub cgroup_mounts: Option<String>,
     /// An external OCI runtime's binary (with `--runtime-root`,
     /// `--runtime-handler` and `--container-id`).
     #[arg(long, requires_all = ["runtime_root", "container_id"])]
@@ -301,6 +306,9 @@ pub fn start(spec: &MonitorSpec) -> Result<Started, MonitorError> {
     }
     for dir in &spec.cgroup_dirs {
         cmd.arg("--cgroup-dir").arg(dir);
+    }
+    if let Some(table) = &spec.cgroup_mounts {
+        cmd.arg("--cgroup-mounts").arg(table);
     }
     if let Some((runtime, id)) = &spec.runtime {
         cmd.arg("--runtime")

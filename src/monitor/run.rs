@@ -219,6 +219,7 @@ impl Monitor {
                 None => Stdio::Terminal,
             },
             cgroup_dirs: &args.cgroup_dir,
+            cgroup_mounts: args.cgroup_mounts.as_deref(),
         };
         // The pod's runtime handler picks the executor: an external OCI
         // runtime gets the same bundle, and this monitor stays the parent.
