@@ -128,6 +128,13 @@ pub fn find_by_namespaces(pins: &[&Path]) -> Vec<PodInit> {
         .collect()
 }
 
+/// Whether [`find_by_namespaces`] can find the holder of a pod with these
+/// namespaces without a record: only by a pinned network, IPC or UTS
+/// namespace it joined (the flags [`joins_pins`] matches).
+pub fn findable(namespaces: &PodNamespaces) -> bool {
+    namespaces.net.is_some() || namespaces.ipc.is_some() || namespaces.uts.is_some()
+}
+
 /// Whether a NUL-separated command line is `<exe> pause ... --net|--ipc|--uts <pin>`
 /// for one of `pins`.
 fn joins_pins(cmdline: &[u8], pins: &[&Path]) -> bool {
@@ -185,6 +192,31 @@ mod tests {
             &[net]
         ));
         assert!(!joins_pins(b"", &[net]));
+    }
+
+    #[test]
+    fn a_holder_is_findable_only_by_a_pinned_net_ipc_or_uts_namespace() {
+        let pin = || Some(PathBuf::from("/run/ketch/pods/abc/ns/x"));
+        let none = PodNamespaces {
+            user: None,
+            net: None,
+            ipc: None,
+            uts: None,
+        };
+        assert!(!findable(&none), "the node's network and IPC");
+        assert!(!findable(&PodNamespaces {
+            user: pin(),
+            ..none.clone()
+        }));
+        assert!(findable(&PodNamespaces {
+            net: pin(),
+            ..none.clone()
+        }));
+        assert!(findable(&PodNamespaces {
+            ipc: pin(),
+            ..none.clone()
+        }));
+        assert!(findable(&PodNamespaces { uts: pin(), ..none }));
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl SandboxManager {
         self.start_pid_holder(pod).await?;
         if pod.pid_holder.is_some() {
             crash_point("run-pod-after-pid-holder");
-            if !holder_findable_by_pins(pod) {
+            if !crate::pod_pid::findable(&pod.namespaces) {
                 self.store.persist(pod)?;
                 crash_point("run-pod-after-pid-holder-record");
             }
@@ -178,14 +178,6 @@ impl SandboxManager {
             }
         }
     }
-}
-
-/// Whether a crash's undo would find the pod's PID namespace holder
-/// without a record: [`crate::pod_pid::find_by_namespaces`] finds a
-/// holder by the pinned network, IPC or UTS namespace it joined.
-fn holder_findable_by_pins(pod: &PodSandbox) -> bool {
-    let ns = &pod.namespaces;
-    ns.net.is_some() || ns.ipc.is_some() || ns.uts.is_some()
 }
 
 /// Checks what the CRI requires and what ketch supports, before anything
