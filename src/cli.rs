@@ -180,6 +180,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    crate::memory::reexec_with_malloc_tunables();
     crate::logging::init(&config.log_level, config.log_format);
     crate::memory::tune_malloc();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
