@@ -26,15 +26,6 @@ pub struct Cli {
 pub enum Command {
     /// Serve CRI v1 on a unix socket (the default).
     Serve(ServeArgs),
-    /// A container's monitor (started by the daemon).
-    #[command(hide = true)]
-    Monitor(crate::monitor::MonitorArgs),
-    /// PID 1 of a pod's shared PID namespace (started by the daemon).
-    #[command(hide = true)]
-    Pause(crate::monitor::pause::PauseArgs),
-    /// A process exec'd into a running container (started by the daemon).
-    #[command(hide = true)]
-    Exec(crate::executor::exec::ExecArgs),
     /// Manage the image store.
     Image {
         #[command(subcommand)]
@@ -163,10 +154,6 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => serve(&args.or(&cli.serve)),
-        // Single-threaded, no async runtime: these fork.
-        Some(Command::Monitor(args)) => crate::monitor::main(&args),
-        Some(Command::Pause(args)) => crate::monitor::pause::main(&args),
-        Some(Command::Exec(args)) => crate::executor::exec::main(&args),
         Some(Command::Image { command }) => image(command),
         None => serve(&cli.serve),
     }

@@ -1,5 +1,5 @@
 //! A pod's shared PID namespace (`NamespaceMode::POD` for pid): held by a
-//! `ketch pause` process, PID 1 of the namespace, which reaps the zombies
+//! `ketch-shim pause` process, PID 1 of the namespace, which reaps the zombies
 //! of every container in it. No pause image is involved.
 //!
 //! The pause runs detached, like a monitor, so it survives daemon

@@ -2,7 +2,7 @@
 //! the configuration and, as they land, the pod, container and image stores.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,8 @@ pub enum RuntimeError {
     ImageNotFound(String),
     #[error("cannot find our own executable: {0}")]
     SelfExe(std::io::Error),
+    #[error("no {} at {}: ketch runs its monitors from it (`make install` puts it there)", SHIM_NAME, .0.display())]
+    NoShim(PathBuf),
     #[error(transparent)]
     PodPid(#[from] PodPidError),
     #[error("cannot generate a container ID: {0}")]
@@ -172,19 +174,15 @@ fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
     })
 }
 
-/// The binary monitors, pauses and exec helpers run: `ketch-shim` beside
-/// the daemon's own executable (much smaller per process), or the daemon's
-/// executable itself, which has the same subcommands.
-fn helper_exe(daemon_exe: PathBuf) -> PathBuf {
+/// The binary monitors, pauses and exec helpers run: `ketch-shim`, beside
+/// the daemon's own executable (as containerd has its shims and CRI-O its
+/// conmon). The daemon's binary does not carry their code.
+fn helper_exe(daemon_exe: &Path) -> Result<PathBuf, RuntimeError> {
     let shim = daemon_exe.with_file_name(SHIM_NAME);
     if shim.is_file() {
-        shim
+        Ok(shim)
     } else {
-        tracing::warn!(
-            missing = %shim.display(),
-            "no ketch-shim beside the daemon; monitors run the daemon's binary"
-        );
-        daemon_exe
+        Err(RuntimeError::NoShim(shim))
     }
 }
 
@@ -196,7 +194,7 @@ impl Runtime {
     /// run (a restart, a crash, a reboot).
     pub async fn new(config: Config) -> Result<Self, RuntimeError> {
         let exe = std::env::current_exe().map_err(RuntimeError::SelfExe)?;
-        Self::with_exe(config, helper_exe(exe)).await
+        Self::with_exe(config, helper_exe(&exe)?).await
     }
 
     /// As [`Runtime::new`], with the ketch binary that monitors and exec
@@ -602,5 +600,31 @@ impl Runtime {
             },
         };
         vec![runtime, network]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shim_is_found_beside_the_daemon_or_its_absence_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = dir.path().join("ketch");
+        std::fs::write(&daemon, b"").unwrap();
+        let shim = dir.path().join(SHIM_NAME);
+
+        let err = helper_exe(&daemon).unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::NoShim(p) if *p == shim),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&shim.display().to_string()),
+            "{err}"
+        );
+
+        std::fs::write(&shim, b"").unwrap();
+        assert_eq!(helper_exe(&daemon).unwrap(), shim);
     }
 }

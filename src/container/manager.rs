@@ -192,7 +192,7 @@ impl ContainerManager {
         let _ = self.list(&running);
     }
 
-    /// The ketch binary that exec helpers (`ketch exec`) run.
+    /// The binary exec helpers run (`ketch-shim`, for `ketch-shim exec`).
     pub fn exe(&self) -> &Path {
         &self.exe
     }

@@ -3,7 +3,7 @@
 //! run on.
 //!
 //! - **exec** starts a new process in the running container through the
-//!   executor's `ketch exec` helper ([`exec::spawn`]). Without a terminal its
+//!   executor's `ketch-shim exec` helper ([`exec::spawn`]). Without a terminal its
 //!   stdin, stdout and stderr are pipes (only those the client asked for;
 //!   the others are /dev/null); with one, the helper opens a pty in the
 //!   container's own devpts and passes its master back (the slave, a

@@ -93,6 +93,7 @@ impl From<RuntimeError> for Status {
                 Status::failed_precondition(e.to_string())
             }
             RuntimeError::SelfExe(_)
+            | RuntimeError::NoShim(_)
             | RuntimeError::PodPid(_)
             | RuntimeError::Random(_)
             | RuntimeError::Systemd(_) => Status::internal(e.to_string()),

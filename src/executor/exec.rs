@@ -2,11 +2,11 @@
 //!
 //! The daemon is multi-threaded, so it must not fork and then run Rust code:
 //! only async-signal-safe calls are allowed between fork and exec there.
-//! Instead it re-executes its own binary as the hidden `ketch exec` helper
+//! Instead it runs the `ketch-shim exec` helper
 //! ([`spawn`]), which is single-threaded and free to do the work:
 //!
 //! ```text
-//! daemon ─spawn→ ketch exec --pid P --start-time T   (fd 3: the OCI Process
+//! daemon ─spawn→ ketch-shim exec --pid P --start-time T   (fd 3: the OCI Process
 //!                 │  as JSON; fd 4: status pipe back; 0-2: the stdio)
 //!                 │  check P is still the container's init (start time),
 //!                 │  join P's cgroups, setns ipc, uts, net, cgroup, pid,
@@ -496,7 +496,7 @@ impl Collector {
     }
 }
 
-/// Arguments of the hidden `ketch exec` helper.
+/// Arguments of the `ketch-shim exec` helper.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExecArgs {
     /// The container's first process.
@@ -507,7 +507,7 @@ pub struct ExecArgs {
     pub start_time: u64,
 }
 
-/// `ketch exec`: the helper side. Plain blocking code, single-threaded.
+/// `ketch-shim exec`: the helper side. Plain blocking code, single-threaded.
 pub fn main(args: &ExecArgs) -> ExitCode {
     // SAFETY: the daemon placed these descriptors for us (see `spawn`); no
     // other code in this fresh process owns them.

@@ -1,4 +1,4 @@
-//! The per-container monitor: `ketch monitor`, one process per container,
+//! The per-container monitor: `ketch-shim monitor`, one process per container,
 //! the way conmon serves CRI-O.
 //!
 //! The daemon calls [`start`], which re-executes our binary as `ketch
@@ -223,7 +223,7 @@ impl ExitStatus {
     }
 }
 
-/// Arguments of the hidden `ketch monitor` subcommand (see [`MonitorSpec`]).
+/// Arguments of the `ketch-shim monitor` subcommand (see [`MonitorSpec`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct MonitorArgs {
     #[arg(long)]

@@ -1,9 +1,9 @@
-//! `ketch pause`: PID 1 of a pod's shared PID namespace. It holds the
+//! `ketch-shim pause`: PID 1 of a pod's shared PID namespace. It holds the
 //! namespace open for the pod's containers (they join `/proc/<pid>/ns/pid`)
 //! and reaps the orphans reparented to it. No pause image is needed.
 //!
 //! [`spawn`] starts one in a new PID namespace, joined to the pod's pinned
-//! net/ipc/uts namespaces and detached like a monitor: `ketch pause
+//! net/ipc/uts namespaces and detached like a monitor: `ketch-shim pause
 //! --spawn` makes its own session, joins the namespaces, unshares the PID
 //! namespace and forks; the child is PID 1 there and runs [`run_pause`];
 //! the parent reports the child's pid over a pipe and exits.
@@ -64,7 +64,7 @@ pub struct Spawned {
     pub start_time: u64,
 }
 
-/// Arguments of the hidden `ketch pause` subcommand.
+/// Arguments of the `ketch-shim pause` subcommand.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PauseArgs {
     /// Start a detached pause in a new PID namespace and report its pid on
@@ -120,7 +120,7 @@ pub fn spawn(exe: Option<&Path>, ns: &PodNamespaces) -> Result<Spawned, MonitorE
     Ok(Spawned { pid, start_time })
 }
 
-/// `ketch pause`.
+/// `ketch-shim pause`.
 pub fn main(args: &PauseArgs) -> ExitCode {
     if !args.spawn {
         run_pause();

@@ -1,4 +1,4 @@
-//! The monitor process itself (`ketch monitor ...`): plain blocking code
+//! The monitor process itself (`ketch-shim monitor ...`): plain blocking code
 //! around one poll(2) loop, single-threaded, so it stays small and may
 //! fork (the executor forks from here).
 
@@ -33,7 +33,7 @@ const CLIENT_BUFFER_LIMIT: usize = 4 << 20;
 const STDIN_BUFFER_LIMIT: usize = 1 << 20;
 const READ_CHUNK: usize = 32 * 1024;
 
-/// `ketch monitor`: detaches, then runs the container to its end.
+/// `ketch-shim monitor`: detaches, then runs the container to its end.
 pub fn main(args: &MonitorArgs) -> ExitCode {
     let report = match take_report_pipe() {
         Ok(report) => report,
