@@ -197,8 +197,8 @@ impl Runtime {
         Self::with_exe(config, helper_exe(&exe)?).await
     }
 
-    /// As [`Runtime::new`], with the ketch binary that monitors and exec
-    /// helpers run.
+    /// As [`Runtime::new`], with the binary that monitors, pauses and exec
+    /// helpers run given (`ketch-shim` in the daemon).
     pub async fn with_exe(config: Config, exe: PathBuf) -> Result<Self, RuntimeError> {
         let images = ImageStore::new(&config)?;
         // Whether pods may have a user namespace of their own: their layers

@@ -3,12 +3,12 @@
 //! shares a PID namespace (`ketch-shim pause`) — and the helper that execs
 //! into a container (`ketch-shim exec`), in a binary of their own.
 //!
-//! A binary of their own, apart from the daemon's, which carries the gRPC
-//! server, the registry client and TLS: a monitor exec'd from that one
-//! relocated half a MiB of its data (private to each process) and faulted
-//! in megabytes of its text. This binary links only the code these
-//! processes run, and the daemon's binary does not link it. The daemon
-//! runs it from beside its own executable (see `Runtime::new`).
+//! The daemon's binary carries the gRPC server, the registry client and
+//! TLS: a monitor exec'd from it relocated half a MiB of its data (private
+//! to each process) and faulted in megabytes of its text. This binary
+//! links only the code these processes run, and the daemon's binary does
+//! not link it. The daemon runs it from beside its own executable (see
+//! `Runtime::new`).
 
 use std::process::ExitCode;
 
