@@ -88,7 +88,7 @@ impl ContainerManager {
 }
 
 /// The pids, among `/proc`'s, of monitors ketch started for `bundle`: the
-/// process runs `exe` (the shim or the daemon's own binary) with
+/// process runs `exe` (`ketch-shim`) with
 /// `--bundle <bundle>` among its arguments. Nothing else is ours, even if
 /// its command line mentions the bundle (`tail …/config.json`).
 fn monitors_of(proc_dir: &Path, exe: &Path, bundle: &Path) -> Vec<i32> {
