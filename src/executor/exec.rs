@@ -188,7 +188,7 @@ impl ExecHandle {
 /// master [`ExecHandle::take_console`] returns. Returns once the program
 /// runs, or why it cannot.
 ///
-/// `exe` is the ketch binary (`/proc/self/exe` in the daemon). Blocking:
+/// `exe` is the helper binary (`ketch-shim` beside the daemon). Blocking:
 /// call it from a blocking thread.
 pub fn spawn(
     exe: &Path,
