@@ -243,6 +243,43 @@ fn a_node_without_cni_plugins_is_refused_at_start() {
     );
 }
 
+/// A daemon without ketch-shim beside it is refused at start, before its
+/// socket exists, naming where the shim should be.
+#[test]
+fn a_daemon_without_ketch_shim_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let daemon = bin.join("ketch");
+    if std::fs::hard_link(ketch_bin(), &daemon).is_err() {
+        std::fs::copy(ketch_bin(), &daemon).unwrap();
+    }
+    let config = dir.path().join("ketch.toml");
+    std::fs::write(&config, "").unwrap();
+    let socket = dir.path().join("sock/ketch.sock");
+    let out = std::process::Command::new(&daemon)
+        .arg("--config")
+        .arg(&config)
+        .arg("--root-dir")
+        .arg(dir.path().join("root"))
+        .arg("--state-dir")
+        .arg(dir.path().join("run"))
+        .arg("--listen")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("this node cannot run containers"), "{err}");
+    let shim = bin.join("ketch-shim");
+    assert!(
+        err.contains(&format!("no ketch-shim at {}", shim.display())),
+        "{err}"
+    );
+    assert!(!socket.exists(), "the socket must not be left behind");
+}
+
 /// root_dir on overlayfs (ketch in a container without a volume for its
 /// state): overlayfs cannot take it as an upper layer, and ketch says so.
 #[test]

@@ -15,6 +15,8 @@
 //!   the cgroup manager, in every v1 hierarchy ketch uses or in the v2
 //!   tree (a container that got `/sys/fs/cgroup` read-only cannot limit
 //!   anything).
+//! - **ketch-shim** beside the daemon's executable: the binary every
+//!   monitor, pause and exec helper runs (`runtime::helper_exe`).
 //!
 //! The findings are plain data ([`Problem`]); [`problems_of_cni`] decides
 //! from facts passed in, and the probes are a few syscalls each.
@@ -40,7 +42,16 @@ pub fn check(config: &Config) -> Vec<Problem> {
     warn_of_missing_plugins(config);
     problems.extend(probe_overlay(&config.root_dir));
     problems.extend(probe_cgroups());
+    problems.extend(find_shim());
     problems
+}
+
+/// The helper binary, found as the runtime will look for it.
+fn find_shim() -> Option<Problem> {
+    let found = std::env::current_exe()
+        .map_err(crate::runtime::RuntimeError::SelfExe)
+        .and_then(|exe| crate::runtime::helper_exe(&exe));
+    found.err().map(|e| Problem(e.to_string()))
 }
 
 /// The CNI plugin directories: one of them must exist.

@@ -177,7 +177,7 @@ fn pod_info(pod: &PodSandbox) -> Result<PodInfo, PodPidError> {
 /// The binary monitors, pauses and exec helpers run: `ketch-shim`, beside
 /// the daemon's own executable (as containerd has its shims and CRI-O its
 /// conmon). The daemon's binary does not carry their code.
-fn helper_exe(daemon_exe: &Path) -> Result<PathBuf, RuntimeError> {
+pub(crate) fn helper_exe(daemon_exe: &Path) -> Result<PathBuf, RuntimeError> {
     let shim = daemon_exe.with_file_name(SHIM_NAME);
     if shim.is_file() {
         Ok(shim)
