@@ -6,7 +6,9 @@ use std::process::Stdio;
 
 use ketch::cri::api::*;
 
-use crate::harness::daemon::{E2E_BASE, ketch_bin, run_with_config};
+use crate::harness::cri::container_config;
+use crate::harness::daemon::{E2E_BASE, ketch_bin, mountpoints, run_with_config};
+use crate::harness::env::Env;
 use crate::harness::{Daemon, DaemonOptions};
 
 #[tokio::test]
@@ -278,6 +280,11 @@ fn a_daemon_without_ketch_shim_is_refused_at_start() {
         "{err}"
     );
     assert!(!socket.exists(), "the socket must not be left behind");
+    let state = dir.path().join("run").display().to_string();
+    assert!(
+        !mountpoints().contains(&state),
+        "a refused start takes down the tmpfs it mounted on the state dir"
+    );
 }
 
 /// root_dir on overlayfs (ketch in a container without a volume for its
@@ -331,4 +338,98 @@ fn root_dir_on_overlayfs_is_refused_at_start() {
         "{err}"
     );
     unmounted.expect("unmount the test overlay");
+}
+
+/// Whether `path` is on a filesystem that keeps its content in memory.
+fn on_memory_fs(path: &std::path::Path) -> bool {
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+    let fs = statfs(path).unwrap().filesystem_type();
+    fs == TMPFS_MAGIC || fs == FsType(0x8584_58f6)
+}
+
+/// The state dir (here under E2E_BASE, on the disk) is volatile: ketch
+/// mounts a tmpfs on it, which stays when ketch stops, with a running
+/// container's socket and exit file in it, and is found again on restart.
+#[tokio::test]
+async fn a_state_dir_on_disk_gets_a_tmpfs_that_outlives_the_daemon() {
+    let mut env = Env::start().await;
+    let state = env.daemon.state_dir.clone();
+    assert!(on_memory_fs(&state), "the state dir is not on a tmpfs");
+    let on_disk = !on_memory_fs(std::path::Path::new(E2E_BASE));
+    if on_disk {
+        assert!(
+            mountpoints().contains(&state.display().to_string()),
+            "ketch mounts the tmpfs itself when the state dir is on disk"
+        );
+    } else {
+        eprintln!("note: {E2E_BASE} is on a tmpfs already; ketch's own mount is not exercised");
+    }
+    let pod = env.run_pod("volatile").await;
+    let id = env
+        .run_container(
+            &pod,
+            container_config("sleeper", &env.busybox(), &["sleep", "3600"]),
+        )
+        .await;
+
+    assert_eq!(env.daemon.stop().await, Some(0));
+    assert!(on_memory_fs(&state), "the tmpfs stays when ketch stops");
+    let monitor_socket = state.join("sock").join(format!("{}.sock", &id[..32]));
+    assert!(
+        monitor_socket.exists(),
+        "the running container's monitor socket is kept: {}",
+        monitor_socket.display()
+    );
+    env.daemon.restart().await;
+    env.rt = env.daemon.runtime().await;
+    env.img = env.daemon.images().await;
+    let mounts_at_state = mountpoints()
+        .into_iter()
+        .filter(|m| *m == state.display().to_string())
+        .count();
+    assert_eq!(
+        mounts_at_state,
+        usize::from(on_disk),
+        "a restart mounts nothing over the tmpfs it finds"
+    );
+    assert_eq!(
+        env.status(&id).await.state,
+        ContainerState::ContainerRunning as i32,
+        "the container runs on across the restart"
+    );
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
+
+/// A state dir on disk that holds another run's pods (a ketch that ran
+/// there before it mounted a tmpfs of its own, whose containers may still
+/// run) is left as it is: a tmpfs would hide that state.
+#[tokio::test]
+async fn a_state_dir_with_another_runs_state_is_not_hidden() {
+    std::fs::create_dir_all(E2E_BASE).unwrap();
+    if on_memory_fs(std::path::Path::new(E2E_BASE)) {
+        eprintln!(
+            "skipped: {E2E_BASE} is on a tmpfs, so ketch never mounts one over its state dir"
+        );
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("t-")
+        .tempdir_in(E2E_BASE)
+        .unwrap();
+    let state = dir.path().join("run");
+    let earlier_pod = state.join("pods").join("0".repeat(64));
+    std::fs::create_dir_all(&earlier_pod).unwrap();
+    let mut daemon = Daemon::start_in(dir, DaemonOptions::default()).await;
+    assert!(
+        !on_memory_fs(&state),
+        "a tmpfs was mounted over another run's state"
+    );
+    assert!(
+        daemon.log().contains("holds another run's state"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.stop().await, Some(0));
+    daemon.assert_clean();
 }

@@ -75,6 +75,8 @@ pub struct Config {
     pub root_dir: PathBuf,
     /// Volatile state (tmpfs): socket, pod namespace pins, monitor sockets.
     pub state_dir: PathBuf,
+    /// Mount a tmpfs on `state_dir` when it is on persistent storage.
+    pub state_dir_tmpfs: bool,
     /// The CRI gRPC unix socket.
     pub listen: PathBuf,
     /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` wins when set.
@@ -178,6 +180,7 @@ impl Default for Config {
         Self {
             root_dir: PathBuf::from("/var/lib/ketch"),
             state_dir: PathBuf::from("/run/ketch"),
+            state_dir_tmpfs: true,
             listen: PathBuf::from("/run/ketch/ketch.sock"),
             log_level: "info".into(),
             log_format: LogFormat::Text,

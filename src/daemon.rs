@@ -54,6 +54,8 @@ pub enum DaemonError {
     },
     #[error("this node cannot run containers:\n  - {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
     Preflight(Vec<crate::preflight::Problem>),
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -61,6 +63,8 @@ pub enum DaemonError {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     make_dir(&config.root_dir, 0o700)?;
     make_dir(&config.state_dir, 0o711)?;
+    // Before the socket's lock, which may live in it.
+    let state_tmpfs = crate::state_dir::prepare(&config.state_dir, config.state_dir_tmpfs)?;
     let socket_dir = config.listen.parent().unwrap_or(Path::new("/"));
     make_dir(socket_dir, 0o711)?;
 
@@ -105,6 +109,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tokio::spawn(crate::metrics::serve(listener, runtime.clone()));
     }
     let signal = shutdown_signal()?;
+    // Serving from here on: containers started now outlive the daemon, and
+    // their sockets and exit files live on this tmpfs.
+    if let Some(tmpfs) = state_tmpfs {
+        tmpfs.keep();
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         signal.await;

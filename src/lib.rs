@@ -34,6 +34,7 @@ pub(crate) mod preflight;
 pub mod runtime;
 pub(crate) mod sandbox;
 pub(crate) mod seccomp;
+pub(crate) mod state_dir;
 pub(crate) mod store;
 pub mod streaming;
 pub(crate) mod sys;

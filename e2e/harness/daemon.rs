@@ -68,6 +68,12 @@ impl Daemon {
             .prefix("t-")
             .tempdir_in(E2E_BASE)
             .expect("create test dir");
+        Self::start_in(dir, options).await
+    }
+
+    /// Starts ketch in a test dir the test prepared (under [`E2E_BASE`]):
+    /// `root`, `run` (the state dir), `cni` and the rest are made in it.
+    pub async fn start_in(dir: tempfile::TempDir, options: DaemonOptions) -> Self {
         let root_dir = dir.path().join("root");
         let state_dir = dir.path().join("run");
         let cni_conf_dir = dir.path().join("cni");
@@ -231,9 +237,16 @@ impl Daemon {
         assert!(procs.is_empty(), "processes left running: {procs:?}");
         let mounts: Vec<String> = mountpoints()
             .into_iter()
-            .filter(|m| m.starts_with(&base))
+            .filter(|m| m.starts_with(&base) && !self.is_state_tmpfs(m))
             .collect();
         assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    }
+
+    /// The tmpfs ketch mounts on its state dir when that is on persistent
+    /// storage: it stays when ketch stops, as the containers' sockets and
+    /// exit files live there; never a leak.
+    fn is_state_tmpfs(&self, mount_point: &str) -> bool {
+        Path::new(mount_point) == self.state_dir
     }
 
     /// Kills every process still running from this test's dirs (monitors,
@@ -253,6 +266,7 @@ impl Daemon {
         for m in &mounts {
             let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
         }
+        mounts.retain(|m| !self.is_state_tmpfs(m));
         (procs, mounts)
     }
 }
