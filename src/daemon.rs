@@ -73,6 +73,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if !problems.is_empty() {
         return Err(DaemonError::Preflight(problems));
     }
+    // Before the socket exists: a client that sees it may stop ketch at
+    // once, and SIGTERM must then mean a clean stop, not the default death.
+    let signal = shutdown_signal()?;
     let listener = bind_socket(&config.listen)?;
     let socket_path = config.listen.clone();
 
@@ -108,7 +111,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::info!(address = %bound, "serving Prometheus metrics on /metrics");
         tokio::spawn(crate::metrics::serve(listener, runtime.clone()));
     }
-    let signal = shutdown_signal()?;
     // Serving from here on: containers started now outlive the daemon, and
     // their sockets and exit files live on this tmpfs.
     if let Some(tmpfs) = state_tmpfs {
