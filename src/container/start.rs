@@ -26,9 +26,10 @@ impl ContainerManager {
             .map_err(ContainerError::transition(&id))?;
 
         // Mark the start in the record first: a crash while the monitor
-        // starts leaves a trace the reconcile acts on.
+        // starts leaves a trace the reconcile acts on. Only a crash of the
+        // daemon needs it (a reboot ends the monitor too), so no fsync.
         record.starting = true;
-        guard.save(record.clone())?;
+        guard.save_mark(record.clone())?;
         crate::sandbox::crash_point("start-container-before-monitor");
         let scope = self.start_scope(&record).await;
         let manager = self.clone();
