@@ -18,7 +18,8 @@
 # kernel, the cgroup layout and whether a cgroup hierarchy is mounted with
 # favordynmods (a stock kernel has it off: every cgroup migration then
 # waits for an RCU grace period, so figures taken with it on flatter any
-# runtime that migrates processes).
+# runtime that migrates processes), and the filesystem under each runtime's
+# state dir.
 #
 # When critest (cri-tools) is on PATH, its own benchmark runs too, against
 # both runtimes in turns (`critest -benchmark`, CRITEST_NUMBER pods and
@@ -375,6 +376,10 @@ done
 [ "${#files[@]}" -gt 0 ] || die "no run produced results"
 mkdir -p "$(dirname "$BENCH_JSON")"
 HOST_LINE=$("$BENCH_BIN" host)
+# Where each runtime keeps its volatile state: ketch mounts a tmpfs on its
+# state dir when it is on disk (this host's /run may be), containerd does not.
+fs_of() { stat -f -c %T "$1" 2>/dev/null || echo "-"; }
+STATE_LINE="ketch $(fs_of "$KD/run"), containerd $(fs_of "$CD/state"); root dirs on $(fs_of "$DIR")"
 
 # --- critest's own benchmark, when critest is on PATH --------------------------
 CRITEST_TABLE=""
@@ -428,6 +433,7 @@ fi
 echo
 echo "ketch-bench: $ROUNDS rounds x $ITERATIONS iterations; pull image $((BENCH_PULL_IMAGE_BYTES / 1048576)) MiB in $BENCH_PULL_IMAGE_LAYERS layers; $(nproc) CPUs"
 echo "host: $HOST_LINE"
+echo "state dirs: $STATE_LINE"
 "$BENCH_BIN" report --json "$BENCH_JSON" "${files[@]}"
 echo
 echo "critest -benchmark: $CRITEST_ROUNDS rounds x $CRITEST_NUMBER pods and containers"
