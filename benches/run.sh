@@ -47,7 +47,9 @@
 #   KETCH_BIN_DIR=             ketch and ketch-shim from this directory
 #                              instead of building them (e.g. an older build)
 #   CRITEST_NUMBER=30          pods and containers of critest's benchmark
-#   CRITEST_ROUNDS=1           critest turns per runtime
+#   CRITEST_ROUNDS=2           critest turns per runtime (order swapped each
+#                              turn: the first to run meets the teardown of
+#                              the main rounds' last 50 pods)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -61,7 +63,7 @@ RUNTIMES=${RUNTIMES:-ketch containerd}
 BENCH_JSON=${BENCH_JSON:-target/bench/results.json}
 KETCH_BIN_DIR=${KETCH_BIN_DIR:-}
 CRITEST_NUMBER=${CRITEST_NUMBER:-30}
-CRITEST_ROUNDS=${CRITEST_ROUNDS:-1}
+CRITEST_ROUNDS=${CRITEST_ROUNDS:-2}
 CARGO=${CARGO:-cargo}
 CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
 
