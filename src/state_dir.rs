@@ -33,7 +33,12 @@ use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
 const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
 
 /// The subdirectories of `state_dir` whose entries are a run's live state.
-const STATE_SUBDIRS: [&str; 4] = ["pods", "containers", "sock", "runtimes"];
+const STATE_SUBDIRS: [&str; 3] = ["pods", "containers", "sock"];
+
+/// Where the runtime handlers' state is: a directory per handler (made by
+/// the OCI runtime and left when its last container goes), whose entries
+/// are containers.
+const RUNTIMES_SUBDIR: &str = "runtimes";
 
 /// What to do with the state directory at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,13 +101,22 @@ fn is_mount_point(dir: &Path) -> bool {
 
 /// The first entry of a run's state under `state_dir`, if any.
 fn live_entry(state_dir: &Path) -> Option<PathBuf> {
-    STATE_SUBDIRS.iter().find_map(|sub| {
-        std::fs::read_dir(state_dir.join(sub))
+    let first_in = |dir: &Path| {
+        std::fs::read_dir(dir)
             .ok()?
             .flatten()
             .next()
             .map(|entry| entry.path())
-    })
+    };
+    STATE_SUBDIRS
+        .iter()
+        .find_map(|sub| first_in(&state_dir.join(sub)))
+        .or_else(|| {
+            std::fs::read_dir(state_dir.join(RUNTIMES_SUBDIR))
+                .ok()?
+                .flatten()
+                .find_map(|handler| first_in(&handler.path()))
+        })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,10 +279,16 @@ mod tests {
         for sub in STATE_SUBDIRS {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
         }
-        assert_eq!(live_entry(dir.path()), None, "empty subdirs are no state");
-        let pin = dir.path().join("sock").join("abc.sock");
-        std::fs::write(&pin, b"").unwrap();
-        assert_eq!(live_entry(dir.path()), Some(pin));
+        let runc = dir.path().join(RUNTIMES_SUBDIR).join("runc");
+        std::fs::create_dir_all(&runc).unwrap();
+        assert_eq!(live_entry(dir.path()), None, "empty dirs are no state");
+        let runc_container = runc.join("abc");
+        std::fs::create_dir(&runc_container).unwrap();
+        assert_eq!(live_entry(dir.path()), Some(runc_container.clone()));
+        std::fs::remove_dir(&runc_container).unwrap();
+        let socket = dir.path().join("sock").join("abc.sock");
+        std::fs::write(&socket, b"").unwrap();
+        assert_eq!(live_entry(dir.path()), Some(socket));
     }
 
     #[test]
