@@ -147,6 +147,44 @@ async fn a_cut_off_start_spares_processes_that_mention_the_bundle() {
     env.daemon.assert_clean();
 }
 
+/// The start mark (a file in the state dir) decides a reconcile only
+/// beside a record still CREATED: beside a started container it is stale
+/// and goes, and the container keeps running.
+#[tokio::test]
+async fn a_start_mark_fails_only_a_container_left_created() {
+    let mut env = Env::start().await;
+    let pod = env.run_pod("marks").await;
+    let running = container_config("running", &env.busybox(), &["sleep", "1000"]);
+    let running = env.create(&pod, running).await.expect("create");
+    env.start_container(&running).await.expect("start");
+    let created = container_config("created", &env.busybox(), &["sleep", "1000"]);
+    let created = env.create(&pod, created).await.expect("create");
+    let mark = |id: &str| {
+        env.daemon
+            .state_dir
+            .join("containers")
+            .join(id)
+            .join("starting")
+    };
+    let (running_mark, created_mark) = (mark(&running), mark(&created));
+    assert!(!running_mark.exists(), "a finished start leaves no mark");
+    for m in [&running_mark, &created_mark] {
+        std::fs::write(m, b"").unwrap();
+    }
+    restart(&mut env).await;
+    let status = env.status(&running).await;
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    let status = env.status(&created).await;
+    assert_eq!(status.state, ContainerState::ContainerExited as i32);
+    assert_eq!(status.reason, "StartError");
+    assert!(
+        !running_mark.exists() && !created_mark.exists(),
+        "marks left"
+    );
+    env.remove_pod(&pod.0).await;
+    env.daemon.assert_clean();
+}
+
 fn resources(memory: i64, shares: i64) -> LinuxContainerResources {
     LinuxContainerResources {
         memory_limit_in_bytes: memory,

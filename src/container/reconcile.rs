@@ -42,11 +42,19 @@ impl ContainerManager {
                         .publish_recovered(super::manager::event_of(&record, EventKind::Stopped));
                 }
             }
-            if record.starting {
+            // A start mark beside a record still CREATED: the start was cut
+            // off. (Versions before the mark file set `starting` in the
+            // record.) Beside any other state the mark is stale.
+            let mark = self.start_mark(&id);
+            let marked = mark.exists();
+            if record.starting || (marked && record.state == State::Created) {
                 self.abandon_start(&mut record);
                 self.store.persist(&record)?;
                 self.events
                     .publish_recovered(super::manager::event_of(&record, EventKind::Stopped));
+            }
+            if marked && let Err(e) = std::fs::remove_file(&mark) {
+                tracing::warn!(container = %id, "cannot remove the start mark: {e}");
             }
             self.store.adopt(reservation, record)?;
         }

@@ -43,8 +43,9 @@ pub struct ContainerRecord {
     pub overlay: Overlay,
     /// The signal StopContainer sends first (the image's STOPSIGNAL).
     pub stop_signal: String,
-    /// Set while StartContainer runs: found set at start, the start was
-    /// cut off by a crash.
+    /// Set while StartContainer ran by versions that marked a start in the
+    /// record (now a file in the state dir): found set at start, the start
+    /// was cut off by a crash.
     #[serde(default)]
     pub starting: bool,
     /// The image volumes mounted for the container (remounted by a start

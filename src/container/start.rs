@@ -12,6 +12,7 @@ use super::state::{Exit, Transition};
 use crate::cgroups::Resources;
 use crate::events::EventKind;
 use crate::monitor::{self, MonitorSpec, Started};
+use crate::store::Guard;
 use crate::task::blocking;
 
 impl ContainerManager {
@@ -25,11 +26,12 @@ impl ContainerManager {
             .startable()
             .map_err(ContainerError::transition(&id))?;
 
-        // Mark the start in the record first: a crash while the monitor
-        // starts leaves a trace the reconcile acts on. Only a crash of the
-        // daemon needs it (a reboot ends the monitor too), so no fsync.
-        record.starting = true;
-        guard.save_mark(record.clone())?;
+        // Mark the start first: a crash while the monitor starts leaves a
+        // trace the reconcile acts on. Only a crash of the daemon needs it
+        // (a reboot ends the monitor too), so it is a file in the state
+        // dir, not a rewrite of the record.
+        let mark = self.start_mark(&id);
+        set_mark(&mark)?;
         crate::sandbox::crash_point("start-container-before-monitor");
         let scope = self.start_scope(&record).await;
         let manager = self.clone();
@@ -61,8 +63,13 @@ impl ContainerManager {
                 record
                     .apply(Transition::Start(started))
                     .map_err(ContainerError::transition(&id))?;
-                guard.save(record.clone())?;
+                // Answered before the record's fsyncs: what it adds (the
+                // process runs) a power loss makes untrue anyway, and the
+                // container stays locked until the record is durable.
+                guard.save_unsynced(record.clone())?;
+                clear_mark(&mark);
                 self.emit(&record, EventKind::Started);
+                sync_later(guard);
                 Ok(())
             }
             Err(e) => {
@@ -72,10 +79,18 @@ impl ContainerManager {
                     .apply(Transition::FailStart(exit))
                     .map_err(ContainerError::transition(&id))?;
                 guard.save(record.clone())?;
+                clear_mark(&mark);
                 self.emit(&record, EventKind::Stopped);
                 Err(ContainerError::StartFailed { id, message })
             }
         }
+    }
+
+    /// The file that says a StartContainer is under way: found with the
+    /// container still CREATED when the daemon starts, the start was cut
+    /// off (see the reconcile).
+    pub(super) fn start_mark(&self, id: &str) -> PathBuf {
+        self.exit_dir(id).join("starting")
     }
 
     /// With the systemd driver: the container's scope unit, started in its
@@ -222,6 +237,37 @@ fn is_mountpoint(path: &Path) -> bool {
         return false;
     };
     std::fs::symlink_metadata(parent).is_ok_and(|parent| parent.dev() != target.dev())
+}
+
+fn set_mark(mark: &Path) -> Result<(), ContainerError> {
+    if let Some(dir) = mark.parent() {
+        // The exit dir: in the state dir, which a reboot empties.
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
+    std::fs::File::create(mark).map_err(io_err("create the start mark", mark))?;
+    Ok(())
+}
+
+/// Best effort: a mark left behind beside a record that is no longer
+/// CREATED is only removed by the next reconcile.
+fn clear_mark(mark: &Path) {
+    if let Err(e) = std::fs::remove_file(mark)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(mark = %mark.display(), "cannot remove the start mark: {e}");
+    }
+}
+
+/// Makes the started container's record durable after the answer, holding
+/// the container's lock until it is.
+fn sync_later(guard: Guard<ContainerRecord>) {
+    let id = guard.get().id.clone();
+    tokio::spawn(async move {
+        let synced = blocking(move || guard.sync().map_err(ContainerError::from)).await;
+        if let Err(e) = synced {
+            tracing::error!(container = %id, "the record of the start is not durable: {e}");
+        }
+    });
 }
 
 #[cfg(test)]
