@@ -46,18 +46,23 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
 /// [`CgroupError::ControllerUnavailable`], which says more than `ENOENT`.
 pub(crate) fn write_setting(dir: &Path, file: &str, value: &str) -> Result<()> {
     let path = dir.join(file);
-    if !dir.exists() {
-        return Err(CgroupError::NotFound {
-            path: dir.display().to_string(),
-        });
-    }
-    if !path.exists() {
+    let written = write(&path, value);
+    // Which is missing, the cgroup or the file, is asked only after the
+    // write failed: a container's start makes a dozen of these writes.
+    if let Err(CgroupError::Write { source, .. }) = &written
+        && source.kind() == ErrorKind::NotFound
+    {
+        if !dir.exists() {
+            return Err(CgroupError::NotFound {
+                path: dir.display().to_string(),
+            });
+        }
         return Err(CgroupError::ControllerUnavailable {
             file: file.to_string(),
             dir: dir.to_path_buf(),
         });
     }
-    write(&path, value)
+    written
 }
 
 pub(crate) fn parse_u64(path: &Path, content: &str) -> Result<u64> {
