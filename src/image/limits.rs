@@ -309,6 +309,47 @@ mod tests {
         assert!(allocated < 1 << 20, "{allocated} bytes allocated for 8 MiB");
     }
 
+    /// Hands out its bytes in reads of odd sizes, so runs of data and
+    /// holes straddle the copy's buffer.
+    struct Dribble<'a>(&'a [u8], usize);
+
+    impl std::io::Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 += 1;
+            let n = self
+                .0
+                .len()
+                .min(buf.len())
+                .min(3_001 + (self.1 % 7) * 9_973);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn data_between_holes_is_copied_in_place_whatever_the_reads() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mixed");
+        // Data, a long hole, data across block edges, short holes, data
+        // ending mid-block, then trailing zeros.
+        let mut data = vec![0u8; 3 << 20];
+        data[..200_000].fill(7);
+        data[1 << 20..(1 << 20) + 70_001].fill(9);
+        for at in (1_500_000..1_600_000).step_by(12_288) {
+            data[at] = 3;
+        }
+        data[2_000_001..2_100_003].fill(5);
+        let mut file = std::fs::File::create(&path).unwrap();
+        let copied = super::super::unpack::copy_sparse(&mut Dribble(&data, 0), &mut file).unwrap();
+        drop(file);
+        assert_eq!(copied, data.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(allocated < 1 << 20, "{allocated} bytes allocated for 3 MiB");
+    }
+
     #[test]
     fn a_gzip_bomb_is_refused_naming_the_layer_and_leaves_nothing() {
         if !crate::testing::root_or_skip("unpacking chowns every entry") {

@@ -255,7 +255,8 @@ const HOLE_BLOCK: usize = 4096;
 /// Copies a file's content, leaving every whole block of zeros as a hole
 /// (seek past it; `set_len` at the end covers trailing zeros). A sparse
 /// file then costs no more disk than its data, and neither does a layer
-/// of zeros that passes the unpack limits. Returns the bytes copied.
+/// of zeros that passes the unpack limits. Consecutive blocks of data go
+/// out in one `write`. Returns the bytes copied.
 pub(super) fn copy_sparse(from: &mut impl Read, to: &mut std::fs::File) -> std::io::Result<u64> {
     use std::io::{Seek, SeekFrom, Write};
     let mut buf = vec![0u8; 16 * HOLE_BLOCK];
@@ -268,8 +269,14 @@ pub(super) fn copy_sparse(from: &mut impl Read, to: &mut std::fs::File) -> std::
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        for block in buf[..n].chunks(HOLE_BLOCK) {
+        // Where the run of data blocks not yet written starts in `buf`.
+        let mut run: Option<usize> = None;
+        for (i, block) in buf[..n].chunks(HOLE_BLOCK).enumerate() {
+            let at = i * HOLE_BLOCK;
             if block.len() == HOLE_BLOCK && block.iter().all(|&b| b == 0) {
+                if let Some(start) = run.take() {
+                    to.write_all(&buf[start..at])?;
+                }
                 pending_hole += HOLE_BLOCK as i64;
                 continue;
             }
@@ -277,7 +284,10 @@ pub(super) fn copy_sparse(from: &mut impl Read, to: &mut std::fs::File) -> std::
                 to.seek(SeekFrom::Current(pending_hole))?;
                 pending_hole = 0;
             }
-            to.write_all(block)?;
+            run.get_or_insert(at);
+        }
+        if let Some(start) = run {
+            to.write_all(&buf[start..n])?;
         }
         len += n as u64;
     }
