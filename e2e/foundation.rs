@@ -249,7 +249,14 @@ fn a_node_without_cni_plugins_is_refused_at_start() {
 /// socket exists, naming where the shim should be.
 #[test]
 fn a_daemon_without_ketch_shim_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
+    // Under the e2e base, like every test's dirs: the tmpfs the refused
+    // start mounts for a moment on its state dir is then no host mount to
+    // the tests running beside it.
+    std::fs::create_dir_all(E2E_BASE).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("t-")
+        .tempdir_in(E2E_BASE)
+        .unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let daemon = bin.join("ketch");

@@ -317,7 +317,13 @@ impl Drop for Daemon {
 /// Runs `ketch` with this config and private dirs until it exits (a
 /// daemon that must refuse to start): its exit code and stderr.
 pub fn run_with_config(toml: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
+    // Under the e2e base: a tmpfs the refused start mounts for a moment on
+    // its state dir is then no host mount to the tests running beside it.
+    std::fs::create_dir_all(E2E_BASE).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("t-")
+        .tempdir_in(E2E_BASE)
+        .unwrap();
     let path = dir.path().join("ketch.toml");
     std::fs::write(&path, toml).unwrap();
     let out = Command::new(ketch_bin())
