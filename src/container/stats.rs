@@ -182,8 +182,8 @@ impl ContainerManager {
         &self,
         filter: &ContainerFilter,
     ) -> Result<Vec<(ContainerRecord, ContainerStats)>, ContainerError> {
-        let records = self.list(filter);
-        self.sample(records).await
+        let records = self.list(filter).into_iter().map(Arc::unwrap_or_clone);
+        self.sample(records.collect()).await
     }
 
     /// The cgroup stats of `path` (a pod's cgroup), if it exists.

@@ -2,6 +2,7 @@
 //! to date from the monitor's exit file, without waiting on any operation.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::error::ContainerError;
 use super::manager::ContainerManager;
@@ -136,7 +137,7 @@ impl ContainerManager {
         });
     }
 
-    pub fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
+    pub fn list(&self, filter: &ContainerFilter) -> Vec<Arc<ContainerRecord>> {
         let id = match filter.id.as_deref().filter(|s| !s.is_empty()) {
             Some(prefix) => match self.store.resolve(prefix) {
                 Ok(id) => Some(id),
@@ -155,13 +156,27 @@ impl ContainerManager {
                     .is_none_or(|p| p.is_empty() || r.pod_id == *p)
             })
             .filter(|r| r.has_labels(&filter.labels))
-            .map(|r| {
-                let mut record = (*r).clone();
-                self.refresh_and_record(&mut record, Probe::ExitFile);
-                record
-            })
+            .map(|r| self.refreshed(r))
             .filter(|r| filter.state.is_none_or(|s| r.state == s))
             .collect()
+    }
+
+    /// The record as its exit file leaves it: the stored one itself unless
+    /// the container has exited unnoticed (then a copy that says so, and
+    /// the exit recorded in the background). A list of a hundred
+    /// containers copies none of them.
+    fn refreshed(&self, record: Arc<ContainerRecord>) -> Arc<ContainerRecord> {
+        if record.state != State::Running {
+            return record;
+        }
+        let Some(exit) = self.observed_exit(&record, Probe::ExitFile) else {
+            return record;
+        };
+        let mut exited = (*record).clone();
+        // RUNNING → EXITED is always allowed.
+        let _ = exited.apply(Transition::Exit(exit));
+        self.persist_refresh(&exited.id);
+        Arc::new(exited)
     }
 
     /// IDs of a pod's containers.

@@ -83,7 +83,7 @@ pub(super) async fn list(
         .containers()
         .list(&filter)
         .iter()
-        .map(to_container)
+        .map(|record| to_container(record))
         .collect();
     Ok(cri::ListContainersResponse { containers })
 }

@@ -80,7 +80,7 @@ pub(super) fn container_statuses(cri: &CriService, pod_id: &str) -> Vec<cri::Con
         .containers()
         .list(&filter)
         .iter()
-        .map(super::containers::to_status)
+        .map(|record| super::containers::to_status(record))
         .collect();
     newest_first(&mut statuses);
     statuses
